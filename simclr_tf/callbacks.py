@@ -1,0 +1,89 @@
+"""Keras callbacks of a training run: step-exact stop, checkpoints, a non-finite-loss guard.
+
+Order matters and is fixed by :func:`training_callbacks`: the guard runs before the checkpoint
+saver, so a non-finite step never reaches a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from simclr_tf.checkpoints import Checkpointer
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _step(model: keras.Model) -> int:
+    return int(model.optimizer.iterations.numpy())
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Ends ``fit`` exactly at ``total_steps`` optimizer steps, also when resuming mid-epoch."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if _step(self.model) >= self.total_steps:
+            self.model.stop_training = True
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops the run at the first non-finite loss, naming the step (nothing is saved after it)."""
+
+    def __init__(self, key: str = "loss"):
+        super().__init__()
+        self.key = key
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get(self.key)
+        if value is not None and not math.isfinite(float(value)):
+            self.model.stop_training = True
+            raise NonFiniteLossError(
+                f"Non-finite {self.key} ({float(value)}) at step {_step(self.model)}. The last "
+                "good checkpoint is kept; lower --learning_rate, raise --warmup_epochs, or check "
+                "the data."
+            )
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+    """Saves every ``every_steps`` optimizer steps and at the end of training."""
+
+    def __init__(self, checkpointer: Checkpointer, every_steps: int):
+        super().__init__()
+        self.checkpointer = checkpointer
+        self.every_steps = max(1, every_steps)
+        self.last_saved = -1
+
+    def _save(self) -> None:
+        step = _step(self.model)
+        if step != self.last_saved and step > 0:
+            self.checkpointer.save(step)
+            self.last_saved = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if _step(self.model) % self.every_steps == 0:
+            self._save()
+
+    def on_train_end(self, logs=None):
+        self._save()
+
+
+def training_callbacks(
+    checkpointer: Checkpointer,
+    checkpoint_steps: int,
+    total_steps: int,
+    extra: list[keras.callbacks.Callback] | None = None,
+) -> list[keras.callbacks.Callback]:
+    """Guard first, then stop-at-step and checkpoints, then monitors and loggers (``extra``)."""
+    return [
+        NonFiniteGuard(),
+        StopAtStep(total_steps),
+        CheckpointSaver(checkpointer, checkpoint_steps),
+        *(extra or []),
+    ]

@@ -1,0 +1,160 @@
+"""Checkpoints: save, resume, restore a pretrained model for fine-tuning, and refuse mismatches.
+
+``tf.train.Checkpoint`` is used (not Keras ``.keras`` files) because it saves model *and*
+optimizer state, writes atomically (the ``checkpoint`` index file is replaced only after the new
+files are complete, so a crash during a save leaves the previous checkpoint loadable), and works
+under every ``tf.distribute`` strategy.
+
+Keras 3 pitfall guarded here: ``tf.train.Checkpoint`` follows attributes of Keras layers but not
+layers held only in Python lists, which would be silently left out of a checkpoint.
+:func:`untracked_variables` finds such variables and :class:`Checkpointer` refuses to save a
+model that has any.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as asked; the message names the fix."""
+
+
+def _saved_keys(root: tf.train.Checkpoint) -> dict[str, list[int]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = root.write(os.path.join(tmp, "probe"))
+        return {
+            name: shape
+            for name, shape in tf.train.list_variables(path)
+            if name.endswith("VARIABLE_VALUE")
+        }
+
+
+def untracked_variables(model: keras.Model) -> list[str]:
+    """Paths of the model's variables that a ``tf.train.Checkpoint`` would not save."""
+    root = tf.train.Checkpoint(model=model)
+    reachable = {id(obj) for obj in tf.train.TrackableView(root).descendants()}
+    return [v.path for v in model.variables if id(v) not in reachable]
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """A checkpoint prefix from a prefix or a folder; CheckpointError naming the fix otherwise."""
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(
+                f"No checkpoint in {path}: point --checkpoint at a model_dir of a finished "
+                "pretraining run or at a checkpoint prefix such as MODEL_DIR/ckpt-1000."
+            )
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist (no {path}.index): pass a model_dir or a "
+            "checkpoint prefix such as MODEL_DIR/ckpt-1000."
+        )
+    return path
+
+
+class Checkpointer:
+    """Saves and resumes model + optimizer state in ``directory`` (``ckpt-<step>``)."""
+
+    def __init__(self, model: keras.Model, directory: str, max_to_keep: int = 5):
+        self.model = model
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, directory, max_to_keep=max_to_keep, checkpoint_name="ckpt"
+        )
+        missing = untracked_variables(model)
+        if missing:
+            raise CheckpointError(
+                "These variables would be missing from checkpoints (a layer held only in a "
+                f"list?): {missing[:10]}. Assign every sub-layer to an attribute."
+            )
+
+    @property
+    def latest(self) -> str | None:
+        return self.manager.latest_checkpoint
+
+    def save(self, step: int) -> str:
+        path = self.manager.save(checkpoint_number=step)
+        logging.info("Saved checkpoint %s", path)
+        return path
+
+    def restore_latest(self) -> int:
+        """Resumes from the newest checkpoint; returns its step (0 when there is none)."""
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return 0
+        restore_exactly(self.checkpoint, latest)
+        step = int(self.model.optimizer.iterations.numpy())
+        logging.info("Resumed from %s at step %d", latest, step)
+        return step
+
+
+def restore_exactly(root: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
+    """Restores ``root`` from ``path``; a mismatch raises CheckpointError naming the variables."""
+    try:
+        status = root.restore(path)
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        raise CheckpointError(
+            f"Checkpoint {path} does not match this model.\n{describe_mismatch(root, path)}\n"
+            "Use the same architecture flags (--resnet_depth, --width_multiplier, --sk_ratio, "
+            "--proj_head_mode, --num_proj_layers, --proj_out_dim) as the run that wrote it."
+        ) from e
+
+
+def describe_mismatch(root: tf.train.Checkpoint, path: str, limit: int = 12) -> str:
+    """Lists variables missing from either side or with different shapes."""
+    ours = _saved_keys(root)
+    theirs = {
+        name: shape
+        for name, shape in tf.train.list_variables(path)
+        if name.endswith("VARIABLE_VALUE")
+    }
+    lines = []
+    for name in sorted(ours):
+        short = name.replace("/.ATTRIBUTES/VARIABLE_VALUE", "")
+        if name not in theirs:
+            lines.append(f"  missing in checkpoint: {short} {ours[name]}")
+        elif list(theirs[name]) != list(ours[name]):
+            lines.append(f"  shape differs: {short} model {ours[name]} vs checkpoint {theirs[name]}")
+    if not lines:
+        lines.append("  (no variable-level difference found)")
+    more = len(lines) - limit
+    return "\n".join(lines[:limit] + ([f"  ... and {more} more"] if more > 0 else []))
+
+
+def restore_pretrained(model: keras.Model, path: str) -> str:
+    """Loads encoder and projection-head weights (not optimizer, not step) for fine-tuning."""
+    prefix = resolve_checkpoint_path(path)
+    root = tf.train.Checkpoint(
+        model=tf.train.Checkpoint(encoder=model.encoder, projection_head=model.projection_head)
+    )
+    restore_exactly(root, prefix, partial=True)
+    logging.info("Initialised encoder and projection head from %s", prefix)
+    return prefix
+
+
+def restore_model_weights(model: keras.Model, path: str) -> str:
+    """Loads all model weights (for eval of another run's checkpoint); ignores the optimizer."""
+    prefix = resolve_checkpoint_path(path)
+    restore_exactly(tf.train.Checkpoint(model=model), prefix, partial=True)
+    return prefix
+
+
+def checkpoint_step(prefix: str) -> int:
+    """The optimizer step stored in a checkpoint (0 when it holds no optimizer)."""
+    reader = tf.train.load_checkpoint(prefix)
+    key = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    if reader.has_tensor(key):
+        return int(reader.get_tensor(key))
+    tail = prefix.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

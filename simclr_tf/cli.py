@@ -1,0 +1,106 @@
+"""Command line: ``python run.py --mode=train|eval|train_then_eval ...``.
+
+Resolves the flags against the dataset, picks the strategy, then runs the modes; every
+user-facing failure is one line on stderr naming the fix (exit code 2), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from simclr_tf import config
+
+config.define_flags()
+FLAGS = flags.FLAGS
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The error types whose message is the whole story for the user (imported lazily)."""
+    from simclr_tf.callbacks import NonFiniteLossError
+    from simclr_tf.checkpoints import CheckpointError
+    from simclr_tf.data.sources import DataError
+    from simclr_tf.distribute import StrategyError
+    from simclr_tf.model_dir import ModelDirError
+
+    return (
+        config.ConfigError,
+        DataError,
+        CheckpointError,
+        ModelDirError,
+        StrategyError,
+        NonFiniteLossError,
+    )
+
+
+def run_config(cfg: config.Config) -> dict | None:
+    """Runs one configured job; returns the evaluation result when the mode evaluates."""
+    # The strategy comes first: splitting the CPU must happen before TF initialises devices.
+    from simclr_tf import distribute
+
+    strategy = distribute.make_strategy(
+        cfg.strategy if not cfg.use_tpu else "tpu",
+        tpu_name=cfg.tpu_name,
+        tpu_zone=cfg.tpu_zone,
+        gcp_project=cfg.gcp_project,
+        num_cpu_devices=cfg.num_cpu_devices,
+    )
+    from simclr_tf import checkpoints, evaluate, model_dir, train
+    from simclr_tf.data import pipeline, sources
+
+    info = sources.dataset_info(cfg.dataset, cfg.data_dir)
+    side = None
+    if info.image_shape and info.image_shape[0] and info.image_shape[0] == info.image_shape[1]:
+        side = info.image_shape[0]
+    cfg = config.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    trains = cfg.mode in ("train", "train_then_eval")
+    evaluates = cfg.mode in ("eval", "train_then_eval")
+    for split, needed in ((cfg.train_split, trains), (cfg.eval_split, evaluates)):
+        if needed and split not in info.split_sizes:
+            raise sources.DataError(
+                f"Split {split!r} not found in {cfg.dataset}; it has {sorted(info.split_sizes)}. "
+                "Pass --train_split / --eval_split."
+            )
+    if trains:
+        pipeline.per_replica_batch_size(cfg.train_batch_size, strategy.num_replicas_in_sync)
+    location = distribute.WriteLocation(cfg.model_dir, distribute.is_chief(strategy))
+    try:
+        model_dir.prepare(cfg, location.path, write_flags=trains)
+        model = None
+        if trains:
+            model = train.train(cfg, strategy, info, location.path)
+        if not evaluates:
+            return None
+        if model is None:
+            schedule = train.make_schedule_for(cfg, max(1, info.split_sizes[cfg.train_split]))
+            model = train.build_for_run(cfg, strategy, info, schedule)
+            source = evaluate.restore_for_eval(cfg, model, location.path)
+        else:
+            source = checkpoints.resolve_checkpoint_path(location.path)
+        step = checkpoints.checkpoint_step(source)
+        result = evaluate.evaluate(cfg, model, source, step, location.path)
+        if cfg.export_saved_model and location.chief:
+            from simclr_tf import export
+
+            export.export_run(model, cfg, location.path, step, result, info.class_names)
+        return result
+    finally:
+        location.cleanup()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    errors = _user_errors()
+    try:
+        cfg = config.Config.from_flags(FLAGS).validate()
+        run_config(cfg)
+    except errors as e:
+        logging.error("%s", e)
+        print(f"simclr_tf: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    """Console-script entry point (``simclr-tf``), same as ``python run.py``."""
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Input side: dataset sources, SimCLR augmentations and tf.data pipelines."""

@@ -1,0 +1,73 @@
+"""Evaluation: top-1/top-5 of the supervised head on ``--eval_split``, written to result.json.
+
+Every example of the split counts exactly once: the eval pipeline keeps the last partial batch
+and never repeats, and the accuracy counters are exact integers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+from simclr_tf import checkpoints, model_dir
+from simclr_tf.config import Config
+from simclr_tf.data import pipeline, sources
+from simclr_tf.models.simclr import SimCLRModel
+
+
+def eval_input(cfg: Config) -> tf.data.Dataset:
+    ds, _ = sources.load_split(cfg.dataset, cfg.eval_split, data_dir=cfg.data_dir)
+    ds = pipeline.eval_dataset(ds, batch_size=cfg.eval_batch_size, image_size=cfg.image_size)
+    if cfg.eval_steps:
+        ds = ds.take(cfg.eval_steps)
+    return ds
+
+
+def restore_for_eval(cfg: Config, model: SimCLRModel, run_dir: str) -> str:
+    """Loads the weights to evaluate: the newest checkpoint of model_dir, else ``--checkpoint``.
+
+    model_dir wins because a fine-tuning run's ``--checkpoint`` is its *pretrained* start point,
+    not the weights it produced.
+    """
+    latest = tf.train.latest_checkpoint(run_dir)
+    source = latest or cfg.checkpoint
+    if not source or source == "none":
+        raise checkpoints.CheckpointError(
+            f"No checkpoint in {run_dir} to evaluate: train first (--mode=train or "
+            "train_then_eval) or pass --checkpoint=PATH."
+        )
+    return checkpoints.restore_model_weights(model, source)
+
+
+def evaluate(
+    cfg: Config,
+    model: SimCLRModel,
+    checkpoint_path: str | None,
+    step: int,
+    write_dir: str | None,
+) -> dict[str, Any]:
+    """Evaluates ``model`` on the eval split; writes result files into ``write_dir``."""
+    metrics = model.evaluate(eval_input(cfg), return_dict=True, verbose=min(cfg.verbose, 1))
+    result: dict[str, Any] = {
+        "label_top_1_accuracy": float(metrics["label_top_1_accuracy"]),
+        "label_top_5_accuracy": float(metrics["label_top_5_accuracy"]),
+        "eval_loss": float(metrics["eval_loss"]),
+        "num_examples": int(round(float(metrics["num_examples"]))),
+        "global_step": step,
+        "dataset": cfg.dataset,
+        "eval_split": cfg.eval_split,
+        "train_mode": cfg.train_mode,
+        "checkpoint": checkpoint_path,
+    }
+    logging.info("Eval at step %d: %s", step, result)
+    if write_dir is not None:
+        model_dir.write_result(write_dir, result)
+        writer = tf.summary.create_file_writer(os.path.join(write_dir, "eval"))
+        with writer.as_default():
+            for key in ("label_top_1_accuracy", "label_top_5_accuracy", "eval_loss"):
+                tf.summary.scalar(key, result[key], step=step)
+        writer.close()
+    return result

@@ -1,0 +1,507 @@
+"""Evaluation maths: top-k accuracy (one-shot and streaming), weighted kNN, kNN monitor.
+
+The kNN monitor follows the protocol of Wu et al. 2018 ("Unsupervised Feature Learning via
+Non-Parametric Instance Discrimination") that most self-supervised papers report: L2-normalised
+features, cosine similarity, the k nearest bank examples vote for their class with weight
+exp(similarity / temperature). It needs no training, so it tracks representation quality during
+pretraining for the cost of two feature passes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+__all__ = [
+    "KNNMonitor",
+    "TopKAccuracy",
+    "extract_features",
+    "knn_predict",
+    "topk_correct",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-k accuracy
+# ---------------------------------------------------------------------------------------------
+
+
+def _sparse_labels(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Returns int32 class ids; accepts sparse ids or one-hot / soft labels shaped like logits.
+
+    The reference SimCLR pipelines carry one-hot labels, Keras datasets usually sparse ones, so
+    both are accepted: a label tensor with the logits' rank and more than one column is one-hot.
+    """
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank is None or logits.shape.rank is None:
+        raise ValueError("topk_correct needs labels and logits of known rank.")
+    if labels.shape.rank == logits.shape.rank:
+        if labels.shape[-1] == 1:
+            labels = tf.squeeze(labels, axis=-1)
+        else:
+            labels = tf.argmax(labels, axis=-1)
+    elif labels.shape.rank != logits.shape.rank - 1:
+        raise ValueError(
+            f"labels of shape {labels.shape} do not fit logits of shape {logits.shape}: pass "
+            "sparse class ids [batch] or one-hot labels [batch, num_classes]."
+        )
+    if labels.dtype.is_floating:
+        labels = tf.cast(tf.round(labels), tf.int32)
+    return tf.cast(labels, tf.int32)
+
+
+def _clamp_k(k: int, num_classes: int | tf.Tensor) -> int | tf.Tensor:
+    """min(k, num_classes), static when possible so shapes stay known."""
+    if isinstance(num_classes, int):
+        return min(k, num_classes)
+    return tf.minimum(tf.constant(k, tf.int32), tf.cast(num_classes, tf.int32))
+
+
+def _topk_hits(labels: tf.Tensor, logits: tf.Tensor, k: int) -> tf.Tensor:
+    """Boolean per example: is the label among the top-k logits (tf.math.top_k order)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}.")
+    logits = tf.convert_to_tensor(logits)
+    if not logits.dtype.is_floating:
+        logits = tf.cast(logits, tf.float32)
+    labels = _sparse_labels(labels, logits)
+    num_classes = logits.shape[-1]
+    if num_classes is None:
+        num_classes = tf.shape(logits)[-1]
+    _, top_idx = tf.math.top_k(logits, k=_clamp_k(k, num_classes), sorted=False)
+    return tf.reduce_any(tf.equal(top_idx, labels[..., None]), axis=-1)
+
+
+def topk_correct(labels: tf.Tensor, logits: tf.Tensor, k: int) -> tf.Tensor:
+    """int32 count of examples whose label is among the top-k logits.
+
+    `labels` are sparse ids [batch] or one-hot [batch, num_classes]. k is clamped to the number
+    of classes, so top-5 with 3 classes counts every example.
+
+    Ties follow `tf.math.top_k`: among equal logits the lower class index ranks first, and only
+    k classes ever count as "top-k". This is deliberate: with a zero-initialised logits layer
+    (all logits equal) top-1 accuracy is the share of class 0, not 100% as `tf.math.in_top_k`
+    (which counts every class tied at the boundary) would report.
+    """
+    return tf.reduce_sum(tf.cast(_topk_hits(labels, logits, k), tf.int32))
+
+
+class TopKAccuracy(keras.metrics.Metric):
+    """Streaming top-k accuracy with int64 counters, so counts over 1.28M examples stay exact.
+
+    Keras' float32 accumulators stop being exact integers at 2**24 and drift under weighted
+    updates; integer counters avoid both and work on every device (TPUs lack float64).
+
+    `sample_weight` is a 0/1 mask (any non-zero weight counts the example once), the form used
+    to drop padded examples from evaluation batches; fractional weights are not supported.
+    """
+
+    def __init__(self, k: int = 1, name: str | None = None, dtype: Any = None) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"TopKAccuracy: k must be a positive int, got {k!r}.")
+        super().__init__(name=name or f"top_{k}_accuracy", dtype=dtype)
+        self.k = k
+        self.correct = self.add_variable(
+            shape=(), initializer="zeros", dtype="int64", name="correct"
+        )
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="total")
+
+    def update_state(
+        self, y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> None:
+        """Adds one batch; y_true sparse [batch] or one-hot [batch, classes], y_pred logits."""
+        hits = _topk_hits(y_true, y_pred, self.k)
+        if sample_weight is None:
+            counted = tf.ones_like(hits)
+        else:
+            weight = tf.convert_to_tensor(sample_weight)
+            counted = tf.reshape(tf.not_equal(weight, tf.zeros_like(weight)), tf.shape(hits))
+        hits = tf.logical_and(hits, counted)
+        self.correct.assign_add(tf.reduce_sum(tf.cast(hits, tf.int64)))
+        self.total.assign_add(tf.reduce_sum(tf.cast(counted, tf.int64)))
+
+    def result(self) -> tf.Tensor:
+        """correct / total (0 before any update), in the metric's dtype."""
+        correct = tf.cast(tf.convert_to_tensor(self.correct), tf.float64)
+        total = tf.cast(tf.convert_to_tensor(self.total), tf.float64)
+        return tf.cast(tf.math.divide_no_nan(correct, total), self.dtype)
+
+    def reset_state(self) -> None:
+        """Zeroes both counters (Keras calls this at the start of each epoch / evaluate)."""
+        self.correct.assign(0)
+        self.total.assign(0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "k": self.k}
+
+
+# ---------------------------------------------------------------------------------------------
+# Weighted kNN
+# ---------------------------------------------------------------------------------------------
+
+
+def _knn_scores_impl(
+    query: tf.Tensor,
+    bank: tf.Tensor,
+    bank_labels: tf.Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+    chunk_size: int,
+) -> tf.Tensor:
+    """Class scores for L2-normalised query/bank, one query chunk per loop iteration.
+
+    A sequential while loop (parallel_iterations=1) keeps only one [chunk, bank] similarity
+    block alive at a time: 10k x 50k floats would be 2 GB.
+    """
+    num_queries = tf.shape(query)[0]
+    k_eff = tf.minimum(tf.constant(k, tf.int32), tf.shape(bank)[0])
+    num_chunks = (num_queries + chunk_size - 1) // chunk_size
+    scores = tf.TensorArray(
+        tf.float32,
+        size=num_chunks,
+        infer_shape=False,
+        element_shape=tf.TensorShape([None, num_classes]),
+    )
+
+    def body(i: tf.Tensor, scores: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
+        start = i * chunk_size
+        chunk = query[start : tf.minimum(start + chunk_size, num_queries)]
+        rows = tf.shape(chunk)[0]
+        sim = tf.matmul(chunk, bank, transpose_b=True)  # cosine: both sides are unit vectors
+        top_sim, top_idx = tf.math.top_k(sim, k=k_eff, sorted=False)
+        weights = tf.exp(top_sim / temperature)
+        neighbour_labels = tf.gather(bank_labels, top_idx)  # [rows, k]
+        # Segment id = row * num_classes + class: an [rows, num_classes] scatter-add that never
+        # builds the [rows, k, num_classes] one-hot tensor (800 MB for ImageNet's 1000 classes).
+        segments = tf.range(rows)[:, None] * num_classes + neighbour_labels
+        chunk_scores = tf.math.unsorted_segment_sum(
+            tf.reshape(weights, [-1]), tf.reshape(segments, [-1]), rows * num_classes
+        )
+        return i + 1, scores.write(i, tf.reshape(chunk_scores, [rows, num_classes]))
+
+    _, scores = tf.while_loop(
+        lambda i, _: i < num_chunks,
+        body,
+        [tf.constant(0, tf.int32), scores],
+        parallel_iterations=1,
+    )
+    return scores.concat()
+
+
+_knn_scores = tf.function(_knn_scores_impl, reduce_retracing=True, autograph=False)
+
+
+def knn_predict(
+    query: tf.Tensor,
+    bank: tf.Tensor,
+    bank_labels: tf.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> tf.Tensor:
+    """Weighted-kNN class scores [Q, num_classes] for `query` [Q, D] against `bank` [N, D].
+
+    Features are L2-normalised here, similarity is cosine, the top-k bank neighbours (k clamped
+    to N) each add exp(sim / temperature) to their class's score; argmax is the prediction.
+    Queries are processed `chunk_size` rows at a time. Scores are float32: exp(1 / temperature)
+    overflows for temperature below ~0.0113 (the protocol uses 0.07-0.1).
+    `bank_labels` are sparse ids [N] (or one-hot [N, num_classes]) in [0, num_classes).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+    query = tf.cast(tf.convert_to_tensor(query), tf.float32)
+    bank = tf.cast(tf.convert_to_tensor(bank), tf.float32)
+    if query.shape.rank != 2 or bank.shape.rank != 2:
+        raise ValueError(
+            f"knn_predict wants 2-D features, got query {query.shape} and bank {bank.shape}; "
+            "flatten or pool encoder outputs to [examples, dim] first."
+        )
+    if not query.shape[1:].is_compatible_with(bank.shape[1:]):
+        raise ValueError(
+            f"query dim {query.shape[1]} != bank dim {bank.shape[1]}: both must come from the "
+            "same encoder."
+        )
+    bank_labels = tf.convert_to_tensor(bank_labels)
+    if bank_labels.shape.rank == 2:
+        bank_labels = tf.argmax(bank_labels, axis=-1)
+    bank_labels = tf.cast(bank_labels, tf.int32)
+    if bank_labels.shape.rank != 1:
+        raise ValueError(f"bank_labels must be [N] class ids, got shape {bank_labels.shape}.")
+    if bank.shape[0] == 0:
+        raise ValueError("knn_predict got an empty bank: pass at least one bank example.")
+    if None not in (bank.shape[0], bank_labels.shape[0]) and bank.shape[0] != bank_labels.shape[0]:
+        raise ValueError(
+            f"bank has {bank.shape[0]} rows but bank_labels has {bank_labels.shape[0]}."
+        )
+    # Out-of-range ids would silently land in another query's row of the segment sum.
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_non_negative(bank_labels, message="negative bank label"),
+            tf.debugging.assert_less(bank_labels, num_classes, message="bank label >= num_classes"),
+        ]
+    ):
+        bank_labels = tf.identity(bank_labels)
+    return _knn_scores(
+        tf.math.l2_normalize(query, axis=1),
+        tf.math.l2_normalize(bank, axis=1),
+        bank_labels,
+        num_classes,
+        k,
+        float(temperature),
+        chunk_size,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature extraction
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_element(element: Any) -> tuple[Any, Any]:
+    """(images, labels) from a dataset element: a tuple/list or a TFDS-style dict."""
+    if isinstance(element, dict):
+        if "image" in element and "label" in element:
+            return element["image"], element["label"]
+    elif isinstance(element, tuple | list) and len(element) >= 2:
+        return element[0], element[1]
+    raise ValueError(
+        "extract_features needs a dataset of (images, labels) batches (or dicts with 'image' "
+        f"and 'label'); got elements of structure {element!r}."
+    )
+
+
+def _compile_encoder(
+    encoder_fn: Callable[[tf.Tensor], tf.Tensor], image_spec: tf.TensorSpec
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """tf.function with a batch-agnostic signature: one trace serves full and partial batches."""
+    if isinstance(encoder_fn, tf.types.experimental.PolymorphicFunction):
+        return encoder_fn
+    signature = tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)
+    return tf.function(encoder_fn, input_signature=[signature])
+
+
+def _describe(value: Any) -> str:
+    """Shape-level description for error messages (never dumps tensor contents)."""
+    if isinstance(value, tf.Tensor):
+        return f"a tensor of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def _sparse_batch_labels(labels: tf.Tensor) -> tf.Tensor:
+    """int32 [batch] ids from sparse, [batch, 1] or one-hot labels."""
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 2:
+        labels = tf.squeeze(labels, 1) if labels.shape[1] == 1 else tf.argmax(labels, axis=1)
+    if labels.shape.rank != 1:
+        raise ValueError(f"labels must be [batch] ids or one-hot, got shape {labels.shape}.")
+    return tf.cast(labels, tf.int32)
+
+
+def extract_features(
+    encoder_fn: Callable[[tf.Tensor], tf.Tensor],
+    dataset: tf.data.Dataset,
+    max_examples: int | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Runs `encoder_fn` over a finite batched (images, labels) dataset.
+
+    Returns (features [N, D] float32, labels [N] int32), every example once including the last
+    partial batch; `max_examples` stops after that many. The encoder is wrapped in one
+    tf.function with an unknown batch size, so it is traced once per call, not per batch shape
+    (pass an existing tf.function to reuse its traces across calls).
+    """
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be None or >= 1, got {max_examples}.")
+    if max_examples is None and dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "extract_features got an infinite dataset (drop .repeat()) and no max_examples."
+        )
+    image_spec, _ = _split_element(dataset.element_spec)
+    if not isinstance(image_spec, tf.TensorSpec) or image_spec.shape.rank in (None, 0, 1):
+        raise ValueError(
+            f"images must be batched tensors [batch, ...], got spec {image_spec}: call "
+            ".batch(n) on the dataset."
+        )
+    encode = _compile_encoder(encoder_fn, image_spec)
+    features, labels, seen = [], [], 0
+    for element in dataset:
+        images, batch_labels = _split_element(element)
+        if max_examples is not None and seen + int(tf.shape(images)[0]) > max_examples:
+            images = images[: max_examples - seen]
+            batch_labels = batch_labels[: max_examples - seen]
+        batch_features = encode(images)
+        if isinstance(batch_features, dict | list | tuple) or batch_features.shape.rank != 2:
+            raise ValueError(
+                "the encoder must return one [batch, dim] tensor (pooled features), got "
+                f"{_describe(batch_features)} for images of shape {images.shape}; if the "
+                "dataset is unbatched, call .batch(n) on it."
+            )
+        features.append(tf.cast(batch_features, tf.float32))
+        labels.append(_sparse_batch_labels(batch_labels))
+        seen += int(tf.shape(features[-1])[0])
+        if max_examples is not None and seen >= max_examples:
+            break
+    if not features:
+        raise ValueError("extract_features: the dataset yielded no examples.")
+    return tf.concat(features, axis=0), tf.concat(labels, axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN monitor callback
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_scalar(name: str, value: float, step: int) -> None:
+    """A TensorBoard scalar via core tf.summary.write.
+
+    tf.summary.scalar lives in the tensorboard package, which may be absent; this writes the same
+    record (float32 scalar tagged for the "scalars" plugin) with TensorFlow alone.
+    """
+    metadata = tf.compat.v1.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Weighted-kNN top-1 of `model.encoder` features (before the projection head) during fit.
+
+    Every `every_n_epochs` epochs (counted from 1, so epoch index e runs when
+    (e + 1) % every_n_epochs == 0) it embeds the bank and eval datasets with
+    `model.encoder(images, training=False)`, classifies the eval set with `knn_predict`, and
+    writes `logs["knn_top1"]` (a fraction in [0, 1]) so callbacks after it in the list
+    (CSVLogger, TensorBoard, History) record it. With `log_dir` it also writes a TensorBoard
+    scalar `knn_top1` at step `model.optimizer.iterations`.
+
+    `fill_value`: what `logs["knn_top1"]` holds on epochs without a kNN pass. None (default)
+    leaves the key out; set float("nan") when a CSVLogger follows and every_n_epochs > 1,
+    because CSVLogger fixes its columns from the first epoch's logs.
+
+    Runs in cross-replica context under tf.distribute: the encoder is called plainly, which is
+    right for the default and mirrored strategies (not TPUStrategy, which needs strategy.run).
+    """
+
+    def __init__(
+        self,
+        bank_dataset_fn: Callable[[], tf.data.Dataset],
+        eval_dataset_fn: Callable[[], tf.data.Dataset],
+        num_classes: int,
+        every_n_epochs: int = 1,
+        k: int = 200,
+        temperature: float = 0.1,
+        bank_size: int | None = None,
+        log_dir: str | None = None,
+        *,
+        fill_value: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(bank_dataset_fn) or not callable(eval_dataset_fn):
+            raise TypeError(
+                "bank_dataset_fn and eval_dataset_fn must be zero-argument callables returning "
+                "datasets (e.g. lambda: make_eval_dataset(...)), not datasets."
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if bank_size is not None and bank_size < 1:
+            raise ValueError(f"bank_size must be None or >= 1, got {bank_size}.")
+        self.bank_dataset_fn = bank_dataset_fn
+        self.eval_dataset_fn = eval_dataset_fn
+        self.num_classes = num_classes
+        self.every_n_epochs = every_n_epochs
+        self.k = k
+        self.temperature = temperature
+        self.bank_size = bank_size
+        self.log_dir = log_dir
+        self.fill_value = fill_value
+        self.results: list[dict[str, float]] = []  # one entry per kNN pass
+        self._writer: Any = None
+        self._encoders: dict[tuple[Any, ...], Callable[[tf.Tensor], tf.Tensor]] = {}
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self._encoders = {}  # traces close over the old model's encoder
+
+    def _encoder_for(self, dataset: tf.data.Dataset) -> Callable[[tf.Tensor], tf.Tensor]:
+        """One compiled encoder per image spec, reused across epochs (no retracing)."""
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is None:
+            raise AttributeError(
+                f"KNNMonitor needs the model to expose `.encoder` (the network up to the "
+                f"representation h, before the projection head); {type(self.model).__name__} "
+                "has none."
+            )
+        image_spec, _ = _split_element(dataset.element_spec)
+        key = (tuple(image_spec.shape[1:].as_list()), image_spec.dtype)
+        if key not in self._encoders:
+            self._encoders[key] = _compile_encoder(
+                lambda images: encoder(images, training=False), image_spec
+            )
+        return self._encoders[key]
+
+    def evaluate(self) -> float:
+        """One kNN pass with the current weights; returns top-1 accuracy in [0, 1]."""
+        bank_ds = self.bank_dataset_fn()
+        eval_ds = self.eval_dataset_fn()
+        bank_x, bank_y = extract_features(self._encoder_for(bank_ds), bank_ds, self.bank_size)
+        query_x, query_y = extract_features(self._encoder_for(eval_ds), eval_ds)
+        scores = knn_predict(query_x, bank_x, bank_y, self.num_classes, self.k, self.temperature)
+        hits = tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), query_y)
+        return float(tf.reduce_mean(tf.cast(hits, tf.float64)))
+
+    def _step(self, epoch: int) -> int:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return epoch + 1
+        return int(np.asarray(keras.ops.convert_to_numpy(optimizer.iterations)))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is None:
+            logs = {}
+        if (epoch + 1) % self.every_n_epochs != 0:
+            if self.fill_value is not None:
+                logs["knn_top1"] = self.fill_value
+            return
+        start = time.perf_counter()
+        top1 = self.evaluate()
+        seconds = time.perf_counter() - start
+        step = self._step(epoch)
+        logs["knn_top1"] = top1
+        self.results.append({"epoch": epoch, "step": step, "knn_top1": top1})
+        logging.info(
+            "kNN (k=%d, T=%g) top-1 after epoch %d (step %d): %.4f [%.1fs]",
+            self.k,
+            self.temperature,
+            epoch + 1,
+            step,
+            top1,
+            seconds,
+        )
+        if self.log_dir is not None:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.log_dir)
+            with self._writer.as_default():
+                _write_scalar("knn_top1", top1, step)
+            self._writer.flush()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

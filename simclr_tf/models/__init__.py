@@ -1,0 +1,1 @@
+"""Networks: ResNet encoders, heads and the SimCLR Keras model."""

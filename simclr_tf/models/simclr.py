@@ -1,0 +1,328 @@
+"""The SimCLR Keras model: encoder + projection head + supervised head, with custom steps.
+
+``train_step`` runs under any ``tf.distribute`` strategy: each replica encodes its share of the
+two-view batch, NT-Xent gathers the projections of every replica so the negatives are those of
+the *global* batch, and the loss is divided by the replica count because Keras's optimizer sums
+gradients across replicas. The result equals the single-device full-batch step.
+
+The representation used downstream is the encoder output ``h`` (``final_avg_pool``), taken
+*before* the projection head (SimCLR paper, Section 4.2 / Figure 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from simclr_tf import losses, optim
+from simclr_tf.metrics import TopKAccuracy
+from simclr_tf.models.heads import LinearHead, ProjectionHead
+from simclr_tf.models.resnet import ResNet
+
+AugmentFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+class SimCLRModel(keras.Model):
+    """Encoder, projection head and supervised head, trained by ``fit`` with custom steps.
+
+    Args:
+      encoder: the ResNet giving the representation ``h``.
+      projection_head: maps ``h`` to the projection ``z`` used by the contrastive loss.
+      num_classes: classes of the supervised head (0 = no supervised head).
+      train_mode: ``pretrain`` (NT-Xent, plus a live linear probe when
+        ``lineareval_while_pretraining``) or ``finetune`` (supervised cross-entropy).
+      temperature, hidden_norm: NT-Xent settings.
+      ft_proj_selector: which projection-head layer feeds the supervised head (0 = ``h``).
+      frozen_stages: encoder stages (stem + 4 block groups) kept frozen in finetune mode; 5 is
+        the linear evaluation protocol (the projection head below the selector is frozen too).
+      zero_init_logits_layer: start the supervised head at zero (really, unlike the reference).
+      weight_decay: only *reported* here (``weight_decay`` metric); the optimizer applies it.
+      augment_fn: device-side augmentation ``(uint8 images, seed) -> (view1, view2)``; when
+        set, pretraining batches hold decoded images instead of two views.
+      seed: base seed of the device-side augmentation.
+      micro_batch_size: gradient caching chunk (images per view per replica); 0 = off.
+    """
+
+    def __init__(
+        self,
+        encoder: ResNet,
+        projection_head: ProjectionHead,
+        num_classes: int,
+        *,
+        train_mode: str = "pretrain",
+        temperature: float = 0.1,
+        hidden_norm: bool = True,
+        lineareval_while_pretraining: bool = True,
+        ft_proj_selector: int = 0,
+        frozen_stages: int = 0,
+        zero_init_logits_layer: bool = False,
+        weight_decay: float = 0.0,
+        augment_fn: AugmentFn | None = None,
+        seed: int = 0,
+        micro_batch_size: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if train_mode not in ("pretrain", "finetune"):
+            raise ValueError(f"train_mode must be pretrain or finetune, got {train_mode!r}.")
+        self.encoder = encoder
+        self.projection_head = projection_head
+        self.train_mode = train_mode
+        self.temperature = temperature
+        self.hidden_norm = hidden_norm
+        self.ft_proj_selector = ft_proj_selector
+        self.frozen_stages = frozen_stages
+        self.weight_decay = weight_decay
+        self.augment_fn = augment_fn
+        self.augment_seed = seed
+        self.micro_batch_size = micro_batch_size
+        self.num_classes = num_classes
+        wants_head = train_mode == "finetune" or lineareval_while_pretraining
+        self.supervised_head = (
+            LinearHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
+            if wants_head and num_classes > 0
+            else None
+        )
+        if train_mode == "finetune" and self.supervised_head is None:
+            raise ValueError("finetune needs num_classes > 0 for its supervised head.")
+        if frozen_stages:
+            encoder.freeze_stages(frozen_stages)
+        if frozen_stages >= 5:
+            # Linear evaluation: nothing but the linear classifier learns.
+            projection_head.trainable = False
+
+        mean = keras.metrics.Mean
+        if train_mode == "pretrain":
+            self.contrast_loss = mean("contrast_loss")
+            self.contrast_acc = mean("contrast_acc")
+            self.contrast_entropy = mean("contrast_entropy")
+        self.loss_tracker = mean("loss")
+        self.weight_decay_tracker = mean("weight_decay")
+        self.lr_tracker = mean("learning_rate")
+        if self.supervised_head is not None:
+            self.supervised_loss = mean("supervised_loss")
+            self.supervised_acc = TopKAccuracy(k=1, name="supervised_acc")
+            self.top1 = TopKAccuracy(k=1, name="label_top_1_accuracy")
+            self.top5 = TopKAccuracy(k=5, name="label_top_5_accuracy")
+            self.num_examples = keras.metrics.Sum("num_examples", dtype="float64")
+
+    # ---------------------------------------------------------------- forward
+
+    def _features(
+        self, images: tf.Tensor, training: bool
+    ) -> tuple[tf.Tensor, list[tf.Tensor], dict[str, tf.Tensor]]:
+        frozen = self.frozen_stages if self.train_mode == "finetune" else 0
+        endpoints = self.encoder.call_endpoints(images, training=training, frozen_stages=frozen)
+        h = endpoints["final_avg_pool"]
+        hiddens = self.projection_head(h, training=training and frozen < 5)
+        if frozen >= 5:
+            hiddens = [tf.stop_gradient(t) for t in hiddens]
+        return h, hiddens, endpoints
+
+    def _supervised_logits(self, hiddens: list[tf.Tensor], training: bool) -> tf.Tensor:
+        sup_input = hiddens[self.ft_proj_selector]
+        if self.train_mode == "pretrain":
+            # The live linear probe must not shape the representation.
+            sup_input = tf.stop_gradient(sup_input)
+        return tf.cast(self.supervised_head(sup_input, training=training), tf.float32)
+
+    def call(self, images: tf.Tensor, training: bool | None = None) -> dict[str, tf.Tensor]:
+        """Named outputs: encoder endpoints, ``proj_head_input``/``output``, ``logits_sup``."""
+        training = bool(training)
+        h, hiddens, endpoints = self._features(images, training)
+        outputs = dict(endpoints)
+        outputs["proj_head_input"] = h
+        outputs["proj_head_output"] = hiddens[-1]
+        if self.supervised_head is not None:
+            outputs["logits_sup"] = self._supervised_logits(hiddens, training)
+        return outputs
+
+    # ----------------------------------------------------------------- steps
+
+    def _replicas(self) -> int:
+        return tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _device_views(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        seed = tf.stack([tf.constant(self.augment_seed, tf.int64), step])
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None:
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, tf.cast(ctx.replica_id_in_sync_group, tf.int64)
+            )
+        return self.augment_fn(images, seed)
+
+    def _sup_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True
+        )
+        return tf.reduce_mean(per_example)
+
+    def _apply(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
+        variables = self.trainable_variables
+        scaled = self.optimizer.scale_loss(loss / self._replicas())
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+
+    def _report_common(self, loss: tf.Tensor) -> None:
+        self.loss_tracker.update_state(loss)
+        self.weight_decay_tracker.update_state(
+            optim.weight_decay_penalty(self.trainable_variables, self.weight_decay)
+        )
+        self.lr_tracker.update_state(self.optimizer.learning_rate)
+
+    def _update_supervised(self, labels, logits, sup_loss) -> None:
+        self.supervised_loss.update_state(sup_loss)
+        self.supervised_acc.update_state(labels, logits)
+
+    def train_step(self, data):
+        images, labels = data[0], data[1]
+        if self.train_mode == "finetune":
+            with tf.GradientTape() as tape:
+                _, hiddens, _ = self._features(images, training=True)
+                logits = self._supervised_logits(hiddens, training=True)
+                loss = self._sup_loss(labels, logits)
+            self._apply(tape, loss)
+            self._update_supervised(labels, logits, loss)
+            self._report_common(loss)
+            return self._results()
+
+        if self.augment_fn is not None:
+            view1, view2 = self._device_views(images)
+        else:
+            view1, view2 = images
+        if self.micro_batch_size:
+            return self._cached_train_step(view1, view2, labels)
+        n = tf.shape(view1)[0]
+        with tf.GradientTape() as tape:
+            _, hiddens, _ = self._features(tf.concat([view1, view2], 0), training=True)
+            z = hiddens[-1]
+            con = losses.nt_xent(z[:n], z[n:], self.temperature, hidden_norm=self.hidden_norm)
+            loss = con.loss
+            if self.supervised_head is not None:
+                both_labels = tf.concat([labels, labels], 0)
+                logits = self._supervised_logits(hiddens, training=True)
+                sup_loss = self._sup_loss(both_labels, logits)
+                loss = loss + sup_loss
+        self._apply(tape, loss)
+        self._report_contrast(con, loss)
+        if self.supervised_head is not None:
+            self._update_supervised(both_labels, logits, sup_loss)
+        return self._results()
+
+    def _report_contrast(self, con: losses.ContrastiveOutput, loss: tf.Tensor) -> None:
+        self.contrast_loss.update_state(con.loss)
+        self.contrast_acc.update_state(con.accuracy)
+        self.contrast_entropy.update_state(con.entropy)
+        self._report_common(loss)
+
+    def _cached_train_step(self, view1: tf.Tensor, view2: tf.Tensor, labels: tf.Tensor):
+        """Gradient caching (Gao et al. 2021): the whole batch's NT-Xent on bounded memory.
+
+        1. Project every chunk of ``micro_batch_size`` images per view without a tape.
+        2. NT-Xent (cross-replica) on the full batch; its gradient w.r.t. every projection.
+        3. Re-run each chunk under a tape and back-propagate the cached projection gradients,
+           summing parameter gradients; apply once.
+        Batch-norm statistics are per chunk (like per-replica BN), and moving statistics are
+        updated only in step 3, so once per example.
+        """
+        m = self.micro_batch_size
+        n = tf.shape(view1)[0]
+        tf.debugging.assert_equal(
+            n % m, 0, message="per-replica batch must be a multiple of --micro_batch_size"
+        )
+        chunks = n // m
+        replicas = self._replicas()
+        variables = self.trainable_variables
+
+        def project_all(view: tf.Tensor) -> tf.Tensor:
+            # training=True so batch-norm uses the same batch statistics as the re-run below.
+            zs = tf.TensorArray(tf.float32, size=chunks, infer_shape=False)
+            for i in tf.range(chunks):
+                _, hiddens, _ = self._features(view[i * m : (i + 1) * m], training=True)
+                zs = zs.write(i, tf.cast(hiddens[-1], tf.float32))
+            return zs.concat()
+
+        # The projection pass must not move the batch-norm averages: snapshot and restore them,
+        # so they are updated once per example (in the re-run), not twice.
+        moving = self.non_trainable_variables
+        snapshot = [tf.identity(v) for v in moving]
+        z1 = tf.stop_gradient(project_all(view1))
+        z2 = tf.stop_gradient(project_all(view2))
+        for v, old in zip(moving, snapshot, strict=True):
+            v.assign(old)
+        with tf.GradientTape() as tape:
+            tape.watch([z1, z2])
+            con = losses.nt_xent(z1, z2, self.temperature, hidden_norm=self.hidden_norm)
+            scaled = con.loss / replicas
+        g1, g2 = tape.gradient(scaled, [z1, z2])
+
+        grads = [tf.zeros_like(v) for v in variables]
+        sup_total = tf.constant(0.0)
+        for i in tf.range(chunks):
+            chunk_images = tf.concat([view1[i * m : (i + 1) * m], view2[i * m : (i + 1) * m]], 0)
+            chunk_grads = tf.concat([g1[i * m : (i + 1) * m], g2[i * m : (i + 1) * m]], 0)
+            with tf.GradientTape() as chunk_tape:
+                _, hiddens, _ = self._features(chunk_images, training=True)
+                z = tf.cast(hiddens[-1], tf.float32)
+                surrogate = tf.reduce_sum(z * chunk_grads)  # d(loss)/d(params) via the chain rule
+                if self.supervised_head is not None:
+                    chunk_labels = labels[i * m : (i + 1) * m]
+                    logits = self._supervised_logits(hiddens, training=True)
+                    sup = self._sup_loss(tf.concat([chunk_labels, chunk_labels], 0), logits)
+                    surrogate += sup / tf.cast(chunks * replicas, tf.float32)
+                    sup_total += sup / tf.cast(chunks, tf.float32)
+                    self.supervised_acc.update_state(
+                        tf.concat([chunk_labels, chunk_labels], 0), logits
+                    )
+                surrogate = self.optimizer.scale_loss(surrogate)
+            step_grads = chunk_tape.gradient(surrogate, variables)
+            grads = [
+                g if sg is None else g + tf.convert_to_tensor(sg)
+                for g, sg in zip(grads, step_grads, strict=True)
+            ]
+        self.optimizer.apply(grads, variables)
+        total = con.loss + sup_total
+        self._report_contrast(con, total)
+        if self.supervised_head is not None:
+            self.supervised_loss.update_state(sup_total)
+        return self._results()
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        if self.supervised_head is None:
+            raise ValueError(
+                "This model has no supervised head to evaluate: pretrain with "
+                "--lineareval_while_pretraining, or fine-tune / linear-evaluate it first."
+            )
+        _, hiddens, _ = self._features(images, training=False)
+        logits = self._supervised_logits(hiddens, training=False)
+        self.loss_tracker.update_state(
+            self._sup_loss(labels, logits), sample_weight=tf.shape(labels)[0]
+        )
+        self.top1.update_state(labels, logits)
+        self.top5.update_state(labels, logits)
+        self.num_examples.update_state(tf.cast(tf.shape(labels)[0], tf.float64))
+        return {
+            "eval_loss": self.loss_tracker.result(),
+            "label_top_1_accuracy": self.top1.result(),
+            "label_top_5_accuracy": self.top5.result(),
+            "num_examples": self.num_examples.result(),
+        }
+
+    def _results(self) -> dict[str, tf.Tensor]:
+        trackers = [self.loss_tracker]
+        if self.train_mode == "pretrain":
+            trackers += [self.contrast_loss, self.contrast_acc, self.contrast_entropy]
+        if self.supervised_head is not None:
+            trackers += [self.supervised_loss, self.supervised_acc]
+        trackers += [self.weight_decay_tracker, self.lr_tracker]
+        return {m.name: m.result() for m in trackers}
+
+    def build_all(self, image_size: int) -> None:
+        """Creates every variable (model and optimizer) so checkpoints restore eagerly."""
+        self(tf.zeros([1, image_size, image_size, 3]), training=False)
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)

@@ -1,0 +1,52 @@
+"""Test setup: quiet TF, no network, and two logical CPU devices for distribution tests.
+
+Logical devices must be configured before TensorFlow initialises its runtime, so this runs at
+import time, before any test module touches TF.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir-for-tests")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+
+def _fresh_collective_keys(cls: type) -> None:
+    """Gives every new strategy of ``cls`` its own collective-key range.
+
+    Strategies built over the same devices in one process otherwise reuse collective keys, and
+    TF then aborts collectives for the whole process ("Shape mismatch in the collective
+    instance"). TF's own tests do the same through this attribute.
+    """
+    original = cls.__init__
+
+    def init(self, *args, **kwargs):
+        cls._collective_key_base += 20_000
+        original(self, *args, **kwargs)
+
+    cls.__init__ = init
+
+
+_fresh_collective_keys(tf.distribute.MirroredStrategy)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> pathlib.Path:
+    """The shared CIFAR-10 image folder (read-only); skips when absent."""
+    if not (CIFAR10_DIR / "train").is_dir():
+        pytest.skip(f"CIFAR-10 image folder not found at {CIFAR10_DIR}")
+    return CIFAR10_DIR

@@ -1,0 +1,94 @@
+"""Flags -> Config: validation messages, dataset-dependent defaults, the step schedule."""
+
+import math
+
+import pytest
+from absl import flags
+
+from simclr_tf import config
+
+
+def _cfg(**kw) -> config.Config:
+    base = dict(model_dir="/tmp/x")
+    base.update(kw)
+    return config.Config(**base)
+
+
+def test_flags_and_config_fields_agree():
+    config.define_flags()
+    config.define_flags()  # idempotent
+    names = {f for f in config.Config.__dataclass_fields__}
+    for name in names:
+        assert name in flags.FLAGS, name
+    fv = flags.FlagValues()
+    # Parsing a fresh FlagValues with the real definitions gives the dataclass defaults.
+    for name in names:
+        fv[name] = flags.FLAGS[name]  # share definitions
+    fv(["prog", "--model_dir=/tmp/m", "--train_batch_size=4096"])
+    cfg = config.Config.from_flags(fv)
+    assert cfg.train_batch_size == 4096
+    assert cfg.optimizer == "lars" and cfg.temperature == 0.1
+    assert cfg.replace(model_dir=None).model_dir is None
+
+
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        (dict(model_dir=None), "--model_dir is required"),
+        (dict(train_steps=0, train_epochs=0), "set one of them > 0"),
+        (dict(image_size=4), "at least 8"),
+        (dict(resnet_depth=20), "--resnet_depth=20"),
+        (dict(train_mode="finetune"), "--checkpoint=PATH"),
+        (dict(train_data_fraction=0.0), "(0, 1]"),
+        (dict(fine_tune_after_block=5), "[-1, 4]"),
+        (dict(proj_head_mode="none", ft_proj_selector=1), "[0, 0]"),
+        (dict(micro_batch_size=3, train_batch_size=8), "not a multiple"),
+        (dict(use_tpu=True, strategy="mirrored"), "--use_tpu contradicts"),
+        (dict(temperature=0.0), "--temperature"),
+    ],
+)
+def test_validate_names_the_fix(changes, needle):
+    with pytest.raises(config.ConfigError) as e:
+        _cfg(**changes).validate()
+    assert needle in str(e.value)
+
+
+def test_valid_config_passes():
+    assert _cfg().validate().model_dir == "/tmp/x"
+    _cfg(train_mode="finetune", checkpoint="none").validate()
+    _cfg(mode="eval", train_epochs=0).validate()
+
+
+def test_resolve_small_and_large_images():
+    small = config.resolve(_cfg(), 32, ("train", "test"))
+    assert (small.image_size, small.cifar_stem, small.use_blur) == (32, True, False)
+    assert small.color_jitter_strength == 0.5 and small.eval_split == "test"
+    large = config.resolve(_cfg(), None, ("train", "validation", "test"))
+    assert (large.image_size, large.cifar_stem, large.use_blur) == (224, False, True)
+    assert large.color_jitter_strength == 1.0 and large.eval_split == "validation"
+    explicit = config.resolve(_cfg(image_size=64, use_blur=False, cifar_stem=True), 32, ("train",))
+    assert (explicit.image_size, explicit.use_blur, explicit.cifar_stem) == (64, False, True)
+    assert config.resolve(_cfg(use_tpu=True), 32, ("train", "test")).strategy == "tpu"
+    with pytest.raises(config.ConfigError, match="--eval_split"):
+        config.resolve(_cfg(mode="eval"), 32, ("train",))
+
+
+def test_schedule_from_epochs_and_steps():
+    cfg = _cfg(train_batch_size=256, train_epochs=3, warmup_epochs=0.5, checkpoint_epochs=1)
+    s = config.make_schedule(cfg, 1000, 0.3)
+    spe = math.ceil(1000 / 256)
+    assert (s.steps_per_epoch, s.total_steps) == (spe, 3 * spe)
+    assert s.warmup_steps == round(0.5 * spe) and s.checkpoint_steps == spe
+    s2 = config.make_schedule(cfg.replace(train_steps=7, checkpoint_steps=5), 1000, 0.3)
+    assert (s2.total_steps, s2.checkpoint_steps) == (7, 5)
+    s3 = config.make_schedule(cfg.replace(train_steps=2), 1000, 0.3)
+    assert s3.checkpoint_steps == 2  # never beyond the end
+    with pytest.raises(config.ConfigError, match="empty"):
+        config.make_schedule(cfg, 0, 0.3)
+
+
+def test_frozen_stages_follow_fine_tune_after_block():
+    assert _cfg().frozen_stages == 0
+    ft = _cfg(train_mode="finetune", checkpoint="x")
+    assert [ft.replace(fine_tune_after_block=b).frozen_stages for b in (-1, 0, 4)] == [0, 1, 5]
+    assert ft.replace(fine_tune_after_block=4).is_linear_eval
