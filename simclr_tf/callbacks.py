@@ -6,9 +6,11 @@ saver, so a non-finite step never reaches a checkpoint.
 
 from __future__ import annotations
 
+import csv
 import math
 
 import keras
+import tensorflow as tf
 
 from simclr_tf.checkpoints import Checkpointer
 
@@ -72,6 +74,36 @@ class CheckpointSaver(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._save()
+
+
+class MetricsCSV(keras.callbacks.Callback):
+    """Appends one row per epoch (epoch, step, every logged metric) to ``metrics.csv``.
+
+    Unlike Keras's CSVLogger it adds no empty ``val_*`` columns, records the optimizer step (so
+    rows of a resumed run line up), and extends the header when a new metric appears.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "step": _step(self.model)}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        rows, fields = [], list(row)
+        if tf.io.gfile.exists(self.path):
+            with tf.io.gfile.GFile(self.path) as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                old = list(reader.fieldnames or [])
+                fields = old + [k for k in row if k not in old]
+        rows.append(row)
+        tmp = self.path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        tf.io.gfile.rename(tmp, self.path, overwrite=True)
 
 
 def training_callbacks(

@@ -125,7 +125,9 @@ def describe_mismatch(root: tf.train.Checkpoint, path: str, limit: int = 12) -> 
         if name not in theirs:
             lines.append(f"  missing in checkpoint: {short} {ours[name]}")
         elif list(theirs[name]) != list(ours[name]):
-            lines.append(f"  shape differs: {short} model {ours[name]} vs checkpoint {theirs[name]}")
+            lines.append(
+                f"  shape differs: {short} model {ours[name]} vs checkpoint {theirs[name]}"
+            )
     if not lines:
         lines.append("  (no variable-level difference found)")
     more = len(lines) - limit

@@ -269,12 +269,12 @@ class Config:
             err.append("--micro_batch_size is for pretraining; drop it with finetune.")
         if self.micro_batch_size < 0:
             err.append("--micro_batch_size must be >= 0.")
-        if self.mode in ("train", "train_then_eval") and self.micro_batch_size:
-            if self.train_batch_size % self.micro_batch_size:
-                err.append(
-                    f"--train_batch_size={self.train_batch_size} is not a multiple of "
-                    f"--micro_batch_size={self.micro_batch_size}."
-                )
+        trains = self.mode in ("train", "train_then_eval")
+        if trains and self.micro_batch_size and self.train_batch_size % self.micro_batch_size:
+            err.append(
+                f"--train_batch_size={self.train_batch_size} is not a multiple of "
+                f"--micro_batch_size={self.micro_batch_size}."
+            )
         if self.checkpoint_steps < 0 or self.checkpoint_epochs < 0:
             err.append("--checkpoint_steps and --checkpoint_epochs must be >= 0.")
         if self.keep_checkpoint_max < 1:

@@ -50,7 +50,7 @@ def evaluate(
     write_dir: str | None,
 ) -> dict[str, Any]:
     """Evaluates ``model`` on the eval split; writes result files into ``write_dir``."""
-    metrics = model.evaluate(eval_input(cfg), return_dict=True, verbose=min(cfg.verbose, 1))
+    metrics = model.evaluate(eval_input(cfg), return_dict=True, verbose=2 if cfg.verbose else 0)
     result: dict[str, Any] = {
         "label_top_1_accuracy": float(metrics["label_top_1_accuracy"]),
         "label_top_5_accuracy": float(metrics["label_top_5_accuracy"]),

@@ -397,15 +397,41 @@ def export_run(
 
 
 def _num_classes_in_checkpoint(prefix: str) -> int:
-    """Classes of the supervised head stored in a checkpoint (0 when it has none)."""
-    for name, shape in tf.train.list_variables(prefix):
-        if (
-            name.startswith("model/supervised_head/")
-            and name.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
-            and len(shape) == 2
-            and "kernel" in name
-        ):
-            return int(shape[-1])
+    """Classes of the supervised head stored in a checkpoint (0 when it has none).
+
+    Walks the checkpoint's object graph (root -> model -> supervised_head): variable *names*
+    cannot be used, because a variable reachable from both the model and the optimizer is stored
+    under its shortest path (``optimizer/_trainable_variables/N``).
+    """
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    reader = tf.train.load_checkpoint(prefix)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+
+    def child(node_id: int, name: str) -> int | None:
+        for ref in graph.nodes[node_id].children:
+            if ref.local_name == name:
+                return ref.node_id
+        return None
+
+    model_id = child(0, "model")
+    head_id = None if model_id is None else child(model_id, "supervised_head")
+    if head_id is None:
+        return 0
+    shapes = reader.get_variable_to_shape_map()
+    stack, seen = [head_id], set()
+    while stack:
+        node_id = stack.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        node = graph.nodes[node_id]
+        for attr in node.attributes:
+            shape = shapes.get(attr.checkpoint_key)
+            if attr.name == "VARIABLE_VALUE" and shape is not None and len(shape) == 2:
+                return int(shape[-1])
+        stack.extend(ref.node_id for ref in node.children)
     return 0
 
 
@@ -472,6 +498,14 @@ def export_from_model_dir(
     if cfg.train_mode == "pretrain" and not cfg.lineareval_while_pretraining:
         num_classes = 0
     model = _build_export_model(cfg, num_classes)
+    untracked = checkpoints.untracked_variables(model)
+    if untracked:
+        # A restore would silently leave these at their random initial values.
+        raise ExportError(
+            f"{len(untracked)} variables of the network are not reachable by checkpoints (a "
+            f"layer held only in a Python list?), e.g. {untracked[:3]}; their trained values "
+            "cannot be restored. Fix the model code so every sub-layer is tracked."
+        )
     checkpoints.restore_model_weights(model, prefix)
     class_names = _class_names(cfg, num_classes)
     card = model_card(

@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import checkpoints, optim
-from simclr_tf.callbacks import training_callbacks
+from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import augment, pipeline, sources
 from simclr_tf.metrics import KNNMonitor
@@ -227,7 +227,7 @@ def train(
     if cfg.train_mode == "pretrain" and cfg.knn_every_epochs > 0:
         extra.append(knn_monitor(cfg, info))
     extra += [
-        keras.callbacks.CSVLogger(os.path.join(write_dir, "metrics.csv"), append=True),
+        MetricsCSV(os.path.join(write_dir, "metrics.csv")),
         keras.callbacks.TensorBoard(log_dir=write_dir, write_graph=False),
     ]
     callbacks = training_callbacks(
@@ -246,6 +246,7 @@ def train(
             steps_per_epoch=spe - step % spe,
             callbacks=callbacks,
             verbose=cfg.verbose,
+            shuffle=False,  # the input pipeline shuffles (seeded)
         )
         first_epoch += 1
     if first_epoch < epochs and int(model.optimizer.iterations.numpy()) < schedule.total_steps:
@@ -256,5 +257,6 @@ def train(
             steps_per_epoch=spe,
             callbacks=callbacks,
             verbose=cfg.verbose,
+            shuffle=False,  # the input pipeline shuffles (seeded)
         )
     return model

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -16,11 +19,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf import export, train
+from simclr_tf import checkpoints, export, train
 from simclr_tf import model_dir as model_dir_lib
 from simclr_tf.config import Config
 from simclr_tf.data import augment
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 CLASSES = ("cat", "dog", "frog")  # 3 < 5: top_5 must clamp k to 3
 STEP = 7
@@ -358,13 +362,12 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
     cfg = tiny_config(str(run_dir), data_dir=str(data), seed=3)
     model = perturbed_model(cfg, seed=4)
     model_dir_lib.prepare(cfg, str(run_dir), write_flags=True)
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model), str(run_dir), max_to_keep=1, checkpoint_name="ckpt"
-    )
-    manager.save(checkpoint_number=5)
+    # Checkpoint as training does: model + optimizer, step read from the optimizer.
+    train.compile_model(cfg, model, keras.optimizers.SGD(0.1))
+    model.optimizer.iterations.assign(5)
+    checkpoints.Checkpointer(model, str(run_dir), max_to_keep=1).save(5)
     model_dir_lib.write_result(str(run_dir), {**RESULT, "global_step": 5})
 
-    keras.mixed_precision.set_dtype_policy("float32")
     path = export.export_from_model_dir(str(run_dir))
     assert path == str(run_dir / "saved_model" / "5")
     loaded = export.load_export(path)
@@ -380,3 +383,51 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
         export.export_from_model_dir(str(run_dir))
     with pytest.raises(export.ExportError, match="flags.json"):
         export.export_from_model_dir(str(tmp_path / "data"))
+
+    # The command-line tool writes the same export elsewhere.
+    tool = [sys.executable, str(REPO / "tools" / "export.py"), f"--model_dir={run_dir}"]
+    other = tmp_path / "other"
+    done = subprocess.run(
+        [*tool, f"--export_dir={other}"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(other)
+    out = export.load_export(str(other)).serve_images(images)
+    close(out["final_avg_pool"], ref["final_avg_pool"])
+
+
+def test_distributed_mixed_precision_linear_eval_model_exports_float32_trainable(tmp_path):
+    cfg = tiny_config(
+        str(tmp_path),
+        train_mode="finetune",
+        fine_tune_after_block=4,  # linear evaluation: only the head trains in the run
+        checkpoint="none",
+        mixed_precision="bfloat16",
+    )
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    try:
+        train.set_precision(cfg)
+        with strategy.scope():
+            model = perturbed_model(cfg, seed=6)
+        path = export.export_run(model, cfg, str(tmp_path), 1, None, CLASSES)
+        assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"  # restored
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert not model.encoder.trainable_weights  # frozen in the run
+
+    # Reference: the same weights in a float32 model built outside the strategy.
+    reference = train.build_model(cfg.replace(mixed_precision="none"), len(CLASSES))
+    reference(tf.zeros([1, SIZE, SIZE, 3]))
+    reference.set_weights(model.get_weights())
+    images = random_images(3, seed=9)
+    ref = reference(images, training=False)
+
+    loaded = tf.saved_model.load(path)
+    out = loaded(tf.constant(images))
+    for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
+        assert out[key].dtype == tf.float32
+        close(out[key], ref[key], err_msg=key)
+    # The module is fully trainable: consumers decide what to freeze.
+    assert len(loaded.trainable_variables) == len(reference.weights) - len(
+        [w for w in reference.weights if "moving_" in w.path]
+    )

@@ -125,3 +125,17 @@ def test_linear_head_random_init_is_dense_with_bias():
                                rtol=1e-5, atol=1e-6)
     clone = LinearHead.from_config(head.get_config())
     assert clone.num_classes == 3 and not clone.zero_init
+
+
+def test_tf_train_checkpoint_roundtrip(tmp_path):
+    h = np.random.default_rng(5).normal(size=(4, 6)).astype("float32")
+    src = ProjectionHead("nonlinear", num_layers=3, out_dim=2)
+    src(tf.constant(h), training=True)
+    path = tf.train.Checkpoint(head=src).save(str(tmp_path / "ckpt"))
+    stored = [name for name, _ in tf.train.list_variables(path) if name.startswith("head/")]
+    assert len(stored) == len(src.weights) == 3 + 4 + 4 + 3
+    dst = ProjectionHead("nonlinear", num_layers=3, out_dim=2)
+    dst.build(h.shape)
+    tf.train.Checkpoint(head=dst).restore(path).assert_existing_objects_matched()
+    for a, b in zip(src.weights, dst.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -346,3 +346,64 @@ def test_mixed_precision_and_config_roundtrip():
     assert clone.dtype_policy.name == "mixed_float16"
     assert _count(clone.weights) == _count(model.weights)
     assert clone.get_config() == {**model.get_config(), "name": clone.name}
+
+
+def test_global_bn_two_replicas_match_one_device_on_global_batch():
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        pytest.skip("needs 2 logical CPU devices (see conftest.py)")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    keras.utils.set_random_seed(12)
+    single = ResNet(18, 0.125, cifar_stem=True, global_bn=True)
+    single.build((None, 8, 8, 3))
+    with strategy.scope():
+        dist = ResNet(18, 0.125, cifar_stem=True, global_bn=True)
+        dist.build((None, 8, 8, 3))
+    dist.set_weights(single.get_weights())
+    x = np.random.default_rng(12).uniform(size=(4, 8, 8, 3)).astype("float32")
+    x[:2] *= 0.3  # replicas see different statistics
+
+    def loss_fn(model, xb):
+        return tf.reduce_sum(model(xb, training=True) * tf.range(64, dtype=tf.float32))
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn(single, tf.constant(x))
+    ref_grads = tape.gradient(loss, single.trainable_weights)
+
+    @tf.function
+    def replica_step(xb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(dist, xb)
+        return loss, tape.gradient(loss, dist.trainable_weights)
+
+    values = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(x[2 * ctx.replica_id_in_sync_group:][:2]))
+    losses, grads = strategy.run(replica_step, args=(values,))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None).numpy()
+    np.testing.assert_allclose(total, loss.numpy(), rtol=1e-4)
+    for g, r in zip(grads, ref_grads, strict=True):
+        g = strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None).numpy()
+        r = r.numpy()  # float32 round-off: tolerance relative to the gradient's scale
+        np.testing.assert_allclose(g, r, rtol=2e-3, atol=2e-5 * np.abs(r).max())
+    mm = [w for w in dist.non_trainable_weights if "moving_mean" in w.path][-1]
+    mm_ref = [w for w in single.non_trainable_weights if "moving_mean" in w.path][-1]
+    np.testing.assert_allclose(mm.numpy(), mm_ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tf_train_checkpoint_roundtrip(tmp_path):
+    """Every variable (incl. BN statistics) reaches a tf.train.Checkpoint and is restored."""
+    kw = {"depth": 50, "width_multiplier": 0.125, "sk_ratio": 0.0625, "se_ratio": 0.25}
+    keras.utils.set_random_seed(13)
+    src = ResNet(**kw)
+    src.build((None, 16, 16, 3))
+    src(np.random.default_rng(13).uniform(size=(2, 16, 16, 3)).astype("float32"), training=True)
+    path = tf.train.Checkpoint(model=src).save(str(tmp_path / "ckpt"))
+    stored = {name for name, _ in tf.train.list_variables(path) if name.startswith("model/")}
+    assert len(stored) == len(src.weights)
+    dst = ResNet(**kw)
+    dst.build((None, 16, 16, 3))
+    assert not all(np.array_equal(a, b) for a, b in zip(src.get_weights(), dst.get_weights(),
+                                                        strict=True))
+    tf.train.Checkpoint(model=dst).restore(path).assert_existing_objects_matched()
+    for a, b in zip(src.weights, dst.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -50,18 +50,18 @@ def tiny(tmp_path_factory) -> tuple[pathlib.Path, dict[str, np.ndarray]]:
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)
     px = {}
-    px["train/cat/0.png"] = _save(root / "train/cat/0.png", rng.integers(0, 256, (6, 5, 3), np.uint8))
-    px["train/cat/1.PNG"] = _save(
-        root / "train/cat/1.PNG", rng.integers(0, 256, (4, 7), np.uint8), "PNG"
-    )  # grayscale
-    px["train/cat/2.jpg"] = _save(root / "train/cat/2.jpg", np.full((8, 8, 3), 90, np.uint8))
-    px["train/ant/b.png"] = _save(root / "train/ant/b.png", rng.integers(0, 256, (3, 3, 3), np.uint8))
-    px["train/ant/a.png"] = _save(root / "train/ant/a.png", rng.integers(0, 256, (5, 5, 3), np.uint8))
-    px["train/dog/x.JPEG"] = _save(
-        root / "train/dog/x.JPEG", np.full((7, 9, 3), 200, np.uint8), "JPEG"
-    )
-    px["train/dog/y.png"] = _save(root / "train/dog/y.png", rng.integers(0, 256, (2, 4, 3), np.uint8))
-    px["test/dog/u.png"] = _save(root / "test/dog/u.png", rng.integers(0, 256, (4, 4, 3), np.uint8))
+    specs = {  # key -> (array, PIL format or None for the extension's)
+        "train/cat/0.png": (rng.integers(0, 256, (6, 5, 3), np.uint8), None),
+        "train/cat/1.PNG": (rng.integers(0, 256, (4, 7), np.uint8), "PNG"),  # grayscale
+        "train/cat/2.jpg": (np.full((8, 8, 3), 90, np.uint8), None),
+        "train/ant/b.png": (rng.integers(0, 256, (3, 3, 3), np.uint8), None),
+        "train/ant/a.png": (rng.integers(0, 256, (5, 5, 3), np.uint8), None),
+        "train/dog/x.JPEG": (np.full((7, 9, 3), 200, np.uint8), "JPEG"),
+        "train/dog/y.png": (rng.integers(0, 256, (2, 4, 3), np.uint8), None),
+        "test/dog/u.png": (rng.integers(0, 256, (4, 4, 3), np.uint8), None),
+    }
+    for key, (array, fmt) in specs.items():
+        px[key] = _save(root / key, array, fmt)
     (root / "train/cat/notes.txt").write_text("not an image")
     _save(root / "train/.ipynb_checkpoints/z.png", np.zeros((2, 2, 3), np.uint8))
     return root, px
@@ -212,7 +212,8 @@ def test_fraction_balanced_reproducible(tmp_path):
 
 def test_shuffle_files_and_sharding(tmp_path):
     ids = _constant_folder(tmp_path, {"a": 6, "b": 5})
-    plain = [int(x[0, 0, 0]) for x, _ in _items(load_split("image_folder", "train", str(tmp_path))[0])]
+    ds, _ = load_split("image_folder", "train", str(tmp_path))
+    plain = [int(x[0, 0, 0]) for x, _ in _items(ds)]
     assert plain == sorted(ids)
 
     def shuffled(seed):

@@ -98,7 +98,7 @@ def _as_seed(seed) -> tf.Tensor:
 
 
 def _split(seed, num: int) -> list[tf.Tensor]:
-    seeds = tf.random.experimental.stateless_split(_as_seed(seed), num)
+    seeds = tf.random.experimental.stateless_split(_as_seed(seed), num, alg="philox")
     return [seeds[i] for i in range(num)]
 
 
@@ -118,9 +118,23 @@ def _check_rgb(x: tf.Tensor, what: str) -> None:
         raise ValueError(f"{what} needs RGB images with 3 channels; got {channels} channels.")
 
 
+def _uniform(shape, seed, minval: float = 0.0, maxval: float = 1.0) -> tf.Tensor:
+    """Stateless float32 uniform in [minval, maxval) built from raw 32-bit Philox draws.
+
+    ``tf.random.stateless_uniform`` maps bits to floats differently with and without XLA;
+    the integer bits agree, so converting them here keeps views identical whether the
+    augmentation runs eagerly, in tf.data or inside a jit-compiled train step.
+    """
+    bits = tf.random.stateless_uniform(
+        shape, seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+    )
+    unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+    return minval + (maxval - minval) * unit
+
+
 def _bernoulli(seed, batch, p: float) -> tf.Tensor:
     """[B] bool mask, True with probability p (exactly never for p=0, always for p=1)."""
-    return tf.random.stateless_uniform(tf.reshape(batch, [1]), seed) < p
+    return _uniform(tf.reshape(batch, [1]), seed) < p
 
 
 def _bcast(v: tf.Tensor) -> tf.Tensor:
@@ -174,11 +188,9 @@ def sample_crop_boxes(
     w_img = tf.cast(width, tf.float32)
     shape = tf.stack([tf.cast(batch, tf.int32), int(max_attempts)])
 
-    target = h_img * w_img * tf.random.stateless_uniform(
-        shape, s_area, float(area_range[0]), float(area_range[1])
-    )
+    target = h_img * w_img * _uniform(shape, s_area, float(area_range[0]), float(area_range[1]))
     log_lo, log_hi = math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1])
-    ratio = tf.exp(tf.random.stateless_uniform(shape, s_ratio, log_lo, log_hi))
+    ratio = tf.exp(_uniform(shape, s_ratio, log_lo, log_hi))
     cand_w = tf.round(tf.sqrt(target * ratio))
     cand_h = tf.round(tf.sqrt(target / ratio))
     fits = (cand_w >= 1.0) & (cand_w <= w_img) & (cand_h >= 1.0) & (cand_h <= h_img)
@@ -197,7 +209,7 @@ def sample_crop_boxes(
 
     box_h = tf.where(found, pick_h, fb_h)
     box_w = tf.where(found, pick_w, fb_w)
-    u = tf.random.stateless_uniform(tf.stack([shape[0], 2]), s_offset)
+    u = _uniform(tf.stack([shape[0], 2]), s_offset)
     rand_y = tf.minimum(tf.floor(u[:, 0] * (h_img - box_h + 1.0)), h_img - box_h)
     rand_x = tf.minimum(tf.floor(u[:, 1] * (w_img - box_w + 1.0)), w_img - box_w)
     y0 = tf.where(found, rand_y, tf.floor((h_img - box_h) / 2.0))
@@ -247,6 +259,7 @@ def _crop_resize_matmul(
         wx = tf.where(flip[:, tf.newaxis, tf.newaxis], tf.reverse(wx, axis=[1]), wx)
     rows = tf.einsum("boh,bhwc->bowc", wy, x)
     out = tf.einsum("bpw,bowc->bopc", wx, rows)
+    out = tf.ensure_shape(out, [x.shape[0], size, size, x.shape[-1]])
     return tf.clip_by_value(out, 0.0, 1.0)
 
 
@@ -323,8 +336,13 @@ def random_flip(image, seed, p: float = 0.5) -> tf.Tensor:
     """Horizontal flip of each example with probability ``p``."""
     _check_p("p", p)
     x, single = _to_batch(image)
-    flip = _bernoulli(_as_seed(seed), tf.shape(x)[0], p)
-    out = tf.where(_bcast(flip), tf.reverse(x, axis=[2]), x)
+    shape = tf.shape(x)
+    flip = _bernoulli(_as_seed(seed), shape[0], p)
+    # Per-example column indices (reversed or not) and one gather: cheaper than a broadcast
+    # tf.where between x and its mirror image.
+    cols = tf.range(shape[2])
+    cols = tf.where(flip[:, tf.newaxis], tf.reverse(cols, [0])[tf.newaxis], cols[tf.newaxis])
+    out = tf.gather(x, cols, axis=2, batch_dims=1)
     return _from_batch(out, single)
 
 
@@ -364,8 +382,9 @@ def _hue(x: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     hue = hue - tf.floor(hue)
     out = tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], axis=-1))
     # Blend so that delta == 0 returns x bit-exactly (x + 0 * (...)); cheaper than tf.where.
+    # HSV -> RGB with V and S in [0, 1] stays in [0, 1], so no clip pass is needed here.
     moved = _bcast(tf.cast(tf.not_equal(delta, 0.0), tf.float32))
-    return tf.clip_by_value(x + (out - x) * moved, 0.0, 1.0)
+    return x + (out - x) * moved
 
 
 def _public_adjust(op, what: str, image, factor) -> tf.Tensor:
@@ -376,7 +395,8 @@ def _public_adjust(op, what: str, image, factor) -> tf.Tensor:
 
 def adjust_brightness(image, factor) -> tf.Tensor:
     """Multiplicative brightness ``x * factor`` (SimCLR's form), clipped; factor scalar or [B]."""
-    return _public_adjust(_brightness, "adjust_brightness", image, factor)
+    # The jitter only draws factors >= 0; clip both sides here for arbitrary user factors.
+    return tf.clip_by_value(_public_adjust(_brightness, "adjust_brightness", image, factor), 0, 1)
 
 
 def adjust_contrast(image, factor) -> tf.Tensor:
@@ -391,7 +411,7 @@ def adjust_saturation(image, factor) -> tf.Tensor:
 
 def adjust_hue(image, delta) -> tf.Tensor:
     """Rotates hue by ``delta`` (fraction of the colour wheel), as tf.image.adjust_hue."""
-    return _public_adjust(_hue, "adjust_hue", image, delta)
+    return tf.clip_by_value(_public_adjust(_hue, "adjust_hue", image, delta), 0.0, 1.0)
 
 
 # Op ids: 0 brightness, 1 contrast, 2 saturation, 3 hue.
@@ -445,13 +465,13 @@ def _jitter_params(seed, batch, strength: float, random_order: bool = True) -> d
     shape = tf.reshape(tf.cast(batch, tf.int32), [1])
     lo = max(0.0, 1.0 - 0.8 * s)
     params = {
-        "brightness": tf.random.stateless_uniform(shape, seeds[0], lo, 1.0 + 0.8 * s),
-        "contrast": tf.random.stateless_uniform(shape, seeds[1], lo, 1.0 + 0.8 * s),
-        "saturation": tf.random.stateless_uniform(shape, seeds[2], lo, 1.0 + 0.8 * s),
-        "hue": tf.random.stateless_uniform(shape, seeds[3], -0.2 * s, 0.2 * s),
+        "brightness": _uniform(shape, seeds[0], lo, 1.0 + 0.8 * s),
+        "contrast": _uniform(shape, seeds[1], lo, 1.0 + 0.8 * s),
+        "saturation": _uniform(shape, seeds[2], lo, 1.0 + 0.8 * s),
+        "hue": _uniform(shape, seeds[3], -0.2 * s, 0.2 * s),
     }
     if random_order:
-        keys = tf.random.stateless_uniform(tf.concat([shape, [4]], 0), seeds[4])
+        keys = _uniform(tf.concat([shape, [4]], 0), seeds[4])
         order = tf.argsort(keys, axis=1)
     else:
         order = tf.tile(tf.range(4, dtype=tf.int32)[tf.newaxis], tf.concat([shape, [1]], 0))
@@ -505,10 +525,15 @@ def color_jitter(image, seed, strength: float, random_order: bool = True) -> tf.
 
 
 def _grayscale_mix(x: tf.Tensor, gray_mask: tf.Tensor) -> tf.Tensor:
-    """Luma for masked examples, x otherwise: gray*m + x*(1-m) is exact for m in {0, 1}."""
-    gray = tf.reduce_sum(x * tf.constant(_GRAY_WEIGHTS, tf.float32), axis=-1, keepdims=True)
-    m = _bcast(tf.cast(gray_mask, tf.float32))
-    return tf.clip_by_value(gray * m + x * (1.0 - m), 0.0, 1.0)
+    """Luma in all 3 channels for masked examples, x otherwise, as one batched 3x3 matmul.
+
+    Each example's colour matrix is either the identity (exact: x*1 + 0) or a matrix whose 3
+    columns are the luma weights (3 identical channels). One pass, no broadcast select.
+    """
+    weights = tf.constant(_GRAY_WEIGHTS, tf.float32)
+    to_gray = tf.tile(weights[:, tf.newaxis], [1, 3])
+    matrices = tf.where(gray_mask[:, tf.newaxis, tf.newaxis], to_gray, tf.eye(3))
+    return tf.clip_by_value(tf.einsum("bhwc,bcd->bhwd", x, matrices), 0.0, 1.0)
 
 
 def random_grayscale(image, seed, p: float = 0.2) -> tf.Tensor:
@@ -608,7 +633,7 @@ def _blur_params(seed, batch, p: float, sigma_range: Sequence[float]):
         raise ValueError(f"sigma_range must satisfy 0 < low <= high; got {sigma_range}.")
     s_apply, s_sigma = _split(seed, 2)
     apply = _bernoulli(s_apply, batch, p)
-    sigma = tf.random.stateless_uniform(tf.reshape(batch, [1]), s_sigma, lo, hi)
+    sigma = _uniform(tf.reshape(batch, [1]), s_sigma, lo, hi)
     return apply, sigma
 
 
@@ -668,10 +693,11 @@ def two_views(
     _check_size(size)
     image = tf.convert_to_tensor(image)
     if image.shape.rank == 3:
-        s_crop1, s_crop2, s_flip, s_color, s_blur = _split(seed, 5)
-        crops = tf.stack(
-            [random_resized_crop(image, s_crop1, size), random_resized_crop(image, s_crop2, size)]
-        )
+        s_crop, s_flip, s_color, s_blur = _split(seed, 4)
+        shape = tf.shape(image)
+        boxes = sample_crop_boxes(s_crop, shape[0], shape[1], 2)  # both views' boxes at once
+        crops = tf.stack([_crop_resize_single(image, boxes[i], size) for i in range(2)])
+        crops = tf.ensure_shape(crops, [2, size, size, image.shape[-1]])
         views = random_flip(crops, s_flip)
         views = _color_blur(views, s_color, s_blur, color_jitter_strength, use_blur)
         return views[0], views[1]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import os
 import struct
 from collections.abc import Sequence
@@ -221,11 +222,8 @@ def _flat_files(split_dir: str, listing: dict[str, list[str]]) -> list[str]:
 
 def _fraction_rank(seed: int, identity: str) -> int:
     """A keyed 64-bit hash: the same on every machine and Python version (unlike ``hash``)."""
-    import hashlib
-
-    digest = hashlib.blake2b(
-        identity.encode("utf-8"), digest_size=8, key=struct.pack("<qq", seed, _FRACTION_KEY)
-    ).digest()
+    key = struct.pack("<QQ", seed % 2**64, _FRACTION_KEY)
+    digest = hashlib.blake2b(identity.encode("utf-8"), digest_size=8, key=key).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -580,7 +578,7 @@ def _load_tfds_split(
 def _tfds_rank(tfds_id: tf.Tensor, seed: int) -> tf.Tensor:
     """Keyed SipHash of the example id: non-negative int64, machine independent."""
     return tf.strings.to_hash_bucket_strong(
-        tfds_id, num_buckets=2**63 - 1, key=[seed & 0xFFFFFFFFFFFFFFFF, _FRACTION_KEY]
+        tfds_id, num_buckets=2**63 - 1, key=[seed % 2**63, _FRACTION_KEY]
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf.models.layers import BatchNorm
+from simclr_tf.models.layers import BatchNorm, attach_layers
 
 PROJECTION_MODES = ("none", "linear", "nonlinear")
 BN_EPSILON = 1e-5
@@ -49,8 +49,16 @@ class ProjectionHead(keras.layers.Layer):
             raise ValueError(f"out_dim must be >= 1, got {out_dim}.")
         self.mode, self.num_layers, self.out_dim = mode, int(num_layers), int(out_dim)
         self.bn_momentum, self.global_bn = float(bn_momentum), bool(global_bn)
-        self.dense_layers: list[keras.layers.Dense] = []
-        self.bn_layers: list[BatchNorm] = []
+        self._dense_names: tuple[str, ...] = ()
+        self._bn_names: tuple[str, ...] = ()
+
+    @property
+    def dense_layers(self) -> list[keras.layers.Dense]:
+        return [getattr(self, n) for n in self._dense_names]
+
+    @property
+    def bn_layers(self) -> list[BatchNorm]:
+        return [getattr(self, n) for n in self._bn_names]
 
     @property
     def depth(self) -> int:
@@ -76,7 +84,8 @@ class ProjectionHead(keras.layers.Layer):
             bn.build((input_shape[0], dense.units))
             dense_layers.append(dense)
             bn_layers.append(bn)
-        self.dense_layers, self.bn_layers = dense_layers, bn_layers
+        self._dense_names = attach_layers(self, dense_layers)
+        self._bn_names = attach_layers(self, bn_layers)
 
     def compute_output_shape(self, input_shape: tuple) -> list[tuple]:
         shapes = [tuple(input_shape)]

@@ -28,6 +28,22 @@ _FUSED_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
 
 
+def attach_layers(owner: keras.layers.Layer, layers: list[keras.layers.Layer]) -> tuple[str, ...]:
+    """Store sublayers as attributes named after them; return the names, in order.
+
+    Why: Keras 3 tracks layers held in Python lists for its own weight lists (and .weights.h5
+    files), but those lists are not TensorFlow trackables, so ``tf.train.Checkpoint`` silently
+    skips every variable under them. Named attributes are tracked by both.
+    """
+    names = []
+    for layer in layers:
+        if layer.name in owner.__dict__ or hasattr(type(owner), layer.name):
+            raise ValueError(f"{owner.name} already has an attribute {layer.name!r}.")
+        setattr(owner, layer.name, layer)
+        names.append(layer.name)
+    return tuple(names)
+
+
 def _global_replica_context() -> tf.distribute.ReplicaContext | None:
     """The replica context when more than one replica runs in sync, else None."""
     ctx = tf.distribute.get_replica_context()
@@ -128,7 +144,11 @@ class BatchNorm(keras.layers.Layer):
     def _fused(
         self, x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, training: bool
     ) -> tf.Tensor:
-        """FusedBatchNormV3 on a 4-D NHWC tensor (float32/float16/bfloat16, float32 params)."""
+        """FusedBatchNormV3 on a 4-D NHWC tensor (float32/float16/bfloat16, float32 params).
+
+        The raw op, not tf.nn.fused_batch_norm: that wrapper silently raises epsilon to
+        1.001e-5 (a cuDNN limit), which would break exact agreement with Keras BN.
+        """
         if training:
             y, mean, var_unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=gamma, offset=beta,
@@ -143,8 +163,6 @@ class BatchNorm(keras.layers.Layer):
             variance = var_unbiased * (tf.maximum(n - 1.0, 0.0) / tf.maximum(n, 1.0))
             self._update_moving(mean, variance)
             return y
-        # Raw op rather than tf.nn.fused_batch_norm: the wrapper silently raises epsilon to
-        # 1.001e-5 (a cuDNN limit), which would break exact agreement with Keras BN.
         y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=gamma, offset=beta,
             mean=tf.cast(self.moving_mean, tf.float32),

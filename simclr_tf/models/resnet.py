@@ -37,7 +37,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf.models.layers import BatchNorm
+from simclr_tf.models.layers import BatchNorm, attach_layers
 
 BLOCKS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -274,7 +274,11 @@ class Shortcut(keras.layers.Layer):
 
 
 class _Block(keras.layers.Layer):
-    """Shared residual-block plumbing: ``relu(residual(x) + shortcut(x))``."""
+    """Shared residual-block plumbing: ``relu(residual(x) + shortcut(x))``.
+
+    ``in_channels`` decides whether the shortcut needs a projection; ``None`` (unknown) always
+    uses one. `ResNet` passes the true value.
+    """
 
     expansion = 1
 
@@ -295,7 +299,7 @@ class _Block(keras.layers.Layer):
                      name="projection", **self._bn)
             if needs_projection else None
         )
-        self.residual_layers: list[keras.layers.Layer] = self._residual_layers()
+        self._residual_names = attach_layers(self, self._residual_layers())
         self.se = (
             SqueezeExcite(self.out_channels, max(1, int(self.filters * self.se_ratio)),
                           dtype=self.dtype_policy, name="se")
@@ -304,6 +308,11 @@ class _Block(keras.layers.Layer):
 
     def _residual_layers(self) -> list[keras.layers.Layer]:
         raise NotImplementedError
+
+    @property
+    def residual_layers(self) -> list[keras.layers.Layer]:
+        """The residual branch, in order (before the optional SE gate)."""
+        return [getattr(self, n) for n in self._residual_names]
 
     def build(self, input_shape: tuple) -> None:
         if self.in_channels is not None and input_shape[-1] != self.in_channels:
@@ -409,13 +418,17 @@ class BlockGroup(keras.layers.Layer):
         self.momentum, self.global_bn = float(momentum), bool(global_bn)
         cls = _BLOCK_TYPES[block_type]
         self.out_channels = cls.expansion * self.filters
-        self.block_layers = [
+        self._block_names = attach_layers(self, [
             cls(self.filters, self.strides if i == 0 else 1,
                 in_channels=self.in_channels if i == 0 else self.out_channels,
                 sk_ratio=self.sk_ratio, se_ratio=self.se_ratio, momentum=self.momentum,
                 global_bn=self.global_bn, dtype=self.dtype_policy, name=f"block{i + 1}")
             for i in range(self.blocks)
-        ]
+        ])
+
+    @property
+    def block_layers(self) -> list[keras.layers.Layer]:
+        return [getattr(self, n) for n in self._block_names]
 
     def build(self, input_shape: tuple) -> None:
         shape = input_shape
@@ -455,19 +468,25 @@ class Stem(keras.layers.Layer):
         d = self.dtype_policy
         self.out_channels = scaled_width(64, self.width_multiplier)
         if self.cifar_stem:
-            self.conv_layers = [FixedPaddingConv2D(self.out_channels, 3, 1, dtype=d, name="conv"),
-                                BNReLU(name="bn", **bn)]
+            conv_layers = [FixedPaddingConv2D(self.out_channels, 3, 1, dtype=d, name="conv"),
+                           BNReLU(name="bn", **bn)]
         elif self.sk_ratio > 0:
             half = max(1, self.out_channels // 2)
-            self.conv_layers = [
+            conv_layers = [
                 FixedPaddingConv2D(half, 3, 2, dtype=d, name="conv1"), BNReLU(name="bn1", **bn),
                 FixedPaddingConv2D(half, 3, 1, dtype=d, name="conv2"), BNReLU(name="bn2", **bn),
                 FixedPaddingConv2D(self.out_channels, 3, 1, dtype=d, name="conv3"),
                 BNReLU(name="bn3", **bn),
             ]
         else:
-            self.conv_layers = [FixedPaddingConv2D(self.out_channels, 7, 2, dtype=d, name="conv"),
-                                BNReLU(name="bn", **bn)]
+            conv_layers = [FixedPaddingConv2D(self.out_channels, 7, 2, dtype=d, name="conv"),
+                           BNReLU(name="bn", **bn)]
+        self._conv_names = attach_layers(self, conv_layers)
+
+    @property
+    def conv_layers(self) -> list[keras.layers.Layer]:
+        """Convolutions and BN+ReLU of the stem, in order."""
+        return [getattr(self, n) for n in self._conv_names]
 
     def build(self, input_shape: tuple) -> None:
         shape = input_shape
@@ -534,8 +553,13 @@ class ResNet(keras.Model):
             )
             channels = group.out_channels
             stages.append(group)
-        self.stages = stages
+        self._stage_names = attach_layers(self, stages)
         self.output_dim: int = channels
+
+    @property
+    def stages(self) -> list[keras.layers.Layer]:
+        """[stem, block_group1, ..., block_group4]."""
+        return [getattr(self, n) for n in self._stage_names]
 
     def build(self, input_shape: tuple) -> None:
         shape = tuple(input_shape)

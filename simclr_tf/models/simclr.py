@@ -160,10 +160,16 @@ class SimCLRModel(keras.Model):
         )
         return tf.reduce_mean(per_example)
 
-    def _apply(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
+    def _scaled(self, loss: tf.Tensor) -> tf.Tensor:
+        """Per-replica share of the loss (Keras sums replica gradients), loss-scaled for fp16.
+
+        Must be computed inside the tape.
+        """
+        return self.optimizer.scale_loss(loss / self._replicas())
+
+    def _apply(self, tape: tf.GradientTape, scaled_loss: tf.Tensor) -> None:
         variables = self.trainable_variables
-        scaled = self.optimizer.scale_loss(loss / self._replicas())
-        grads = tape.gradient(scaled, variables)
+        grads = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(grads, variables)
 
     def _report_common(self, loss: tf.Tensor) -> None:
@@ -184,7 +190,8 @@ class SimCLRModel(keras.Model):
                 _, hiddens, _ = self._features(images, training=True)
                 logits = self._supervised_logits(hiddens, training=True)
                 loss = self._sup_loss(labels, logits)
-            self._apply(tape, loss)
+                scaled = self._scaled(loss)
+            self._apply(tape, scaled)
             self._update_supervised(labels, logits, loss)
             self._report_common(loss)
             return self._results()
@@ -206,7 +213,8 @@ class SimCLRModel(keras.Model):
                 logits = self._supervised_logits(hiddens, training=True)
                 sup_loss = self._sup_loss(both_labels, logits)
                 loss = loss + sup_loss
-        self._apply(tape, loss)
+            scaled = self._scaled(loss)
+        self._apply(tape, scaled)
         self._report_contrast(con, loss)
         if self.supervised_head is not None:
             self._update_supervised(both_labels, logits, sup_loss)
