@@ -72,7 +72,8 @@ def run_config(cfg: config.Config) -> dict | None:
         if not evaluates:
             return None
         if model is None:
-            schedule = train.make_schedule_for(cfg, max(1, info.split_sizes[cfg.train_split]))
+            train_size = max(1, info.split_sizes.get(cfg.train_split, 1))
+            schedule = train.make_schedule_for(cfg, train_size)
             model = train.build_for_run(cfg, strategy, info, schedule)
             source = evaluate.restore_for_eval(cfg, model, location.path)
         else:
@@ -80,12 +81,23 @@ def run_config(cfg: config.Config) -> dict | None:
         step = checkpoints.checkpoint_step(source)
         result = evaluate.evaluate(cfg, model, source, step, location.path)
         if cfg.export_saved_model and location.chief:
-            from simclr_tf import export
-
-            export.export_run(model, cfg, location.path, step, result, info.class_names)
+            _export(cfg, model, location.path, step, result, info.class_names)
         return result
     finally:
         location.cleanup()
+
+
+def _export(cfg, model, run_dir: str, step: int, result: dict, class_names) -> None:
+    """Exports the evaluated weights; an export of the same step is kept (same weights)."""
+    import os
+
+    from simclr_tf import export
+
+    existing = os.path.join(run_dir, "saved_model", str(step))
+    if os.path.isdir(existing) and not cfg.overwrite:
+        logging.info("Export %s exists (same step, same weights): kept.", existing)
+        return
+    export.export_run(model, cfg, run_dir, step, result, class_names)
 
 
 def main(argv: list[str]) -> None:

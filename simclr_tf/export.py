@@ -215,8 +215,8 @@ def _refuse_existing(export_dir: str, overwrite: bool) -> None:
     if tf.io.gfile.exists(export_dir) and not overwrite:
         raise ExportError(
             f"An export already exists at {export_dir}: pass --overwrite (overwrite=True) to "
-            "replace it, choose another --export_dir, or pass --noexport_saved_model to skip "
-            "exporting. Nothing was changed."
+            "replace it (run.py: or --noexport_saved_model to skip exporting; tools/export.py: "
+            "or another --export_dir). The existing export was left unchanged."
         )
 
 

@@ -182,6 +182,20 @@ def knn_monitor(cfg: Config, info: sources.DatasetInfo) -> KNNMonitor:
     )
 
 
+def num_train_examples(cfg: Config) -> int:
+    """Examples per training epoch, after ``--train_data_fraction`` (epochs are of the subset)."""
+    if cfg.train_data_fraction >= 1.0:
+        return sources.dataset_info(cfg.dataset, cfg.data_dir).split_sizes[cfg.train_split]
+    _, subset = sources.load_split(
+        cfg.dataset,
+        cfg.train_split,
+        data_dir=cfg.data_dir,
+        train_data_fraction=cfg.train_data_fraction,
+        fraction_seed=cfg.seed,
+    )
+    return subset.split_sizes[cfg.train_split]
+
+
 def build_for_run(
     cfg: Config, strategy: tf.distribute.Strategy, info: sources.DatasetInfo, schedule: Schedule
 ) -> SimCLRModel:
@@ -201,7 +215,7 @@ def train(
     write_dir: str,
 ) -> SimCLRModel:
     """Trains to ``total_steps``, resuming from the newest checkpoint in ``write_dir``."""
-    schedule = make_schedule_for(cfg, info.split_sizes[cfg.train_split])
+    schedule = make_schedule_for(cfg, num_train_examples(cfg))
     model = build_for_run(cfg, strategy, info, schedule)
     checkpointer = checkpoints.Checkpointer(model, write_dir, cfg.keep_checkpoint_max)
     step = checkpointer.restore_latest()

@@ -44,6 +44,15 @@ def attach_layers(owner: keras.layers.Layer, layers: list[keras.layers.Layer]) -
     return tuple(names)
 
 
+def set_trainable(layer: keras.layers.Layer, value: bool) -> None:
+    """Sets ``layer.trainable`` and pushes it to every sub-layer, even when unchanged.
+
+    Why: TF's trackable ``__setattr__`` skips ``x.a = x.a``, so re-setting ``trainable = False``
+    after sub-layers were built (they start trainable) would silently do nothing.
+    """
+    keras.layers.Layer.trainable.fset(layer, bool(value))
+
+
 def _global_replica_context() -> tf.distribute.ReplicaContext | None:
     """The replica context when more than one replica runs in sync, else None."""
     ctx = tf.distribute.get_replica_context()

@@ -37,7 +37,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf.models.layers import BatchNorm, attach_layers
+from simclr_tf.models.layers import BatchNorm, attach_layers, set_trainable
 
 BLOCKS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -582,7 +582,7 @@ class ResNet(keras.Model):
         if not 0 <= n <= len(self.stages):
             raise ValueError(f"freeze_stages takes 0..{len(self.stages)}, got {n}.")
         for i, stage in enumerate(self.stages):
-            stage.trainable = i >= n
+            set_trainable(stage, i >= n)
 
     def call(self, images: tf.Tensor, training: bool | None = None,
              frozen_stages: int = 0) -> tf.Tensor:

@@ -19,6 +19,7 @@ import tensorflow as tf
 from simclr_tf import losses, optim
 from simclr_tf.metrics import TopKAccuracy
 from simclr_tf.models.heads import LinearHead, ProjectionHead
+from simclr_tf.models.layers import set_trainable
 from simclr_tf.models.resnet import ResNet
 
 AugmentFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -87,11 +88,7 @@ class SimCLRModel(keras.Model):
         )
         if train_mode == "finetune" and self.supervised_head is None:
             raise ValueError("finetune needs num_classes > 0 for its supervised head.")
-        if frozen_stages:
-            encoder.freeze_stages(frozen_stages)
-        if frozen_stages >= 5:
-            # Linear evaluation: nothing but the linear classifier learns.
-            projection_head.trainable = False
+        self._freeze()
 
         mean = keras.metrics.Mean
         if train_mode == "pretrain":
@@ -107,6 +104,20 @@ class SimCLRModel(keras.Model):
             self.top1 = TopKAccuracy(k=1, name="label_top_1_accuracy")
             self.top5 = TopKAccuracy(k=5, name="label_top_5_accuracy")
             self.num_examples = keras.metrics.Sum("num_examples", dtype="float64")
+
+    def _freeze(self) -> None:
+        """Freezes the first ``frozen_stages`` encoder stages (and the head for linear eval).
+
+        Called again once the layers are built: Keras's ``trainable = False`` does not reach
+        sub-layers created later.
+        """
+        if self.train_mode != "finetune":
+            return
+        if self.frozen_stages:
+            self.encoder.freeze_stages(self.frozen_stages)
+        if self.frozen_stages >= 5:
+            # Linear evaluation: nothing but the linear classifier learns.
+            set_trainable(self.projection_head, False)
 
     # ---------------------------------------------------------------- forward
 
@@ -332,5 +343,6 @@ class SimCLRModel(keras.Model):
     def build_all(self, image_size: int) -> None:
         """Creates every variable (model and optimizer) so checkpoints restore eagerly."""
         self(tf.zeros([1, image_size, image_size, 3]), training=False)
+        self._freeze()
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
