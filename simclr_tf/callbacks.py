@@ -7,16 +7,16 @@ saver, so a non-finite step never reaches a checkpoint.
 from __future__ import annotations
 
 import csv
-import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from simclr_tf.checkpoints import Checkpointer
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss (or the weights) became NaN or infinite; the last good checkpoint is kept."""
 
 
 def _step(model: keras.Model) -> int:
@@ -44,17 +44,36 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         value = (logs or {}).get(self.key)
-        if value is not None and not math.isfinite(float(value)):
+        if value is None:
+            return
+        value = np.asarray(keras.ops.convert_to_numpy(value), np.float64).reshape(-1)
+        if not np.all(np.isfinite(value)):
             self.model.stop_training = True
+            value = float(value[0]) if value.size == 1 else value.tolist()
             raise NonFiniteLossError(
-                f"Non-finite {self.key} ({float(value)}) at step {_step(self.model)}. The last "
+                f"Non-finite {self.key} ({value}) at step {_step(self.model)}. The last "
                 "good checkpoint is kept; lower --learning_rate, raise --warmup_epochs, or check "
                 "the data."
             )
 
 
+def all_finite(variables) -> bool:
+    """True when every float variable is free of NaN and inf (one fused reduction)."""
+    checks = [
+        tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v)))
+        for v in variables
+        if tf.as_dtype(v.dtype).is_floating
+    ]
+    return bool(tf.reduce_all(tf.stack(checks))) if checks else True
+
+
 class CheckpointSaver(keras.callbacks.Callback):
-    """Saves every ``every_steps`` optimizer steps and at the end of training."""
+    """Saves every ``every_steps`` optimizer steps and at the end of training.
+
+    A checkpoint is only written when every weight is finite: a step whose loss was finite can
+    still overflow the weights (e.g. a huge learning rate), and such a checkpoint must never
+    replace the last good one.
+    """
 
     def __init__(self, checkpointer: Checkpointer, every_steps: int):
         super().__init__()
@@ -65,6 +84,12 @@ class CheckpointSaver(keras.callbacks.Callback):
     def _save(self) -> None:
         step = _step(self.model)
         if step != self.last_saved and step > 0:
+            if not all_finite([*self.model.weights, *self.model.optimizer.variables]):
+                self.model.stop_training = True
+                raise NonFiniteLossError(
+                    f"Non-finite weights after step {step}; not saved, the last good checkpoint "
+                    "is kept. Lower --learning_rate, raise --warmup_epochs, or check the data."
+                )
             self.checkpointer.save(step)
             self.last_saved = step
 

@@ -85,9 +85,16 @@ class Checkpointer:
         logging.info("Saved checkpoint %s", path)
         return path
 
-    def restore_latest(self) -> int:
-        """Resumes from the newest checkpoint; returns its step (0 when there is none)."""
-        latest = self.manager.latest_checkpoint
+    def restore_latest(self, directory: str | None = None) -> int:
+        """Resumes from the newest checkpoint; returns its step (0 when there is none).
+
+        ``directory``: where to look instead of the save folder (multi-worker: every worker
+        resumes from the chief's model_dir while non-chiefs save to a temporary folder).
+        """
+        if directory is None or directory == self.manager.directory:
+            latest = self.manager.latest_checkpoint
+        else:
+            latest = tf.train.latest_checkpoint(directory)
         if latest is None:
             return 0
         restore_exactly(self.checkpoint, latest)

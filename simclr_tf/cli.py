@@ -65,6 +65,10 @@ def run_config(cfg: config.Config) -> dict | None:
         pipeline.per_replica_batch_size(cfg.train_batch_size, strategy.num_replicas_in_sync)
     location = distribute.WriteLocation(cfg.model_dir, distribute.is_chief(strategy))
     try:
+        if not location.chief:
+            # Every worker refuses an incompatible model_dir, not only the chief (which would
+            # otherwise leave the others waiting in a collective).
+            model_dir.check_compatible(cfg, location.read_path)
         model_dir.prepare(cfg, location.path, write_flags=trains)
         model = None
         if trains:
@@ -75,7 +79,7 @@ def run_config(cfg: config.Config) -> dict | None:
             train_size = max(1, info.split_sizes.get(cfg.train_split, 1))
             schedule = train.make_schedule_for(cfg, train_size)
             model = train.build_for_run(cfg, strategy, info, schedule)
-            source = evaluate.restore_for_eval(cfg, model, location.path)
+            source = evaluate.restore_for_eval(cfg, model, location.read_path)
         else:
             source = checkpoints.resolve_checkpoint_path(location.path)
         step = checkpoints.checkpoint_step(source)

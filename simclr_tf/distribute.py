@@ -1,7 +1,24 @@
-"""Choosing a tf.distribute strategy, and who writes files in a multi-worker run.
+"""Choosing a tf.distribute strategy, who writes files, and what a multi-worker step returns.
 
 ``auto`` never breaks a GPU or CPU user (the reference code defaults to a TPU): a TPU only when
-one resolves, MirroredStrategy with more than one GPU, otherwise the default strategy.
+one is named (``--tpu_name`` or ``TPU_NAME``), MirroredStrategy with more than one GPU or with
+``--num_cpu_devices > 1``, otherwise the default strategy.
+
+What works with MultiWorkerMirroredStrategy and Keras 3.15 ``fit`` (pinned by
+tests/test_multi_worker.py), and how this package does it:
+
+* every variable (model and optimizer) is created before ``fit`` (``SimCLRModel.build_all``)
+  and Keras's own "symbolic build" is skipped: it pulls a batch from the input and reduces it
+  across workers, which fails ("Attempt to convert a value (PerReplica...) to a Tensor");
+* train/test steps return values with a leading axis of 1 (:func:`step_outputs`): Keras reduces
+  step outputs with ``strategy.reduce(MEAN, axis=0)``, which rejects scalars;
+* numbers that must count every example of every worker (evaluation) are read from the metric
+  trackers in cross-replica context after ``evaluate`` (:func:`global_results`), not from the
+  step outputs, which Keras averages over replicas;
+* every worker saves checkpoints (a save is collective) but only the chief's land in
+  ``model_dir``; the others write to a temporary folder that is removed (:class:`WriteLocation`);
+  every worker *reads* (resumes) from ``model_dir``, so ``model_dir`` must be on a filesystem all
+  workers see (GCS, NFS, or one machine).
 """
 
 from __future__ import annotations
@@ -10,7 +27,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 
+import keras
 import tensorflow as tf
 from absl import logging
 
@@ -44,6 +63,38 @@ def _resolve_tpu(tpu_name: str | None, tpu_zone: str | None, project: str | None
     )
 
 
+def check_tf_config(environ: Mapping[str, str] | None = None) -> dict:
+    """The parsed TF_CONFIG of a multi-worker run; StrategyError naming the fix otherwise."""
+    environ = os.environ if environ is None else environ
+    example = (
+        'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+        '"task": {"type": "worker", "index": 0}}\' (index 1 on the second host)'
+    )
+    raw = environ.get("TF_CONFIG")
+    if not raw:
+        raise StrategyError(
+            f"--strategy=multi_worker needs the cluster in the TF_CONFIG environment variable, "
+            f"{example}."
+        )
+    try:
+        tf_config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise StrategyError(f"TF_CONFIG is not valid JSON ({e}): {example}.") from e
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    task = tf_config.get("task") if isinstance(tf_config, dict) else None
+    if not isinstance(cluster, dict) or not (cluster.get("worker") or cluster.get("chief")):
+        raise StrategyError(f"TF_CONFIG has no cluster with workers: {example}.")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise StrategyError(f"TF_CONFIG has no task type and index for this process: {example}.")
+    members = cluster.get(task["type"]) or []
+    if not 0 <= int(task["index"]) < len(members):
+        raise StrategyError(
+            f"TF_CONFIG task {task['type']}:{task['index']} is not in the cluster "
+            f"({task['type']} has {len(members)} address(es)): fix the task index."
+        )
+    return tf_config
+
+
 def make_strategy(
     name: str = "auto",
     *,
@@ -52,10 +103,17 @@ def make_strategy(
     gcp_project: str | None = None,
     num_cpu_devices: int = 1,
 ) -> tf.distribute.Strategy:
-    """Builds the strategy ``name`` (auto | default | mirrored | multi_worker | tpu)."""
+    """Builds the strategy ``name`` (auto | default | mirrored | multi_worker | tpu).
+
+    Call before anything else creates tensors: splitting the CPU and joining a multi-worker
+    cluster both need TensorFlow's runtime not to be initialised yet.
+    """
+    if name == "multi_worker":
+        check_tf_config()
     split_cpu(num_cpu_devices)
+    requested = name
     if name == "auto":
-        name = _auto_strategy_name(tpu_name)
+        name = _auto_strategy_name(tpu_name, num_cpu_devices)
     if name == "tpu":
         try:
             resolver = _resolve_tpu(tpu_name, tpu_zone, gcp_project)
@@ -72,32 +130,57 @@ def make_strategy(
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices)
     elif name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
             raise StrategyError(
-                "--strategy=multi_worker needs the cluster in the TF_CONFIG environment "
-                'variable, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
-                '"task": {"type": "worker", "index": 0}}.'
-            )
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+                f"Could not join the multi-worker cluster of TF_CONFIG ({e}). Start every worker "
+                "with the same cluster and its own task index, before anything else uses TF."
+            ) from e
     elif name == "default":
         strategy = tf.distribute.get_strategy()
     else:
         raise StrategyError(f"Unknown strategy {name!r}: use auto, default, mirrored, "
                             "multi_worker or tpu.")
-    logging.info(
-        "Strategy: %s with %d replica(s) in sync.",
-        type(strategy).__name__,
-        strategy.num_replicas_in_sync,
-    )
+    logging.info("%s", describe(strategy, requested))
     return strategy
 
 
-def _auto_strategy_name(tpu_name: str | None) -> str:
+def describe(strategy: tf.distribute.Strategy, requested: str = "") -> str:
+    """One line for the log: strategy, replicas, devices, and this task's role."""
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except (RuntimeError, AttributeError, NotImplementedError):  # the default strategy
+        devices = []
+    text = (
+        f"Strategy: {type(strategy).__name__}"
+        + (f" (--strategy={requested})" if requested else "")
+        + f" with {strategy.num_replicas_in_sync} replica(s) in sync"
+        + (f" on {', '.join(devices)}" if devices else "")
+    )
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if is_multi_worker(strategy) and resolver is not None:
+        role = "chief" if is_chief(strategy) else "non-chief (writes to a temporary folder)"
+        text += f"; task {resolver.task_type}:{resolver.task_id}, {role}"
+    return text + "."
+
+
+def _auto_strategy_name(tpu_name: str | None, num_cpu_devices: int = 1) -> str:
     if tpu_name or os.environ.get("TPU_NAME"):
         return "tpu"
-    if len(tf.config.list_physical_devices("GPU")) > 1:
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus > 1 or (gpus == 0 and num_cpu_devices > 1):
         return "mirrored"
     return "default"
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True under a MultiWorkerMirroredStrategy that spans more than one worker."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_multi = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi()) if callable(in_multi) else True
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -112,18 +195,67 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type == "worker" and task_id == 0 and "chief" not in cluster
 
 
+def step_outputs(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """What a train/test step returns to Keras: scalars, or shape [1] across workers.
+
+    Keras 3.15 reduces step outputs of a multi-worker strategy with
+    ``strategy.reduce(MEAN, value, axis=0)``, which fails on scalars ("Invalid reduction
+    dimension 0 for input with 0 dimensions"); a leading axis of 1 reduces to the scalar mean.
+    """
+    if not is_multi_worker():
+        return values
+    return {k: tf.reshape(v, [1]) for k, v in values.items()}
+
+
+def global_results(
+    strategy: tf.distribute.Strategy, metrics: Iterable[keras.metrics.Metric]
+) -> dict[str, float]:
+    """Metric results over every replica of every worker (call outside ``strategy.run``).
+
+    Keras keeps metric state per replica (sync-on-read) and averages the step outputs across
+    replicas, which is wrong for sums and uneven batches; reading the trackers in cross-replica
+    context aggregates their state first. Collective under multi-worker: every worker calls it.
+    """
+    with strategy.scope():
+        return {m.name: float(keras.ops.convert_to_numpy(m.result())) for m in metrics}
+
+
 class WriteLocation:
     """The folder a task writes to: the real ``model_dir`` on the chief, a temporary one elsewhere.
 
     Every worker of a MultiWorkerMirroredStrategy must take part in saving (the save is a
     collective), but only the chief's files are kept; the others write to a temporary folder that
-    :meth:`cleanup` removes.
+    :meth:`cleanup` removes. Every task reads (resumes, evaluates) from :attr:`read_path`, the real
+    ``model_dir``.
     """
 
     def __init__(self, model_dir: str, chief: bool):
         self.chief = chief
+        self.read_path = model_dir
         self.path = model_dir if chief else tempfile.mkdtemp(prefix="simclr_worker_")
 
     def cleanup(self) -> None:
         if not self.chief:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_same_step(strategy: tf.distribute.Strategy, step: int) -> None:
+    """Multi-worker: fails on every worker when they resumed from different steps.
+
+    That happens when ``model_dir`` is not on a filesystem every worker sees; without this check
+    the workers would train out of step and hang in a collective.
+    """
+    if not is_multi_worker(strategy):
+        return
+
+    @tf.function  # eager collectives are slow and warn
+    def gather() -> tf.Tensor:
+        local = strategy.run(lambda: tf.constant([step], tf.int64))
+        return strategy.gather(local, axis=0)
+
+    steps = sorted({int(s) for s in gather().numpy()})
+    if len(steps) > 1:
+        raise StrategyError(
+            f"The workers resumed from different steps {steps}: --model_dir must be a folder "
+            "every worker can read (GCS, NFS, or all workers on one machine)."
+        )

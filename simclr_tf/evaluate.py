@@ -12,7 +12,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, model_dir
+from simclr_tf import checkpoints, distribute, model_dir
 from simclr_tf.config import Config
 from simclr_tf.data import pipeline, sources
 from simclr_tf.models.simclr import SimCLRModel
@@ -50,11 +50,14 @@ def evaluate(
     write_dir: str | None,
 ) -> dict[str, Any]:
     """Evaluates ``model`` on the eval split; writes result files into ``write_dir``."""
-    metrics = model.evaluate(eval_input(cfg), return_dict=True, verbose=2 if cfg.verbose else 0)
+    model.evaluate(eval_input(cfg), verbose=2 if cfg.verbose else 0)
+    # The trackers, read across replicas and workers: Keras's returned logs average the
+    # per-replica values (half the examples on 2 replicas).
+    metrics = distribute.global_results(model.distribute_strategy, model.eval_trackers())
     result: dict[str, Any] = {
         "label_top_1_accuracy": float(metrics["label_top_1_accuracy"]),
         "label_top_5_accuracy": float(metrics["label_top_5_accuracy"]),
-        "eval_loss": float(metrics["eval_loss"]),
+        "eval_loss": float(metrics["loss"]),
         "num_examples": int(round(float(metrics["num_examples"]))),
         "global_step": step,
         "dataset": cfg.dataset,

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, optim
+from simclr_tf import checkpoints, distribute, optim
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import augment, pipeline, sources
@@ -218,7 +218,10 @@ def train(
     schedule = make_schedule_for(cfg, num_train_examples(cfg))
     model = build_for_run(cfg, strategy, info, schedule)
     checkpointer = checkpoints.Checkpointer(model, write_dir, cfg.keep_checkpoint_max)
-    step = checkpointer.restore_latest()
+    # Every worker resumes from the chief's model_dir (non-chiefs save to a temporary folder).
+    multi = distribute.is_multi_worker(strategy) and cfg.model_dir
+    step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
+    distribute.check_same_step(strategy, step)
     if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
         checkpoints.restore_pretrained(model, cfg.checkpoint)
     logging.info(

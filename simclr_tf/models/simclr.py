@@ -16,7 +16,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from simclr_tf import losses, optim
+from simclr_tf import distribute, losses, optim
 from simclr_tf.metrics import TopKAccuracy
 from simclr_tf.models.heads import LinearHead, ProjectionHead
 from simclr_tf.models.layers import set_trainable
@@ -240,73 +240,115 @@ class SimCLRModel(keras.Model):
     def _cached_train_step(self, view1: tf.Tensor, view2: tf.Tensor, labels: tf.Tensor):
         """Gradient caching (Gao et al. 2021): the whole batch's NT-Xent on bounded memory.
 
-        1. Project every chunk of ``micro_batch_size`` images per view without a tape.
+        1. Project every chunk (``micro_batch_size`` images, both views) without a tape.
         2. NT-Xent (cross-replica) on the full batch; its gradient w.r.t. every projection.
         3. Re-run each chunk under a tape and back-propagate the cached projection gradients,
            summing parameter gradients; apply once.
+        A chunk holds the *same* images, both views, in both passes, so batch norm sees the same
+        batch statistics and the cached gradients belong to exactly the function re-run in 3.
         Batch-norm statistics are per chunk (like per-replica BN), and moving statistics are
-        updated only in step 3, so once per example.
+        updated only in step 3, so once per example (once per chunk). The loops run one chunk at
+        a time (``parallel_iterations=1``): in flight at once, chunks would bring back the
+        memory they are meant to save.
         """
-        m = self.micro_batch_size
+        m = int(self.micro_batch_size)
+        n_static = view1.shape[0]
+        if n_static is not None and n_static % m:
+            raise ValueError(
+                f"The per-replica batch ({n_static} images) is not a multiple of "
+                f"--micro_batch_size={m} (images per view per replica): pick a micro batch that "
+                "divides train_batch_size / num_replicas."
+            )
         n = tf.shape(view1)[0]
-        tf.debugging.assert_equal(
-            n % m, 0, message="per-replica batch must be a multiple of --micro_batch_size"
-        )
-        chunks = n // m
+        chunks = n // m if n_static is None else n_static // m
         replicas = self._replicas()
         variables = self.trainable_variables
+        image_shape = view1.shape[1:]
 
-        def project_all(view: tf.Tensor) -> tf.Tensor:
-            # training=True so batch-norm uses the same batch statistics as the re-run below.
-            zs = tf.TensorArray(tf.float32, size=chunks, infer_shape=False)
-            for i in tf.range(chunks):
-                _, hiddens, _ = self._features(view[i * m : (i + 1) * m], training=True)
-                zs = zs.write(i, tf.cast(hiddens[-1], tf.float32))
-            return zs.concat()
+        # [chunks, 2m, H, W, C]: chunk i = (view 1 of images i*m..(i+1)*m, then their view 2).
+        def by_chunk(x: tf.Tensor) -> tf.Tensor:
+            return tf.reshape(x, tf.concat([[chunks, m], tf.shape(x)[1:]], 0))
+
+        both = tf.concat([by_chunk(view1), by_chunk(view2)], axis=1)
+        both = tf.ensure_shape(both, [n_static and n_static // m, 2 * m, *image_shape])
+
+        def unchunk(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            """[chunks, 2m, d] -> (z1 [n, d], z2 [n, d]) in the batch's row order."""
+            d = tf.shape(z)[-1]
+            return tf.reshape(z[:, :m], [-1, d]), tf.reshape(z[:, m:], [-1, d])
 
         # The projection pass must not move the batch-norm averages: snapshot and restore them,
         # so they are updated once per example (in the re-run), not twice.
         moving = self.non_trainable_variables
         snapshot = [tf.identity(v) for v in moving]
-        z1 = tf.stop_gradient(project_all(view1))
-        z2 = tf.stop_gradient(project_all(view2))
+
+        def project(i, zs):
+            # training=True: batch-norm uses the batch statistics of the re-run below.
+            _, hiddens, _ = self._features(both[i], training=True)
+            return i + 1, zs.write(i, tf.cast(hiddens[-1], tf.float32))
+
+        _, zs = tf.while_loop(
+            lambda i, _: i < chunks,
+            project,
+            (tf.constant(0), tf.TensorArray(tf.float32, size=chunks)),
+            parallel_iterations=1,
+        )
+        z1, z2 = unchunk(tf.stop_gradient(zs.stack()))
         for v, old in zip(moving, snapshot, strict=True):
             v.assign(old)
+
         with tf.GradientTape() as tape:
             tape.watch([z1, z2])
             con = losses.nt_xent(z1, z2, self.temperature, hidden_norm=self.hidden_norm)
-            scaled = con.loss / replicas
+            scaled = con.loss / tf.cast(replicas, tf.float32)
         g1, g2 = tape.gradient(scaled, [z1, z2])
+        cached = tf.concat([by_chunk(g1), by_chunk(g2)], axis=1)  # [chunks, 2m, d]
 
-        grads = [tf.zeros_like(v) for v in variables]
-        sup_total = tf.constant(0.0)
-        for i in tf.range(chunks):
-            chunk_images = tf.concat([view1[i * m : (i + 1) * m], view2[i * m : (i + 1) * m]], 0)
-            chunk_grads = tf.concat([g1[i * m : (i + 1) * m], g2[i * m : (i + 1) * m]], 0)
+        sup = self.supervised_head is not None
+        if sup:
+            chunk_labels = by_chunk(labels)
+            chunk_labels = tf.concat([chunk_labels, chunk_labels], axis=1)  # [chunks, 2m]
+        # Each chunk's mean supervised loss, weighted so the sum is the batch mean per replica.
+        sup_weight = 1.0 / tf.cast(chunks * replicas, tf.float32)
+
+        def rerun(i, grads, logits_acc):
             with tf.GradientTape() as chunk_tape:
-                _, hiddens, _ = self._features(chunk_images, training=True)
+                _, hiddens, _ = self._features(both[i], training=True)
                 z = tf.cast(hiddens[-1], tf.float32)
-                surrogate = tf.reduce_sum(z * chunk_grads)  # d(loss)/d(params) via the chain rule
-                if self.supervised_head is not None:
-                    chunk_labels = labels[i * m : (i + 1) * m]
+                # sum(z * dL/dz) has the parameter gradient dL/dz . dz/dparams (chain rule).
+                surrogate = tf.reduce_sum(z * cached[i])
+                if sup:
                     logits = self._supervised_logits(hiddens, training=True)
-                    sup = self._sup_loss(tf.concat([chunk_labels, chunk_labels], 0), logits)
-                    surrogate += sup / tf.cast(chunks * replicas, tf.float32)
-                    sup_total += sup / tf.cast(chunks, tf.float32)
-                    self.supervised_acc.update_state(
-                        tf.concat([chunk_labels, chunk_labels], 0), logits
-                    )
+                    surrogate += self._sup_loss(chunk_labels[i], logits) * sup_weight
+                    logits_acc = logits_acc.write(i, tf.stop_gradient(logits))
                 surrogate = self.optimizer.scale_loss(surrogate)
             step_grads = chunk_tape.gradient(surrogate, variables)
             grads = [
                 g if sg is None else g + tf.convert_to_tensor(sg)
                 for g, sg in zip(grads, step_grads, strict=True)
             ]
+            return i + 1, grads, logits_acc
+
+        _, grads, logits_acc = tf.while_loop(
+            lambda i, *_: i < chunks,
+            rerun,
+            (
+                tf.constant(0),
+                [tf.zeros_like(v) for v in variables],
+                tf.TensorArray(tf.float32, size=chunks if sup else 0),
+            ),
+            parallel_iterations=1,
+        )
         self.optimizer.apply(grads, variables)
-        total = con.loss + sup_total
+        total = con.loss
+        if sup:
+            all_labels = tf.reshape(chunk_labels, [-1])
+            all_logits = tf.reshape(logits_acc.stack(), [2 * n, -1])
+            sup_loss = self._sup_loss(all_labels, all_logits)
+            total = total + sup_loss
         self._report_contrast(con, total)
-        if self.supervised_head is not None:
-            self.supervised_loss.update_state(sup_total)
+        if sup:
+            self._update_supervised(all_labels, all_logits, sup_loss)
         return self._results()
 
     def test_step(self, data):
@@ -324,12 +366,16 @@ class SimCLRModel(keras.Model):
         self.top1.update_state(labels, logits)
         self.top5.update_state(labels, logits)
         self.num_examples.update_state(tf.cast(tf.shape(labels)[0], tf.float64))
-        return {
-            "eval_loss": self.loss_tracker.result(),
-            "label_top_1_accuracy": self.top1.result(),
-            "label_top_5_accuracy": self.top5.result(),
-            "num_examples": self.num_examples.result(),
-        }
+        # Per-replica values for the progress bar; evaluate.py reads the global numbers from
+        # the trackers (distribute.global_results).
+        return distribute.step_outputs(
+            {
+                "eval_loss": self.loss_tracker.result(),
+                "label_top_1_accuracy": self.top1.result(),
+                "label_top_5_accuracy": self.top5.result(),
+                "num_examples": self.num_examples.result(),
+            }
+        )
 
     def _results(self) -> dict[str, tf.Tensor]:
         trackers = [self.loss_tracker]
@@ -338,7 +384,24 @@ class SimCLRModel(keras.Model):
         if self.supervised_head is not None:
             trackers += [self.supervised_loss, self.supervised_acc]
         trackers += [self.weight_decay_tracker, self.lr_tracker]
-        return {m.name: m.result() for m in trackers}
+        return distribute.step_outputs({m.name: m.result() for m in trackers})
+
+    def eval_trackers(self) -> list[keras.metrics.Metric]:
+        """The trackers :meth:`test_step` fills (read them with distribute.global_results)."""
+        return [self.loss_tracker, self.top1, self.top5, self.num_examples]
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras's symbolic build once :meth:`build_all` has created every variable.
+
+        Keras 3.15 builds by pulling one batch from a fresh input iterator and reducing it
+        across replicas: under MultiWorkerMirroredStrategy that reduction fails ("Attempt to
+        convert a value (PerReplica...) to a Tensor"), and under any non-default strategy it
+        starts the input pipeline (shuffle buffer included) one extra time.
+        """
+        layers_built = all(layer.built for layer in self._flatten_layers())
+        if layers_built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def build_all(self, image_size: int) -> None:
         """Creates every variable (model and optimizer) so checkpoints restore eagerly."""

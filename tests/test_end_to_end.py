@@ -1,0 +1,214 @@
+"""run.py end to end on a tiny CIFAR-10 subset: pretrain -> linear eval -> fine-tune -> eval.
+
+Each stage runs ``run.py`` in a subprocess, as users do, and checks the files of the
+``--model_dir`` contract and the numbers they hold against independent readings (checkpoint
+values, image counts of the folder).
+"""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 3
+
+COMMON = [
+    "--dataset=image_folder",
+    "--resnet_depth=18",
+    "--width_multiplier=0.0625",
+    "--image_size=16",
+    "--train_batch_size=16",
+    "--eval_batch_size=7",  # 30 test images: the last partial batch must count once
+    "--verbose=0",
+    "--proj_out_dim=16",
+    "--num_proj_layers=2",
+]
+
+
+def run(*args: str, expect: int = 0, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, cifar10_dir) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("cifar_tiny")
+    for split, n in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        for cls in sorted(os.listdir(cifar10_dir / split)):
+            (root / split / cls).mkdir(parents=True)
+            for name in sorted(os.listdir(cifar10_dir / split / cls))[:n]:
+                shutil.copy(cifar10_dir / split / cls / name, root / split / cls / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_folder, tmp_path_factory) -> pathlib.Path:
+    model_dir = tmp_path_factory.mktemp("pretrain")
+    run(
+        "--mode=train_then_eval",
+        f"--data_dir={tiny_folder}",
+        f"--model_dir={model_dir}",
+        "--train_steps=4",
+        "--checkpoint_steps=2",
+        "--knn_every_epochs=1",
+        "--knn_k=5",
+        "--temperature=0.5",
+        "--learning_rate=0.5",
+        *COMMON,
+    )
+    return model_dir
+
+
+def _read_ckpt(model_dir: pathlib.Path) -> dict[str, np.ndarray]:
+    """Encoder variables of the newest checkpoint, restored by object graph into a new ResNet.
+
+    (Checkpoint keys cannot be compared directly: TF stores a trainable variable under the
+    optimizer's path, a frozen one under the model's.)
+    """
+    from simclr_tf.models.resnet import ResNet
+
+    encoder = ResNet(depth=18, width_multiplier=0.0625, cifar_stem=True)
+    encoder(tf.zeros([1, 16, 16, 3]))
+    root = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder))
+    root.restore(tf.train.latest_checkpoint(str(model_dir))).expect_partial()
+    return {v.path.split("/", 1)[1]: v.numpy() for v in encoder.variables}
+
+
+def test_pretraining_writes_the_model_dir_contract(pretrained):
+    names = set(os.listdir(pretrained))
+    assert {"flags.json", "checkpoint", "metrics.csv", "result.json", "result_4.json"} <= names
+    assert {"ckpt-2.index", "ckpt-4.index"} <= names
+    assert os.listdir(pretrained / "train") and os.listdir(pretrained / "eval")
+    assert os.path.isfile(pretrained / "saved_model" / "4" / "saved_model.pb")
+    flags = json.loads((pretrained / "flags.json").read_text())
+    # Dataset-dependent defaults were resolved and recorded.
+    assert (flags["eval_split"], flags["cifar_stem"], flags["use_blur"]) == ("test", True, False)
+    assert flags["color_jitter_strength"] == 0.5
+    rows = list(csv.DictReader(open(pretrained / "metrics.csv")))
+    # 80 images / batch 16 = 5 steps per epoch; 4 steps stop inside epoch 1.
+    assert [int(r["step"]) for r in rows] == [4]
+    row = rows[0]
+    for key in ("contrast_loss", "contrast_acc", "contrast_entropy", "supervised_loss",
+                "learning_rate", "weight_decay", "knn_top1"):
+        assert math.isfinite(float(row[key])), key
+    assert 0.0 <= float(row["knn_top1"]) <= 1.0
+    result = json.loads((pretrained / "result.json").read_text())
+    assert result == json.loads((pretrained / "result_4.json").read_text())
+    assert result["global_step"] == 4
+    assert result["num_examples"] == 10 * TEST_PER_CLASS
+    assert 0.0 <= result["label_top_1_accuracy"] <= result["label_top_5_accuracy"] <= 1.0
+
+
+def test_rerun_resumes_and_eval_is_repeatable(pretrained):
+    before = json.loads((pretrained / "result.json").read_text())
+    # Same command again: already at the last step, nothing trained; eval gives the same numbers.
+    run("--mode=eval", f"--data_dir={pretrained.parent}", f"--model_dir={pretrained}",
+        *COMMON, expect=2)  # wrong data_dir: a one-line error, not a trace
+    flags = json.loads((pretrained / "flags.json").read_text())
+    run("--mode=eval", f"--data_dir={flags['data_dir']}", f"--model_dir={pretrained}", *COMMON)
+    after = json.loads((pretrained / "result.json").read_text())
+    assert after == before
+
+
+def test_linear_eval_then_finetune(pretrained, tiny_folder, tmp_path):
+    linear = tmp_path / "linear"
+    run(
+        "--mode=train_then_eval",
+        "--train_mode=finetune",
+        "--fine_tune_after_block=4",
+        "--zero_init_logits_layer",
+        "--optimizer=momentum",
+        "--learning_rate=0.1",
+        "--warmup_epochs=0",
+        "--weight_decay=0",
+        "--train_steps=3",
+        f"--checkpoint={pretrained}",
+        f"--data_dir={tiny_folder}",
+        f"--model_dir={linear}",
+        "--export_saved_model=false",
+        *COMMON,
+    )
+    # The frozen encoder is exactly the pretrained one (weights and BN statistics).
+    pre, lin = _read_ckpt(pretrained), _read_ckpt(linear)
+    assert pre.keys() == lin.keys() and len(pre) > 20
+    for key in pre:
+        np.testing.assert_array_equal(pre[key], lin[key], err_msg=key)
+    result = json.loads((linear / "result.json").read_text())
+    assert result["train_mode"] == "finetune" and result["num_examples"] == 30
+
+    finetune = tmp_path / "finetune"
+    run(
+        "--mode=train_then_eval",
+        "--train_mode=finetune",
+        "--fine_tune_after_block=-1",
+        "--train_data_fraction=0.5",  # 4 of 8 images per class
+        "--optimizer=lars",
+        "--learning_rate=0.05",
+        "--learning_rate_scaling=sqrt",
+        "--warmup_epochs=0",
+        "--train_steps=2",
+        f"--checkpoint={pretrained}",
+        f"--data_dir={tiny_folder}",
+        f"--model_dir={finetune}",
+        "--export_saved_model=false",
+        *COMMON,
+    )
+    tuned = _read_ckpt(finetune)
+    changed = [k for k in pre if not np.array_equal(pre[k], tuned[k])]
+    assert len(changed) > len(pre) // 2  # the whole network trains
+    rows = list(csv.DictReader(open(finetune / "metrics.csv")))
+    assert int(rows[-1]["step"]) == 2
+    assert json.loads((finetune / "result.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--train_mode=finetune"], "--checkpoint=PATH"),
+        (["--dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
+        (["--train_steps=0", "--train_epochs=0"], "set one of them > 0"),
+        (["--strategy=mirrored", "--num_cpu_devices=2", "--train_batch_size=15"], "divisible"),
+        (["--image_size=4"], "at least 8"),
+    ],
+)
+def test_user_errors_are_one_line_with_the_fix(tiny_folder, tmp_path, args, needle):
+    base = [f"--data_dir={tiny_folder}", f"--model_dir={tmp_path / 'm'}", "--train_steps=1",
+            *COMMON]
+    proc = run(*base, *args, expect=2)
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_finetune_from_another_architecture_names_the_variables(pretrained, tiny_folder,
+                                                                tmp_path):
+    proc = run(
+        "--mode=train",
+        "--train_mode=finetune",
+        f"--checkpoint={pretrained}",
+        f"--data_dir={tiny_folder}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--train_steps=1",
+        *COMMON,
+        "--width_multiplier=0.125",
+        expect=2,
+    )
+    assert "shape differs" in proc.stderr and "encoder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,183 @@
+"""SimCLRModel: train_step wiring against NumPy, learning on a tiny set, freezing, checkpoints."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import checkpoints, config, optim, train
+from simclr_tf.data import augment
+
+
+def _cfg(**kw) -> config.Config:
+    base = dict(
+        model_dir="/tmp/unused",
+        resnet_depth=18,
+        width_multiplier=0.125,
+        image_size=16,
+        cifar_stem=True,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        train_batch_size=8,
+        temperature=0.5,
+        optimizer="lars",
+        learning_rate=0.5,
+        weight_decay=1e-4,
+        warmup_epochs=0,
+        num_proj_layers=2,
+        proj_out_dim=16,
+    )
+    base.update(kw)
+    return config.Config(**base)
+
+
+def _model(cfg: config.Config, num_classes: int = 4, total_steps: int = 50):
+    schedule = config.make_schedule(cfg.replace(train_steps=total_steps), 64, cfg.learning_rate)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    model = train.build_model(cfg, num_classes)
+    train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
+    return model
+
+
+def _np_nt_xent(z1: np.ndarray, z2: np.ndarray, t: float) -> tuple[float, float]:
+    """Reference NT-Xent (mean over 2N anchors) and top-1 accuracy, written from the paper."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n2 = len(z)
+    n = n2 // 2
+    sim = z @ z.T / t
+    losses, hits = [], []
+    for i in range(n2):
+        j = (i + n) % n2
+        others = [k for k in range(n2) if k != i]
+        logits = sim[i, others]
+        losses.append(-(sim[i, j] - np.log(np.exp(logits).sum())))
+        hits.append(others[int(np.argmax(logits))] == j)
+    return float(np.mean(losses)), float(np.mean(hits))
+
+
+def _views(n: int, size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, (n, size + 4, size + 4, 3)).astype(np.float32)
+    v1, v2 = augment.two_views(tf.constant(images), tf.constant([seed, 1]), size, 0.5, False)
+    return v1, v2
+
+
+def test_train_step_reports_the_paper_loss_of_its_projections():
+    cfg = _cfg(lineareval_while_pretraining=False)
+    model = _model(cfg)
+    v1, v2 = _views(8, 16)
+    # Projections with the weights *before* the step, batch statistics over both views as in
+    # the step itself (one encoder pass over the concatenated views).
+    out = model(tf.concat([v1, v2], 0), training=True)
+    z = out["proj_head_output"].numpy()
+    want_loss, want_acc = _np_nt_xent(z[:8], z[8:], cfg.temperature)
+    logs = model.train_step(((v1, v2), tf.zeros([8], tf.int32)))
+    assert float(logs["contrast_loss"]) == pytest.approx(want_loss, rel=1e-4)
+    assert float(logs["contrast_acc"]) == pytest.approx(want_acc)
+    # No supervised head: the total loss is the contrastive loss alone.
+    assert float(logs["loss"]) == pytest.approx(want_loss, rel=1e-4)
+    wd = sum(
+        0.5 * float(np.sum(np.square(v.numpy())))
+        for v in model.trainable_variables
+        if len(v.shape) > 1
+    )
+    assert float(logs["weight_decay"]) == pytest.approx(cfg.weight_decay * wd, rel=1e-3)
+
+
+def test_pretraining_learns_on_a_tiny_set():
+    """Contrastive accuracy rises and the loss falls well below ln(2N-1) on 16 images.
+
+    The images are seen through a small pool of augmented view pairs (a tiny dataset of views),
+    so 60 compiled steps of the real train step are enough to show learning.
+    """
+    cfg = _cfg(learning_rate=1.0, train_batch_size=16)
+    model = _model(cfg, total_steps=60)
+    rng = np.random.default_rng(1)
+    images = tf.constant(rng.uniform(0, 1, (16, 20, 20, 3)).astype(np.float32))
+    views = [augment.two_views(images, tf.constant([7, k]), 16, 0.5, False) for k in range(4)]
+    labels = tf.range(16) % 4
+    step = tf.function(model.train_step)
+    history = []
+    for i in range(60):
+        model.reset_metrics()
+        logs = step((views[i % 4], labels))
+        history.append((float(logs["contrast_loss"]), float(logs["contrast_acc"])))
+    chance = np.log(2 * 16 - 1)
+    assert history[0][0] > 0.8 * chance
+    assert history[-1][0] < 0.6 * chance
+    assert history[-1][1] > history[0][1] + 0.5
+
+
+def test_linear_eval_trains_only_the_linear_head_and_keeps_encoder_fixed():
+    cfg = _cfg(
+        train_mode="finetune",
+        checkpoint="none",
+        fine_tune_after_block=4,
+        optimizer="momentum",
+        zero_init_logits_layer=True,
+    )
+    model = _model(cfg)
+    assert [v.path.split("/")[1] for v in model.trainable_variables] == ["head_supervised"] * 2
+    before = [v.numpy().copy() for v in model.encoder.variables + model.projection_head.variables]
+    images = tf.random.uniform([8, 16, 16, 3], seed=1)
+    labels = tf.constant([0, 1, 2, 3, 0, 1, 2, 3])
+    logs = model.train_step((images, labels))
+    after = [v.numpy() for v in model.encoder.variables + model.projection_head.variables]
+    for b, a in zip(before, after, strict=True):  # weights and BN statistics untouched
+        np.testing.assert_array_equal(a, b)
+    # Zero-initialised head: uniform softmax, so the first loss is exactly ln(num_classes).
+    assert float(logs["supervised_loss"]) == pytest.approx(np.log(4), rel=1e-6)
+    assert np.abs(model.supervised_head.variables[0].numpy()).sum() > 0  # it did learn
+
+
+def test_finetune_from_block_trains_later_stages_only():
+    cfg = _cfg(train_mode="finetune", checkpoint="none", fine_tune_after_block=2,
+               optimizer="momentum")
+    model = _model(cfg)
+    groups = {v.path.split("/")[2] for v in model.trainable_variables if "/encoder/" in v.path}
+    assert groups == {"block_group3", "block_group4"}
+
+
+def test_representation_is_taken_before_the_head():
+    model = _model(_cfg())
+    images = tf.random.uniform([3, 16, 16, 3], seed=2)
+    out = model(images, training=False)
+    h = model.encoder(images, training=False)
+    np.testing.assert_allclose(out["final_avg_pool"], h, atol=1e-6)
+    np.testing.assert_allclose(out["proj_head_input"], h, atol=1e-6)
+    hidden = model.projection_head(h, training=False)
+    np.testing.assert_allclose(out["proj_head_output"], hidden[-1], atol=1e-6)
+    # The live probe reads h (ft_proj_selector=0).
+    np.testing.assert_allclose(out["logits_sup"], model.supervised_head(h), atol=1e-5)
+
+
+def test_lars_skips_layer_adaptation_for_the_supervised_head():
+    model = _model(_cfg())
+    opt = model.optimizer
+    assert isinstance(opt, optim.LARS)
+    sup_kernel = model.supervised_head.trainable_variables[0]
+    assert len(sup_kernel.shape) == 2  # rank 2: only the explicit exclusion keeps it out
+    assert not opt._adapts(sup_kernel)
+    kernels = [v for v in model.trainable_variables if len(v.shape) >= 2]
+    adapted = [v for v in kernels if opt._adapts(v)]
+    assert len(adapted) == len(kernels) - 1
+
+
+def test_every_variable_reaches_the_checkpoint(tmp_path):
+    model = _model(_cfg())
+    assert checkpoints.untracked_variables(model) == []
+    ckpt = checkpoints.Checkpointer(model, str(tmp_path), max_to_keep=2)
+    path = ckpt.save(3)
+    names = {n for n, _ in tf.train.list_variables(path) if n.endswith("VARIABLE_VALUE")}
+    # Model variables plus optimizer slots/iterations: at least one entry per model variable.
+    assert len(names) >= len(model.variables)
+
+
+def test_restoring_another_architecture_names_the_mismatch(tmp_path):
+    small = _model(_cfg())
+    path = checkpoints.Checkpointer(small, str(tmp_path / "a")).save(1)
+    wider = _model(_cfg(width_multiplier=0.25))
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        checkpoints.restore_pretrained(wider, path)
+    msg = str(e.value)
+    assert "shape differs" in msg and "--width_multiplier" in msg
