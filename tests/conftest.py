@@ -50,3 +50,9 @@ def cifar10_dir() -> pathlib.Path:
     if not (CIFAR10_DIR / "train").is_dir():
         pytest.skip(f"CIFAR-10 image folder not found at {CIFAR10_DIR}")
     return CIFAR10_DIR
+
+
+@pytest.fixture(scope="module")
+def strategy() -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy over the two logical CPU devices (fresh collective keys each time)."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -22,11 +23,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
 from simclr_tf import train
 from simclr_tf.config import Config
 from simclr_tf.data import pipeline, sources
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SIDE = 32
 STEPS = 8  # batches per path
 N_CIFAR, N_RAMP, N_STRIPE = 128, 64, 32
@@ -80,11 +81,11 @@ def _stats(views: np.ndarray, kinds: np.ndarray) -> dict[str, np.ndarray]:
     """Per-view statistics, by image kind (views float [n, 32, 32, 3])."""
     spread = views.max(axis=-1) - views.min(axis=-1)
     lum = views.mean(axis=-1)
+    ramps = lum[kinds == 1]
     return {
         "brightness": views[kinds == 0].mean(axis=(1, 2, 3)),
         "gray": (spread[kinds == 0].max(axis=(1, 2)) < 1e-3).astype(float),
-        "flipped": (lum[kinds == 1][:, :, -4:].mean((1, 2)) < lum[kinds == 1][:, :, :4].mean((1, 2)))
-        .astype(float),
+        "flipped": (ramps[:, :, -4:].mean((1, 2)) < ramps[:, :, :4].mean((1, 2))).astype(float),
         "width_edges": np.array([_edges(v.mean(0)) for v in lum[kinds == 2]], float),
         "height_edges": np.array([_edges(v.mean(1)) for v in lum[kinds == 3]], float),
     }

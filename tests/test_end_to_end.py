@@ -77,6 +77,11 @@ def pretrained(tiny_folder, tmp_path_factory) -> pathlib.Path:
     return model_dir
 
 
+def _csv_rows(path: pathlib.Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def _read_ckpt(model_dir: pathlib.Path) -> dict[str, np.ndarray]:
     """Encoder variables of the newest checkpoint, restored by object graph into a new ResNet.
 
@@ -102,7 +107,7 @@ def test_pretraining_writes_the_model_dir_contract(pretrained):
     # Dataset-dependent defaults were resolved and recorded.
     assert (flags["eval_split"], flags["cifar_stem"], flags["use_blur"]) == ("test", True, False)
     assert flags["color_jitter_strength"] == 0.5
-    rows = list(csv.DictReader(open(pretrained / "metrics.csv")))
+    rows = _csv_rows(pretrained / "metrics.csv")
     # 80 images / batch 16 = 5 steps per epoch; 4 steps stop inside epoch 1.
     assert [int(r["step"]) for r in rows] == [4]
     row = rows[0]
@@ -174,7 +179,7 @@ def test_linear_eval_then_finetune(pretrained, tiny_folder, tmp_path):
     tuned = _read_ckpt(finetune)
     changed = [k for k in pre if not np.array_equal(pre[k], tuned[k])]
     assert len(changed) > len(pre) // 2  # the whole network trains
-    rows = list(csv.DictReader(open(finetune / "metrics.csv")))
+    rows = _csv_rows(finetune / "metrics.csv")
     assert int(rows[-1]["step"]) == 2
     assert json.loads((finetune / "result.json").read_text())["global_step"] == 2
 

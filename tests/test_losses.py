@@ -185,24 +185,6 @@ def test_cross_replica_concat_is_identity_without_strategy():
 # --------------------------------------------------------------------------- two replicas
 
 
-@pytest.fixture(scope="module")
-def strategy():
-    """Two CPU replicas, with collective keys offset so they cannot collide with other strategies.
-
-    Every MirroredStrategy starts its collective group/instance keys at the same numbers, so a
-    second strategy over the same devices in one process collides with the first one's cached
-    collectives ("Shape mismatch in the collective instance"). TF's own tests offset the keys with
-    this class attribute; it is read once, in the constructor.
-    """
-    cls = tf.distribute.MirroredStrategy
-    saved = cls._collective_key_base
-    cls._collective_key_base = 31_000
-    try:
-        return cls(["/cpu:0", "/cpu:1"])
-    finally:
-        cls._collective_key_base = saved
-
-
 def _split(strategy, array, dtype=tf.float32):
     """Per-replica values: replica r gets rows [r*m, (r+1)*m) of `array`."""
     m = len(array) // strategy.num_replicas_in_sync

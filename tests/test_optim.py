@@ -197,24 +197,6 @@ def test_lars_in_keras_fit():
 # --------------------------------------------------------------------------- distribution
 
 
-@pytest.fixture(scope="module")
-def strategy():
-    """Two CPU replicas, with collective keys offset so they cannot collide with other strategies.
-
-    Every MirroredStrategy starts its collective group/instance keys at the same numbers, so a
-    second strategy over the same devices in one process collides with the first one's cached
-    collectives ("Shape mismatch in the collective instance"). TF's own tests offset the keys with
-    this class attribute; it is read once, in the constructor.
-    """
-    cls = tf.distribute.MirroredStrategy
-    saved = cls._collective_key_base
-    cls._collective_key_base = 41_000
-    try:
-        return cls(["/cpu:0", "/cpu:1"])
-    finally:
-        cls._collective_key_base = saved
-
-
 def test_lars_two_replicas_equal_one_device_with_summed_gradient(strategy):
     weights, grads0, decay, adapt = _problem(seed=2, steps=3)
     grads1 = [[g * -0.5 + 0.3 for g in step] for step in grads0]  # replica 1's gradients

@@ -247,9 +247,8 @@ class SimCLRModel(keras.Model):
         A chunk holds the *same* images, both views, in both passes, so batch norm sees the same
         batch statistics and the cached gradients belong to exactly the function re-run in 3.
         Batch-norm statistics are per chunk (like per-replica BN), and moving statistics are
-        updated only in step 3, so once per example (once per chunk). The loops run one chunk at
-        a time (``parallel_iterations=1``): in flight at once, chunks would bring back the
-        memory they are meant to save.
+        updated only in step 3, so once per example (once per chunk). Chunks run one at a time:
+        in flight together, they would bring back the memory they are meant to save.
         """
         m = int(self.micro_batch_size)
         n_static = view1.shape[0]
@@ -259,18 +258,40 @@ class SimCLRModel(keras.Model):
                 f"--micro_batch_size={m} (images per view per replica): pick a micro batch that "
                 "divides train_batch_size / num_replicas."
             )
+        replicas = self._replicas()
+        if replicas > 1 and n_static is None:
+            raise ValueError(
+                "--micro_batch_size with several replicas needs a static per-replica batch "
+                "size: batch the input with drop_remainder=True."
+            )
         n = tf.shape(view1)[0]
         chunks = n // m if n_static is None else n_static // m
-        replicas = self._replicas()
         variables = self.trainable_variables
-        image_shape = view1.shape[1:]
+
+        def for_each_chunk(body, state):
+            """state = body(i, state) for i < chunks, strictly one chunk after the other."""
+            if replicas == 1:
+                return tf.while_loop(
+                    lambda i, _: i < chunks,
+                    lambda i, s: (i + 1, body(i, s)),
+                    (tf.constant(0), state),
+                    parallel_iterations=1,
+                )[1]
+            # Mirrored batch-norm averages are updated through merge_call, which TF does not
+            # allow inside a while loop: unroll, each chunk depending on the previous one's
+            # result so that only one chunk's activations are alive at a time.
+            for i in range(chunks):
+                flat = tf.nest.flatten(state, expand_composites=True)
+                with tf.control_dependencies([t for t in flat if isinstance(t, tf.Tensor)]):
+                    state = body(tf.constant(i), state)
+            return state
 
         # [chunks, 2m, H, W, C]: chunk i = (view 1 of images i*m..(i+1)*m, then their view 2).
         def by_chunk(x: tf.Tensor) -> tf.Tensor:
             return tf.reshape(x, tf.concat([[chunks, m], tf.shape(x)[1:]], 0))
 
         both = tf.concat([by_chunk(view1), by_chunk(view2)], axis=1)
-        both = tf.ensure_shape(both, [n_static and n_static // m, 2 * m, *image_shape])
+        both = tf.ensure_shape(both, [n_static and n_static // m, 2 * m, *view1.shape[1:]])
 
         def unchunk(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             """[chunks, 2m, d] -> (z1 [n, d], z2 [n, d]) in the batch's row order."""
@@ -285,17 +306,13 @@ class SimCLRModel(keras.Model):
         def project(i, zs):
             # training=True: batch-norm uses the batch statistics of the re-run below.
             _, hiddens, _ = self._features(both[i], training=True)
-            return i + 1, zs.write(i, tf.cast(hiddens[-1], tf.float32))
+            return zs.write(i, tf.cast(hiddens[-1], tf.float32))
 
-        _, zs = tf.while_loop(
-            lambda i, _: i < chunks,
-            project,
-            (tf.constant(0), tf.TensorArray(tf.float32, size=chunks)),
-            parallel_iterations=1,
-        )
+        zs = for_each_chunk(project, tf.TensorArray(tf.float32, size=chunks))
         z1, z2 = unchunk(tf.stop_gradient(zs.stack()))
-        for v, old in zip(moving, snapshot, strict=True):
-            v.assign(old)
+        with tf.control_dependencies([z1, z2]):
+            for v, old in zip(moving, snapshot, strict=True):
+                v.assign(old)
 
         with tf.GradientTape() as tape:
             tape.watch([z1, z2])
@@ -311,7 +328,8 @@ class SimCLRModel(keras.Model):
         # Each chunk's mean supervised loss, weighted so the sum is the batch mean per replica.
         sup_weight = 1.0 / tf.cast(chunks * replicas, tf.float32)
 
-        def rerun(i, grads, logits_acc):
+        def rerun(i, state):
+            grads, logits_acc = state
             with tf.GradientTape() as chunk_tape:
                 _, hiddens, _ = self._features(both[i], training=True)
                 z = tf.cast(hiddens[-1], tf.float32)
@@ -327,17 +345,14 @@ class SimCLRModel(keras.Model):
                 g if sg is None else g + tf.convert_to_tensor(sg)
                 for g, sg in zip(grads, step_grads, strict=True)
             ]
-            return i + 1, grads, logits_acc
+            return grads, logits_acc
 
-        _, grads, logits_acc = tf.while_loop(
-            lambda i, *_: i < chunks,
+        grads, logits_acc = for_each_chunk(
             rerun,
             (
-                tf.constant(0),
                 [tf.zeros_like(v) for v in variables],
                 tf.TensorArray(tf.float32, size=chunks if sup else 0),
             ),
-            parallel_iterations=1,
         )
         self.optimizer.apply(grads, variables)
         total = con.loss
