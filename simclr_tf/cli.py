@@ -104,6 +104,33 @@ def _export(cfg, model, run_dir: str, step: int, result: dict, class_names) -> N
     export.export_run(model, cfg, run_dir, step, result, class_names)
 
 
+# In-graph data checks (simclr_tf.data.sources) raise InvalidArgumentError with these texts.
+_DATA_ASSERTIONS = ("Could not read or decode image file", "Image file")
+
+
+def _data_problem(error: Exception) -> str | None:
+    """The user-facing sentence of an in-graph data check, or None for other TF errors."""
+    import re
+
+    import tensorflow as tf
+
+    if not isinstance(error, tf.errors.InvalidArgumentError):
+        return None
+    match = re.search(r"assertion failed: ((?:\[[^\]]*\] ?)+)", str(error))
+    if not match:
+        return None
+    parts = re.findall(r"\[([^\]]*)\]", match.group(1))
+    if not parts or not parts[0].startswith(_DATA_ASSERTIONS):
+        return None
+    return " ".join(parts)
+
+
+def _fail(message: str) -> None:
+    logging.error("%s", message)
+    print(f"simclr_tf: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -112,9 +139,12 @@ def main(argv: list[str]) -> None:
         cfg = config.Config.from_flags(FLAGS).validate()
         run_config(cfg)
     except errors as e:
-        logging.error("%s", e)
-        print(f"simclr_tf: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - only data-check failures are turned into one line
+        message = _data_problem(e)
+        if message is None:
+            raise
+        _fail(message)
 
 
 def run() -> None:

@@ -217,3 +217,14 @@ def test_finetune_from_another_architecture_names_the_variables(pretrained, tiny
     )
     assert "shape differs" in proc.stderr and "encoder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_image_is_named_without_a_trace(tiny_folder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    victim = sorted((data / "train" / "cat").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:300])  # truncated JPEG
+    proc = run(f"--data_dir={data}", f"--model_dir={tmp_path / 'm'}", "--train_steps=8",
+               *COMMON, expect=2)
+    assert str(victim) in proc.stderr and "replace or delete it" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -210,6 +210,35 @@ def test_cached_step_under_mirrored_strategy_equals_single_device_full_batch():
     np.testing.assert_allclose(logs["contrast_loss"], logs_ref["contrast_loss"], rtol=1e-5)
 
 
+def test_cached_step_with_global_batch_norm_under_mirrored_strategy():
+    """2 replicas x 2 chunks with global BN = one device with chunks twice as large.
+
+    Replica r holds images 4r..4r+3; global BN normalises chunk i over both replicas' chunk i,
+    i.e. over images {2i, 2i+1, 4+2i, 4+2i+1}. On one device, reordering the batch to
+    [0, 1, 4, 5, 2, 3, 6, 7] with micro batch 4 gives chunks of the same images; NT-Xent and BN
+    do not depend on the order, so gradients and BN averages must agree.
+    """
+    n, m = 8, 2
+    v1, v2, labels = _batch(n, seed=6)
+    ref = _model("bnhead", micro=2 * m)
+    w_init = ref.get_weights()
+    w0 = [v.numpy() for v in ref.trainable_variables]
+    order = [0, 1, 4, 5, 2, 3, 6, 7]
+    logs_ref = _fit_one_step(ref, v1[order], v2[order], labels[order], n)
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = _model("bnhead", micro=m)
+        model.set_weights(w_init)
+    logs = _fit_one_step(model, v1, v2, labels, n)
+    names = [v.path for v in model.trainable_variables]
+    _assert_grads_close(_grads_from_update(w0, model), _grads_from_update(w0, ref), names,
+                        rel=1e-4)
+    for a, b in zip(model.non_trainable_variables, ref.non_trainable_variables, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
+    np.testing.assert_allclose(logs["contrast_loss"], logs_ref["contrast_loss"], rtol=1e-5)
+
+
 def test_cached_step_under_xla_matches_non_compiled():
     """The chunk loops (while loops, per-chunk gradients) compile with XLA and agree."""
     n, m = 8, 2
