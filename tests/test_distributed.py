@@ -8,6 +8,10 @@ evaluation must count every example once with the same accuracy.
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import keras
@@ -20,6 +24,7 @@ from simclr_tf import config, distribute, evaluate, train
 from simclr_tf.data import pipeline
 from simclr_tf.models.simclr import SimCLRModel
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE = 16
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -262,3 +267,32 @@ def test_write_location_only_chief_writes_to_model_dir(tmp_path):
     other.cleanup()
     assert (tmp_path / "keep").exists()
     assert not tf.io.gfile.exists(other.path)
+
+
+def test_cli_mirrored_on_split_cpu_logs_replicas_and_refuses_uneven_batch(tmp_path):
+    """run.py --strategy=mirrored --num_cpu_devices=2: 2 replicas, and 7 images do not split."""
+    _write_folder(tmp_path / "data")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--strategy=mirrored",
+            "--num_cpu_devices=2",
+            "--dataset=image_folder",
+            f"--data_dir={tmp_path / 'data'}",
+            f"--model_dir={tmp_path / 'run'}",
+            "--train_batch_size=7",
+            "--train_steps=1",
+        ],
+        cwd=REPO,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Strategy: MirroredStrategy (--strategy=mirrored) with 2 replica(s)" in done.stderr
+    assert "not divisible by the 2 replicas" in done.stderr
+    assert "--train_batch_size=6 or 8" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists(), "nothing is written before the batch is checked"
