@@ -126,7 +126,7 @@ def _data_problem(error: Exception) -> str | None:
 
 
 def _fail(message: str) -> None:
-    logging.error("%s", message)
+    """One line on stderr (absl's own error log line would repeat it), exit code 2."""
     print(f"simclr_tf: error: {message}", file=sys.stderr)
     sys.exit(2)
 

@@ -156,6 +156,12 @@ class SimCLRModel(keras.Model):
         return tf.distribute.get_strategy().num_replicas_in_sync
 
     def _device_views(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Both views of a decoded batch, augmented inside the train step.
+
+        The seed is (``--seed``, optimizer step) with the replica id folded in: every step and
+        every replica draws new views, the same run draws the same views, and a resumed run
+        (whose step counter is restored) continues instead of replaying the first steps.
+        """
         step = tf.cast(self.optimizer.iterations, tf.int64)
         seed = tf.stack([tf.constant(self.augment_seed, tf.int64), step])
         ctx = tf.distribute.get_replica_context()
