@@ -62,7 +62,15 @@ def run_config(cfg: config.Config) -> dict | None:
                 "Pass --train_split / --eval_split."
             )
     if trains:
-        pipeline.per_replica_batch_size(cfg.train_batch_size, strategy.num_replicas_in_sync)
+        per_replica = pipeline.per_replica_batch_size(
+            cfg.train_batch_size, strategy.num_replicas_in_sync
+        )
+        if cfg.micro_batch_size and per_replica % cfg.micro_batch_size:
+            raise config.ConfigError(
+                f"--micro_batch_size={cfg.micro_batch_size} must divide the per-replica batch "
+                f"{per_replica} (--train_batch_size={cfg.train_batch_size} over "
+                f"{strategy.num_replicas_in_sync} replicas)."
+            )
     location = distribute.WriteLocation(cfg.model_dir, distribute.is_chief(strategy))
     try:
         if not location.chief:

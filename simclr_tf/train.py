@@ -251,7 +251,8 @@ def train(
         checkpointer, schedule.checkpoint_steps, schedule.total_steps, extra
     )
     dataset = train_dataset(cfg, strategy, step)
-    spe = schedule.steps_per_epoch
+    # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
+    spe = min(schedule.steps_per_epoch, schedule.total_steps)
     epochs = math.ceil(schedule.total_steps / spe)
     first_epoch = step // spe
     if step % spe:

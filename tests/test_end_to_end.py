@@ -228,3 +228,14 @@ def test_corrupt_image_is_named_without_a_trace(tiny_folder, tmp_path):
                *COMMON, expect=2)
     assert str(victim) in proc.stderr and "replace or delete it" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_steps_take_a_class_balanced_part_of_a_sorted_split(tiny_folder):
+    from simclr_tf import config, evaluate
+
+    cfg = config.Config(model_dir="/unused", dataset="image_folder", data_dir=str(tiny_folder),
+                        eval_split="test", eval_batch_size=5, eval_steps=2, image_size=16)
+    labels = np.concatenate([y.numpy() for _, y in evaluate.eval_input(cfg)])
+    # 10 images of a 30-image split sorted by class: one per class, not the first 10 files.
+    assert len(labels) == 10
+    assert sorted(labels.tolist()) == list(range(10))

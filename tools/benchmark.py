@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -260,6 +261,7 @@ def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_
     result["peak_rss_gb"] = _peak_rss_gb()
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     result["device_peak_bytes"] = _device_peak_bytes(tf)
+    shutil.rmtree(model_dir, ignore_errors=True)
     return result
 
 
@@ -295,7 +297,7 @@ def _ratios(base: list[dict], cand: list[dict]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", action="append", default=[], metavar="K=V,...",
                    help="Overrides of the baseline case (Config field names).")
