@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, optim
+from simclr_tf import checkpoints, distribute, evaluate, optim
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import augment, pipeline, sources
@@ -167,18 +167,14 @@ def knn_monitor(cfg: Config, info: sources.DatasetInfo) -> KNNMonitor:
         )
         return pipeline.eval_dataset(ds, batch_size=cfg.eval_batch_size, image_size=cfg.image_size)
 
-    def queries():
-        ds, _ = sources.load_split(cfg.dataset, cfg.eval_split, data_dir=cfg.data_dir)
-        return pipeline.eval_dataset(ds, batch_size=cfg.eval_batch_size, image_size=cfg.image_size)
-
     return KNNMonitor(
         bank,
-        queries,
+        functools.partial(evaluate.eval_input, cfg),  # the images evaluation reports on
         num_classes=info.num_classes,
         every_n_epochs=cfg.knn_every_epochs,
         k=cfg.knn_k,
         bank_size=cfg.knn_bank_size,
-        fill_value=float("nan"),  # CSVLogger fixes its columns at the first epoch
+        fill_value=float("nan"),  # epochs without a kNN pass log nan, not a missing column
     )
 
 
