@@ -19,21 +19,13 @@ from simclr_tf.models.simclr import SimCLRModel
 
 
 def eval_input(cfg: Config) -> tf.data.Dataset:
-    """The eval split, or with ``--eval_steps`` a class-balanced, seeded part of it.
-
-    Splits are often sorted by class (image folders are), so the first N batches would cover
-    only the first classes; a class-balanced subset keeps a short evaluation representative.
-    """
-    fraction = 1.0
-    if cfg.eval_steps:
-        size = sources.dataset_info(cfg.dataset, cfg.data_dir).split_sizes[cfg.eval_split]
-        fraction = min(1.0, cfg.eval_steps * cfg.eval_batch_size / max(1, size))
+    """The eval split, or with ``--eval_steps`` a class-balanced, seeded part of it."""
     ds, _ = sources.load_split(
         cfg.dataset,
         cfg.eval_split,
         data_dir=cfg.data_dir,
-        train_data_fraction=fraction,
         fraction_seed=cfg.seed,
+        max_examples=cfg.eval_steps * cfg.eval_batch_size if cfg.eval_steps else None,
     )
     ds = pipeline.eval_dataset(ds, batch_size=cfg.eval_batch_size, image_size=cfg.image_size)
     return ds.take(cfg.eval_steps) if cfg.eval_steps else ds

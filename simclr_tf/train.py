@@ -154,16 +154,14 @@ def train_dataset(
 
 def knn_monitor(cfg: Config, info: sources.DatasetInfo) -> KNNMonitor:
     """kNN top-1 into the epoch logs (Keras's TensorBoard and CSV callbacks record it)."""
-    # A class-balanced bank (the split may be sorted by class, so never just its first N).
-    fraction = min(1.0, cfg.knn_bank_size / info.split_sizes[cfg.train_split])
 
     def bank():
         ds, _ = sources.load_split(
             cfg.dataset,
             cfg.train_split,
             data_dir=cfg.data_dir,
-            train_data_fraction=fraction,
             fraction_seed=cfg.seed,
+            max_examples=cfg.knn_bank_size,  # class-balanced
         )
         return pipeline.eval_dataset(ds, batch_size=cfg.eval_batch_size, image_size=cfg.image_size)
 

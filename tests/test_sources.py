@@ -210,6 +210,23 @@ def test_fraction_balanced_reproducible(tmp_path):
     assert len(chosen(1.0, seed=5)) == sum(counts.values())
 
 
+def test_max_examples_caps_by_a_class_balanced_fraction(tmp_path):
+    counts = {"a": 10, "b": 10, "c": 10, "d": 10}
+    _constant_folder(tmp_path, counts)
+    capped, info = load_split("image_folder", "train", str(tmp_path), max_examples=8)
+    labels = collections.Counter(int(y) for _, y in _items(capped))
+    assert dict(labels) == {0: 2, 1: 2, 2: 2, 3: 2}  # 8/40 of each class, not the first 8 files
+    assert info.split_sizes["train"] == 8
+    same, _ = load_split("image_folder", "train", str(tmp_path), train_data_fraction=0.2)
+    assert [x[0, 0, 0] for x, _ in _items(same)] == [x[0, 0, 0] for x, _ in _items(capped)]
+    # A cap above the split size changes nothing; with a fraction the smaller one wins.
+    whole, _ = load_split("image_folder", "train", str(tmp_path), max_examples=100)
+    assert len(_items(whole)) == 40
+    both, _ = load_split("image_folder", "train", str(tmp_path), train_data_fraction=0.1,
+                         max_examples=20)
+    assert len(_items(both)) == 4
+
+
 def test_shuffle_files_and_sharding(tmp_path):
     ids = _constant_folder(tmp_path, {"a": 6, "b": 5})
     ds, _ = load_split("image_folder", "train", str(tmp_path))

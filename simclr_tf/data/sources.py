@@ -99,17 +99,23 @@ def load_split(
     fraction_seed: int = 0,
     shuffle_files: bool = False,
     input_context: tf.distribute.InputContext | None = None,
+    max_examples: int | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One split as ``(image uint8 [H, W, 3], label int32)`` examples, plus its info.
 
     ``shuffle_files`` permutes the file order once with ``fraction_seed`` (image folders) or
     shuffles shard files with that seed (TFDS); the pipelines shuffle examples on top.
+    ``max_examples`` caps the split by lowering the class-balanced fraction (splits are often
+    sorted by class, so the first N examples would cover only the first classes).
     """
     if not 0.0 < train_data_fraction <= 1.0:
         raise DataError(
             f"train_data_fraction must be in (0, 1], got {train_data_fraction}. Use e.g. 0.01 "
             "or 0.1 for the semi-supervised protocol, 1.0 for all labels."
         )
+    if max_examples is not None:
+        size = dataset_info(dataset, data_dir).split_sizes.get(split, 0)
+        train_data_fraction = min(train_data_fraction, max_examples / max(1, size))
     if dataset == IMAGE_FOLDER:
         return _load_folder_split(
             _check_root(data_dir), split, train_data_fraction, fraction_seed, shuffle_files,
