@@ -56,3 +56,25 @@ def cifar10_dir() -> pathlib.Path:
 def strategy() -> tf.distribute.MirroredStrategy:
     """MirroredStrategy over the two logical CPU devices (fresh collective keys each time)."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def _write_png_folder(root: pathlib.Path, classes: int, counts: dict[str, int], side: int):
+    """An image folder ``root/<split>/classNN/i.png`` of random, seeded RGB images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        for c in range(classes):
+            folder = root / split / f"class{c:02d}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def write_png_folder():
+    """``write_png_folder(root, classes, {"train": n, "test": m}, side)`` -> root."""
+    return _write_png_folder

@@ -18,7 +18,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from simclr_tf import config, distribute, evaluate, train
 from simclr_tf.data import pipeline
@@ -179,20 +178,9 @@ def test_mirrored_without_global_bn_differs(single_device_run):
     assert diff > 1e-3
 
 
-def _write_folder(root, per_class: int = 1, classes: int = NUM_CLASSES) -> None:
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in range(classes):
-            folder = root / split / f"class{c:02d}"
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (IMAGE, IMAGE, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
-def test_evaluate_counts_every_example_once_on_two_replicas(tmp_path):
+def test_evaluate_counts_every_example_once_on_two_replicas(tmp_path, write_png_folder):
     """10 examples in batches 4, 4, 2: Keras's own logs average replicas (5 examples)."""
-    _write_folder(tmp_path)
+    write_png_folder(tmp_path, NUM_CLASSES, {"train": 1, "test": 1}, IMAGE)
     cfg = _cfg(data_dir=str(tmp_path), model_dir=str(tmp_path / "run"), eval_batch_size=4)
     single = evaluate.evaluate(cfg, _build(cfg, tf.distribute.get_strategy()), None, 0, None)
     mirrored = evaluate.evaluate(cfg, _build(cfg, _mirrored()), None, 0, None)
@@ -269,9 +257,10 @@ def test_write_location_only_chief_writes_to_model_dir(tmp_path):
     assert not tf.io.gfile.exists(other.path)
 
 
-def test_cli_mirrored_on_split_cpu_logs_replicas_and_refuses_uneven_batch(tmp_path):
+def test_cli_mirrored_on_split_cpu_logs_replicas_and_refuses_uneven_batch(tmp_path,
+                                                                          write_png_folder):
     """run.py --strategy=mirrored --num_cpu_devices=2: 2 replicas, and 7 images do not split."""
-    _write_folder(tmp_path / "data")
+    write_png_folder(tmp_path / "data", NUM_CLASSES, {"train": 1, "test": 1}, IMAGE)
     done = subprocess.run(
         [
             sys.executable,

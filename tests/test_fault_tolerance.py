@@ -22,7 +22,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from simclr_tf import callbacks, checkpoints, config, train
 
@@ -33,17 +32,9 @@ RUN_TIMEOUT_S = 180
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
+def data_dir(tmp_path_factory, write_png_folder) -> pathlib.Path:
     root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", PER_CLASS), ("test", 2)):
-        for c in range(CLASSES):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    return write_png_folder(root, CLASSES, {"train": PER_CLASS, "test": 2}, SIDE)
 
 
 def _command(data_dir: pathlib.Path, model_dir: pathlib.Path, *extra: str) -> list[str]:
