@@ -6,6 +6,8 @@ user-facing failure is one line on stderr naming the fix (exit code 2), never a 
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -101,8 +103,6 @@ def run_config(cfg: config.Config) -> dict | None:
 
 def _export(cfg, model, run_dir: str, step: int, result: dict, class_names) -> None:
     """Exports the evaluated weights; an export of the same step is kept (same weights)."""
-    import os
-
     from simclr_tf import export
 
     existing = os.path.join(run_dir, "saved_model", str(step))
@@ -118,8 +118,6 @@ _DATA_ASSERTIONS = ("Could not read or decode image file", "Image file")
 
 def _data_problem(error: Exception) -> str | None:
     """The user-facing sentence of an in-graph data check, or None for other TF errors."""
-    import re
-
     import tensorflow as tf
 
     if not isinstance(error, tf.errors.InvalidArgumentError):

@@ -13,6 +13,7 @@ Writes of small files are atomic (temp file + rename) so a crash never leaves ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -68,8 +69,6 @@ def prepare(cfg: Config, model_dir: str, write_flags: bool) -> None:
     tf.io.gfile.makedirs(model_dir)
     check_compatible(cfg, model_dir)
     if write_flags:
-        import dataclasses
-
         write_json_atomic(os.path.join(model_dir, FLAGS_FILE), dataclasses.asdict(cfg))
 
 
