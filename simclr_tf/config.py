@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 MODES = ("train", "eval", "train_then_eval")
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
@@ -53,7 +53,9 @@ def define_flags() -> None:
     d.DEFINE_enum("mode", "train", MODES, "train, eval, or train then evaluate the final weights.")
     d.DEFINE_enum("train_mode", "pretrain", TRAIN_MODES,
                   "pretrain: contrastive SimCLR; finetune: supervised head on a (pretrained) "
-                  "encoder, including the linear evaluation protocol.")
+                  "encoder, including the linear evaluation protocol; distill: SimCLRv2's third "
+                  "step, a student trained on every training image to match the predictions of "
+                  "--teacher_checkpoint.")
     d.DEFINE_string("model_dir", None, "Folder holding everything of one run: checkpoints, "
                     "flags.json, metrics.csv, TensorBoard logs, result.json, saved_model/.")
     d.DEFINE_string("checkpoint", None, "Checkpoint (file prefix or folder) to start from: the "
@@ -106,7 +108,7 @@ def define_flags() -> None:
                      "head (0 = the encoder output h).")
     d.DEFINE_bool("lineareval_while_pretraining", True,
                   "Train a linear probe on stop_gradient(h) during pretraining.")
-    d.DEFINE_integer("fine_tune_after_block", -1, "finetune: train only after this block "
+    d.DEFINE_integer("fine_tune_after_block", -1, "finetune, distill: train only after this block "
                      "(-1 everything, 0 after the stem, 4 only the linear head = linear eval).")
     d.DEFINE_bool("zero_init_logits_layer", False, "Zero-initialise the supervised head.")
     # Checkpoints, evaluation, monitoring.
@@ -137,6 +139,27 @@ def define_flags() -> None:
     d.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
     d.DEFINE_integer("micro_batch_size", 0, "Gradient caching: compute the batch in chunks of "
                      "this many images per replica (0 = off).")
+    _define_distill_flags()
+
+
+def _define_distill_flags() -> None:
+    """--train_mode=distill (SimCLRv2 Section 2, step 3; simclr_tf/models/distill.py)."""
+    d = flags
+    d.DEFINE_string("teacher_checkpoint", None, "distill: the teacher, a fine-tuned simclr_tf "
+                    "run folder or checkpoint prefix (its architecture comes from that run's "
+                    "flags.json). The student's architecture comes from this run's flags: the "
+                    "same = self-distillation, smaller = big-to-small. --checkpoint optionally "
+                    "initialises the student's encoder and projection head (default: random).")
+    d.DEFINE_float("distill_temperature", 1.0, "distill: temperature tau of both softmaxes in "
+                   "the loss -sum_y P_T(y|x; tau) log P_S(y|x; tau) (SimCLRv2 Eq. 2, no tau^2 "
+                   "factor). The paper uses 0.1 for self-distillation and 1.0 for big-to-small "
+                   "(Section 3); Table 3's comparison of targets uses 1.0.")
+    d.DEFINE_float("distill_label_weight", 0.0, "distill: weight w of the labelled term, "
+                   "loss = w * CE(labels) over the --train_data_fraction subset + (1 - w) * "
+                   "distillation over all images, both summed per batch and divided by the "
+                   "batch size (SimCLRv2 Eq. 3 with alpha = 1 - w). 0 = Eq. 2, distillation "
+                   "only, the paper's default for every result but the 'label + distillation' "
+                   "rows of Table 3.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +227,9 @@ class Config:
     mixed_precision: str = "none"
     jit_compile: bool = False
     micro_batch_size: int = 0
+    teacher_checkpoint: str | None = None
+    distill_temperature: float = 1.0
+    distill_label_weight: float = 0.0
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues | None = None) -> Config:
@@ -220,7 +246,7 @@ class Config:
     @property
     def frozen_stages(self) -> int:
         """Encoder stages (stem + 4 block groups) kept frozen: fine_tune_after_block + 1."""
-        if self.train_mode != "finetune":
+        if self.train_mode not in ("finetune", "distill"):
             return 0
         return self.fine_tune_after_block + 1
 
@@ -265,8 +291,8 @@ class Config:
             )
         if self.temperature <= 0:
             err.append("--temperature must be > 0.")
-        if self.train_mode == "finetune" and self.micro_batch_size:
-            err.append("--micro_batch_size is for pretraining; drop it with finetune.")
+        if self.train_mode != "pretrain" and self.micro_batch_size:
+            err.append(f"--micro_batch_size is for pretraining; drop it with {self.train_mode}.")
         if self.micro_batch_size < 0:
             err.append("--micro_batch_size must be >= 0.")
         trains = self.mode in ("train", "train_then_eval")
@@ -283,11 +309,28 @@ class Config:
             err.append("--num_cpu_devices must be >= 1.")
         if self.use_tpu and self.strategy not in ("auto", "tpu"):
             err.append(f"--use_tpu contradicts --strategy={self.strategy}: pass only one.")
-        if self.train_mode == "finetune" and self.augment_on == "device":
-            err.append("--augment_on=device is for pretraining (fine-tuning only crops and flips).")
+        if self.train_mode != "pretrain" and self.augment_on == "device":
+            err.append(f"--augment_on=device is for pretraining ({self.train_mode} only crops "
+                       "and flips).")
+        err += self._distill_errors()
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))
         return self
+
+    def _distill_errors(self) -> list[str]:
+        err = []
+        if self.distill_temperature <= 0:
+            err.append("--distill_temperature must be > 0 (the paper uses 0.1 to 1.0).")
+        if not 0.0 <= self.distill_label_weight < 1.0:
+            err.append("--distill_label_weight must be in [0, 1); to train on labels only use "
+                       "--train_mode=finetune.")
+        trains = self.mode in ("train", "train_then_eval")
+        if self.train_mode == "distill" and trains and not self.teacher_checkpoint:
+            err.append("--train_mode=distill needs --teacher_checkpoint=PATH: the model_dir (or "
+                       "checkpoint prefix) of a fine-tuned run.")
+        if self.train_mode != "distill" and self.teacher_checkpoint:
+            err.append("--teacher_checkpoint is only used with --train_mode=distill.")
+        return err
 
 
 @dataclasses.dataclass(frozen=True)

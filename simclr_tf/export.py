@@ -490,7 +490,7 @@ def export_from_model_dir(
     path = (export_dir or _step_dir(os.path.join(model_dir, EXPORT_SUBDIR), step)).rstrip("/")
     _refuse_existing(path, overwrite)
     num_classes = _num_classes_in_checkpoint(prefix)
-    if cfg.train_mode == "finetune" and not num_classes:
+    if cfg.train_mode in ("finetune", "distill") and not num_classes:
         raise ExportError(
             f"Checkpoint {prefix} has no supervised head but {model_dir} is a finetune run: "
             "pass the --checkpoint that run wrote."
@@ -541,6 +541,9 @@ _CARD_FLAGS = (
     "proj_out_dim",
     "ft_proj_selector",
     "fine_tune_after_block",
+    "teacher_checkpoint",
+    "distill_temperature",
+    "distill_label_weight",
     "train_batch_size",
     "train_epochs",
     "train_steps",
@@ -577,6 +580,24 @@ def _architecture(cfg: Config) -> str:
     return f"ResNet-{cfg.resnet_depth} ({cfg.width_multiplier:g}x{sk}{se}{stem})"
 
 
+def _distill_sentence(cfg: Config) -> list[str]:
+    """Names the teacher of a distilled student (SimCLRv2 step 3); empty for other runs."""
+    if cfg.train_mode != "distill":
+        return []
+    labels = (
+        f"plus labels on {_percent(cfg.train_data_fraction)} of them with weight "
+        f"{cfg.distill_label_weight:g}"
+        if cfg.distill_label_weight
+        else "without their labels"
+    )
+    return [
+        "",
+        f"This is a distilled student: trained on every `{cfg.train_split}` image to match "
+        f"the predictions of the teacher `{cfg.teacher_checkpoint}` (distillation temperature "
+        f"{cfg.distill_temperature:g}), {labels}.",
+    ]
+
+
 def model_card(
     model: keras.Model,
     cfg: Config,
@@ -609,6 +630,7 @@ def model_card(
         f"arXiv:2006.10029) using simclr_tf, exported at step {int(step)} "
         f"({datetime.date.today().isoformat()}). Training mode: `{cfg.train_mode}`. "
         f"{params:,} parameters (including batch-norm statistics).",
+        *_distill_sentence(cfg),
         "",
         "The representation to use downstream is `final_avg_pool` (the encoder output h, before "
         "the projection head): linear classifiers on h beat those on the projection by over "

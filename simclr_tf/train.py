@@ -19,6 +19,7 @@ from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import augment, pipeline, sources
 from simclr_tf.metrics import KNNMonitor
+from simclr_tf.models.distill import DistillationModel, load_teacher, restore_student
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel
@@ -62,11 +63,18 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
             color_jitter_strength=cfg.color_jitter_strength,
             use_blur=cfg.use_blur,
         )
-    return SimCLRModel(
+    model_class, mode_kwargs = SimCLRModel, {"train_mode": cfg.train_mode}
+    if cfg.train_mode == "distill":  # the student; its teacher is attached in build_for_run
+        model_class = DistillationModel
+        mode_kwargs = {
+            "distill_temperature": cfg.distill_temperature,
+            "label_weight": cfg.distill_label_weight,
+        }
+    return model_class(
         encoder,
         head,
         num_classes,
-        train_mode=cfg.train_mode,
+        **mode_kwargs,
         temperature=cfg.temperature,
         hidden_norm=cfg.hidden_norm,
         lineareval_while_pretraining=cfg.lineareval_while_pretraining,
@@ -128,6 +136,7 @@ def train_dataset(
             fraction_seed=cfg.seed,
             shuffle_files=True,
             input_context=ctx,
+            unlabelled=cfg.train_mode == "distill",  # every image; labels on the fraction
         )
         shard_seed = seed + 7919 * ctx.input_pipeline_id
         if cfg.train_mode == "pretrain":
@@ -178,7 +187,7 @@ def knn_monitor(cfg: Config, info: sources.DatasetInfo) -> KNNMonitor:
 
 def num_train_examples(cfg: Config) -> int:
     """Examples per training epoch, after ``--train_data_fraction`` (epochs are of the subset)."""
-    if cfg.train_data_fraction >= 1.0:
+    if cfg.train_data_fraction >= 1.0 or cfg.train_mode == "distill":
         return sources.dataset_info(cfg.dataset, cfg.data_dir).split_sizes[cfg.train_split]
     _, subset = sources.load_split(
         cfg.dataset,
@@ -198,6 +207,10 @@ def build_for_run(
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = build_model(cfg, info.num_classes)
+        if cfg.train_mode == "distill" and cfg.teacher_checkpoint:
+            model.set_teacher(
+                load_teacher(cfg.teacher_checkpoint, info.num_classes, cfg.image_size)
+            )
         compile_model(cfg, model, build_optimizer_for(cfg, schedule))
     return model
 
@@ -218,6 +231,8 @@ def train(
     distribute.check_same_step(strategy, step)
     if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
         checkpoints.restore_pretrained(model, cfg.checkpoint)
+    if step == 0 and cfg.train_mode == "distill" and cfg.checkpoint not in (None, "none"):
+        restore_student(model, cfg.checkpoint)
     logging.info(
         "Training %s from step %d to %d (%d steps/epoch, warmup %d, peak lr %.4g, "
         "global batch %d on %d replica(s)).",

@@ -39,6 +39,9 @@ import tensorflow as tf
 from absl import logging
 
 IMAGE_FOLDER = "image_folder"
+# Label of an example outside the labelled fraction when ``load_split(..., unlabelled=True)``
+# keeps it (distillation trains on every image, with labels only for the fraction).
+UNLABELLED = -1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SHAPE_SAMPLE = 32
 # Keyed-hash key for fraction selection; the seed is the other half.
@@ -100,8 +103,13 @@ def load_split(
     shuffle_files: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     max_examples: int | None = None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One split as ``(image uint8 [H, W, 3], label int32)`` examples, plus its info.
+
+    ``unlabelled=True`` keeps *every* example of the split but gives those outside the
+    ``train_data_fraction`` subset the label :data:`UNLABELLED` (-1): the same subset fine-tuning
+    trains on is the labelled part, the rest is the unlabelled data of distillation.
 
     ``shuffle_files`` permutes the file order once with ``fraction_seed`` (image folders) or
     shuffles shard files with that seed (TFDS); the pipelines shuffle examples on top.
@@ -119,10 +127,11 @@ def load_split(
     if dataset == IMAGE_FOLDER:
         return _load_folder_split(
             _check_root(data_dir), split, train_data_fraction, fraction_seed, shuffle_files,
-            input_context,
+            input_context, unlabelled,
         )
     return _load_tfds_split(
-        dataset, split, data_dir, train_data_fraction, fraction_seed, shuffle_files, input_context
+        dataset, split, data_dir, train_data_fraction, fraction_seed, shuffle_files, input_context,
+        unlabelled,
     )
 
 
@@ -240,6 +249,7 @@ def _load_folder_split(
     seed: int,
     shuffle_files: bool,
     input_context: tf.distribute.InputContext | None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     splits = _folder_splits(root)
     if not splits:
@@ -275,11 +285,17 @@ def _load_folder_split(
     labels: list[int] = []
     for c, k in zip(classes, keep, strict=True):
         names = listing.get(c, [])
+        label = [label_of[c]] * len(names)
         if k < len(names):
             ranked = sorted(names, key=lambda n, c=c: (_fraction_rank(seed, f"{c}/{n}"), n))
-            names = sorted(ranked[:k])
+            if unlabelled:
+                chosen = set(ranked[:k])
+                label = [label_of[c] if n in chosen else UNLABELLED for n in names]
+            else:
+                names = sorted(ranked[:k])
+                label = label[: len(names)]
         rel_paths.extend(f"{c}/{n}" for n in names)
-        labels.extend([label_of[c]] * len(names))
+        labels.extend(label)
 
     sizes = {}
     for s in splits:
@@ -535,6 +551,7 @@ def _load_tfds_split(
     seed: int,
     shuffle_files: bool,
     input_context: tf.distribute.InputContext | None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     tfds = _tfds()
     builder = _tfds_builder(name, data_dir)
@@ -548,7 +565,7 @@ def _load_tfds_split(
         thresholds, subset = _tfds_fraction_thresholds(
             builder, split, image_key, label_key, num_classes, fraction, seed
         )
-        sizes[split] = subset
+        sizes[split] = int(split_info.num_examples) if unlabelled else subset
     elif split not in builder.info.splits:
         sizes[split] = int(split_info.num_examples)
 
@@ -565,10 +582,23 @@ def _load_tfds_split(
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
     if thresholds is not None:
         thr = tf.constant(thresholds, tf.int64)
-        ds = ds.filter(
-            lambda ex: _tfds_rank(ex["tfds_id"], seed)
-            <= tf.gather(thr, tf.cast(ex[label_key], tf.int32))
-        )
+
+        def selected(ex):
+            return _tfds_rank(ex["tfds_id"], seed) <= tf.gather(
+                thr, tf.cast(ex[label_key], tf.int32)
+            )
+
+        if unlabelled:
+            ds = ds.map(
+                lambda ex: {
+                    **ex,
+                    label_key: tf.where(
+                        selected(ex), ex[label_key], tf.cast(UNLABELLED, ex[label_key].dtype)
+                    ),
+                }
+            )
+        else:
+            ds = ds.filter(selected)
     channels = builder.info.features[image_key].shape[-1]
 
     def to_pair(ex):
