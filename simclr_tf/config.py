@@ -160,6 +160,13 @@ def _define_distill_flags() -> None:
                    "batch size (SimCLRv2 Eq. 3 with alpha = 1 - w). 0 = Eq. 2, distillation "
                    "only, the paper's default for every result but the 'label + distillation' "
                    "rows of Table 3.")
+    d.DEFINE_bool("distill_augment", True, "distill: the student sees the fine-tuning "
+                  "augmentation (random crop + flip; the paper's setting) and the teacher the "
+                  "same views; false: both see each image's fixed evaluation view.")
+    d.DEFINE_bool("cache_teacher_logits", False, "distill: compute the teacher's logits once per "
+                  "training image before training and reuse them every epoch instead of running "
+                  "the teacher in every step. Needs --nodistill_augment: with random crops the "
+                  "student sees a new view each epoch, which cached logits do not describe.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +237,8 @@ class Config:
     teacher_checkpoint: str | None = None
     distill_temperature: float = 1.0
     distill_label_weight: float = 0.0
+    distill_augment: bool = True
+    cache_teacher_logits: bool = False
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues | None = None) -> Config:
@@ -330,6 +339,11 @@ class Config:
                        "checkpoint prefix) of a fine-tuned run.")
         if self.train_mode != "distill" and self.teacher_checkpoint:
             err.append("--teacher_checkpoint is only used with --train_mode=distill.")
+        if self.cache_teacher_logits and self.distill_augment:
+            err.append("--cache_teacher_logits needs --nodistill_augment: random crops and flips "
+                       "give the student a new view of every image each epoch, and logits cached "
+                       "once would describe another view. Drop --cache_teacher_logits to run the "
+                       "teacher on each step's views (the paper's setting).")
         return err
 
 

@@ -19,7 +19,12 @@ from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import augment, pipeline, sources
 from simclr_tf.metrics import KNNMonitor
-from simclr_tf.models.distill import DistillationModel, load_teacher, restore_student
+from simclr_tf.models.distill import (
+    DistillationModel,
+    fixed_view_dataset,
+    load_teacher,
+    restore_student,
+)
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel
@@ -259,7 +264,11 @@ def train(
     callbacks = training_callbacks(
         checkpointer, schedule.checkpoint_steps, schedule.total_steps, extra
     )
-    dataset = train_dataset(cfg, strategy, step)
+    if cfg.train_mode == "distill" and not cfg.distill_augment:
+        teacher = model.teacher if cfg.cache_teacher_logits else None
+        dataset = fixed_view_dataset(cfg, strategy, step, teacher)
+    else:
+        dataset = train_dataset(cfg, strategy, step)
     # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
     spe = min(schedule.steps_per_epoch, schedule.total_steps)
     epochs = math.ceil(schedule.total_steps / spe)

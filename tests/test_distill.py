@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from simclr_tf import checkpoints, config, distribute, model_dir, train
 from simclr_tf.data import pipeline, sources
@@ -299,6 +300,31 @@ def test_unlabelled_split_keeps_every_image_and_labels_the_fraction(tmp_path, wr
     assert sum(v == sources.UNLABELLED for v in got.values()) == 20 - 6
 
 
+def test_cached_teacher_logits_belong_to_their_images(tmp_path, write_png_folder, teacher_dir):
+    """--cache_teacher_logits: each element's cached row is the teacher on that very image."""
+    data = write_png_folder(tmp_path / "data", NUM_CLASSES, {"train": 4}, IMAGE)
+    cfg = _cfg(
+        train_mode="distill",
+        teacher_checkpoint=str(teacher_dir),
+        data_dir=str(data),
+        train_data_fraction=0.5,
+        distill_augment=False,
+        cache_teacher_logits=True,
+    )
+    model = _build(cfg)
+    strategy = tf.distribute.get_strategy()
+    dataset = distill.fixed_view_dataset(cfg, strategy, 0, model.teacher)
+    labelled = 0
+    for images, labels, cached in dataset.take(2 * 20 // GLOBAL_BATCH):
+        np.testing.assert_allclose(cached.numpy(), model.teacher(images).numpy(), atol=1e-4)
+        labelled += int(np.sum(labels.numpy() >= 0))
+    assert 0 < labelled < 2 * 20 // GLOBAL_BATCH * GLOBAL_BATCH
+    history = model.fit(dataset, epochs=1, steps_per_epoch=STEPS, verbose=0)
+    assert np.isfinite(history.history["distill_loss"][-1])
+    with pytest.raises(config.ConfigError, match="--nodistill_augment"):
+        cfg.replace(distill_augment=True).validate()
+
+
 # ------------------------------------------------------------------------- run.py end to end
 
 COMMON = [
@@ -369,3 +395,20 @@ def test_teacher_problems_name_the_fix(tmp_path, teacher_dir):
         _cfg(train_mode="distill").validate()
     with pytest.raises(config.ConfigError, match="--distill_label_weight"):
         _cfg(train_mode="distill", teacher_checkpoint="x", distill_label_weight=1.0).validate()
+
+
+@pytest.mark.parametrize(
+    "preset",
+    ["imagenet_distill_self", "imagenet_distill_big_to_small", "cpu_cifar10_distill"],
+)
+def test_presets_are_valid_distill_runs(preset):
+    config.define_flags()
+    values = {"model_dir": "/x", "teacher_checkpoint": "/teacher"}
+    for line in (REPO / "flags" / f"{preset}.cfg").read_text().splitlines():
+        if line.startswith("--"):
+            name, value = line[2:].split("=", 1)
+            values[name] = flags.FLAGS[name].parser.parse(value)
+    cfg = config.Config(**values).validate()
+    assert cfg.train_mode == "distill" and cfg.distill_label_weight == 0.0
+    # The paper: tau = 0.1 for self-distillation, 1.0 big-to-small (and in Table 3).
+    assert cfg.distill_temperature == (0.1 if preset.endswith("_self") else 1.0)

@@ -31,10 +31,12 @@ import os
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from simclr_tf import checkpoints, distribute
+from simclr_tf.data import augment, pipeline, sources
 from simclr_tf.metrics import TopKAccuracy
 from simclr_tf.models.simclr import SimCLRModel
 
@@ -270,7 +272,8 @@ class DistillationModel(SimCLRModel):
 
     def train_step(self, data):
         images, labels = data[0], data[1]
-        teacher_logits = self.teacher_logits(images)
+        # (images, labels, cached teacher logits) with --cache_teacher_logits.
+        teacher_logits = data[2] if len(data) > 2 else self.teacher_logits(images)
         # Each replica's share: its sum over the global batch size (static shapes, equal
         # per-replica batches); Keras sums the replicas' gradients.
         global_batch = tf.cast(tf.shape(images)[0] * self._replicas(), tf.float32)
@@ -330,3 +333,74 @@ class DistillationModel(SimCLRModel):
             self.lr_tracker,
         ]
         return distribute.step_outputs({m.name: m.result() for m in trackers})
+
+
+# ------------------------------------------------------------------------------ fixed-view input
+
+
+def _fixed_view_source(cfg: Any) -> tf.data.Dataset:
+    """Every training image in file order (labels only on the fraction): the cache's order."""
+    ds, _ = sources.load_split(
+        cfg.dataset,
+        cfg.train_split,
+        data_dir=cfg.data_dir,
+        train_data_fraction=cfg.train_data_fraction,
+        fraction_seed=cfg.seed,
+        unlabelled=True,
+    )
+    return ds
+
+
+def teacher_logits_table(cfg: Any, teacher: keras.Model) -> np.ndarray:
+    """The teacher's logits of every training image's evaluation view, float32 ``[N, classes]``.
+
+    Row i belongs to example i of :func:`_fixed_view_source` (deterministic order).
+    """
+    ds = pipeline.eval_dataset(
+        _fixed_view_source(cfg), batch_size=cfg.eval_batch_size, image_size=cfg.image_size
+    )
+    predict = tf.function(lambda x: teacher(x, training=False))
+    rows = [predict(x).numpy() for x, _ in ds]
+    table = np.concatenate(rows).astype(np.float32)
+    logging.info("Cached the teacher's logits of %d training images.", len(table))
+    return table
+
+
+def fixed_view_dataset(
+    cfg: Any,
+    strategy: tf.distribute.Strategy,
+    start_step: int,
+    teacher: keras.Model | None = None,
+) -> tf.distribute.DistributedDataset:
+    """``--nodistill_augment`` input: each image's evaluation view, shuffled, repeated.
+
+    With ``teacher`` (``--cache_teacher_logits``) its logits are computed once here and every
+    element is ``(image, label, teacher_logits)``; the train step then skips the teacher.
+    """
+    per_replica = pipeline.per_replica_batch_size(
+        cfg.train_batch_size, strategy.num_replicas_in_sync
+    )
+    table = None if teacher is None else teacher_logits_table(cfg, teacher)
+    seed = cfg.seed + 1_000_003 * start_step  # a resumed run continues with a new order
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = _fixed_view_source(cfg)
+        if table is not None:
+            logits = tf.data.Dataset.from_tensor_slices(table)
+            ds = tf.data.Dataset.zip((ds, logits)).map(lambda xy, t: (xy[0], xy[1], t))
+        if ctx.num_input_pipelines > 1:  # after the join, so rows stay with their images
+            ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        if cfg.cache_dataset:
+            ds = ds.cache()
+        n = int(ds.cardinality())
+        buffer = min(max(10 * per_replica, 10_000), n) if n > 0 else 10_000
+        ds = ds.shuffle(buffer, seed=seed + 7919 * ctx.input_pipeline_id)
+        ds = ds.repeat().map(
+            lambda x, *rest: (augment.eval_view(x, cfg.image_size), *rest),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        ds = ds.batch(per_replica, drop_remainder=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return pipeline.distribute(strategy, dataset_fn)
