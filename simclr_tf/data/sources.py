@@ -38,6 +38,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf.errors import UserError
+
 IMAGE_FOLDER = "image_folder"
 # Label of an example outside the labelled fraction when ``load_split(..., unlabelled=True)``
 # keeps it (distillation trains on every image, with labels only for the fraction).
@@ -48,7 +50,7 @@ _SHAPE_SAMPLE = 32
 _FRACTION_KEY = 0x5EED_F4AC
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A user-facing data problem; the message names the fix."""
 
 

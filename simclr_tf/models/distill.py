@@ -119,10 +119,34 @@ class TeacherLogits(keras.Model):
 
 
 def _head_classes(prefix: str) -> int:
-    """Classes of the supervised head stored in a checkpoint (0 when it has none)."""
-    from simclr_tf import export  # reads the checkpoint's object graph (keys move with optimizers)
+    """Classes of the supervised head stored in a checkpoint (0 when it has none).
 
-    return export._num_classes_in_checkpoint(prefix)  # noqa: SLF001 - one reader for both uses
+    Read through the checkpoint's object graph: with an optimizer in the checkpoint, a variable's
+    key names the optimizer's path to it, not ``model/supervised_head/...``.
+    """
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    reader = tf.train.load_checkpoint(prefix)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    node = 0
+    for name in ("model", "supervised_head"):
+        node = next((c.node_id for c in graph.nodes[node].children if c.local_name == name), -1)
+        if node < 0:
+            return 0
+    shapes = reader.get_variable_to_shape_map()
+    stack, seen = [node], set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for attr in graph.nodes[node].attributes:
+            shape = shapes.get(attr.checkpoint_key)
+            if attr.name == "VARIABLE_VALUE" and shape is not None and len(shape) == 2:
+                return int(shape[-1])  # the classifier's kernel [features, classes]
+        stack.extend(c.node_id for c in graph.nodes[node].children)
+    return 0
 
 
 def load_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
@@ -134,7 +158,6 @@ def load_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
     """
     from simclr_tf import model_dir as model_dir_lib
     from simclr_tf import train  # train builds models and imports this module
-    from simclr_tf.config import Config
 
     if tf.io.gfile.isdir(path):
         run_dir = path
@@ -151,8 +174,7 @@ def load_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
             "model_dir of a fine-tuned simclr_tf run as --teacher_checkpoint."
         )
     prefix = checkpoints.resolve_checkpoint_path(path)
-    names = {f.name for f in dataclasses.fields(Config)}
-    tcfg = Config(**{k: v for k, v in flags_dict.items() if k in names})
+    tcfg = model_dir_lib.config_from_flags(flags_dict)
     classes = _head_classes(prefix)
     if classes == 0:
         raise TeacherError(
