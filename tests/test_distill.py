@@ -397,6 +397,25 @@ def test_teacher_problems_name_the_fix(tmp_path, teacher_dir):
         _cfg(train_mode="distill", teacher_checkpoint="x", distill_label_weight=1.0).validate()
 
 
+def test_published_checkpoint_plug_point(monkeypatch, tmp_path, teacher_dir):
+    """A path that is no simclr_tf run goes to simclr_tf.official.load_official when present."""
+    import simclr_tf
+
+    inner = distill.load_teacher(str(teacher_dir), NUM_CLASSES, IMAGE).inner
+    fake = types.ModuleType("simclr_tf.official")
+    fake.is_official = lambda path: path.endswith("published")
+    fake.load_official = lambda path: (inner, "info")
+    monkeypatch.setitem(sys.modules, "simclr_tf.official", fake)
+    monkeypatch.setattr(simclr_tf, "official", fake, raising=False)
+    teacher = distill.load_teacher(str(tmp_path / "published"), NUM_CLASSES, IMAGE)
+    images = np.random.default_rng(4).uniform(0, 1, (3, IMAGE, IMAGE, 3)).astype(np.float32)
+    want = inner(images, training=False)["logits_sup"].numpy()
+    np.testing.assert_allclose(teacher(images).numpy(), want, rtol=1e-6)
+    assert not teacher.trainable_weights
+    with pytest.raises(distill.TeacherError, match="not a simclr_tf run"):
+        distill.load_teacher(str(tmp_path / "other"), NUM_CLASSES, IMAGE)
+
+
 @pytest.mark.parametrize(
     "preset",
     ["imagenet_distill_self", "imagenet_distill_big_to_small", "cpu_cifar10_distill"],

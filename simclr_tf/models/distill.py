@@ -159,20 +159,13 @@ def load_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
     from simclr_tf import model_dir as model_dir_lib
     from simclr_tf import train  # train builds models and imports this module
 
-    if tf.io.gfile.isdir(path):
-        run_dir = path
-    elif tf.io.gfile.exists(path + ".index"):
-        run_dir = os.path.dirname(path) or "."
-    else:
-        return _official_teacher(path)
-    flags_dict = model_dir_lib.read_flags(run_dir)
-    if flags_dict is None:
-        if tf.io.gfile.isdir(path) and tf.train.latest_checkpoint(path) is None:
-            return _official_teacher(path)  # e.g. a published checkpoint's folder
-        raise TeacherError(
-            f"No flags.json in {run_dir}: the teacher's architecture is read from it. Pass the "
-            "model_dir of a fine-tuned simclr_tf run as --teacher_checkpoint."
-        )
+    is_folder = tf.io.gfile.isdir(path)
+    flags_dict = None
+    if is_folder or tf.io.gfile.exists(path + ".index"):
+        run_dir = path if is_folder else (os.path.dirname(path) or ".")
+        flags_dict = model_dir_lib.read_flags(run_dir)
+    if flags_dict is None:  # not a simclr_tf run: perhaps a published checkpoint
+        return _official_teacher(path, num_classes)
     prefix = checkpoints.resolve_checkpoint_path(path)
     tcfg = model_dir_lib.config_from_flags(flags_dict)
     classes = _head_classes(prefix)
@@ -204,19 +197,31 @@ def _describe(cfg: Any) -> str:
     return f"ResNet-{cfg.resnet_depth} {cfg.width_multiplier:g}x, sk {cfg.sk_ratio:g}"
 
 
-def _official_teacher(path: str) -> keras.Model:
-    """Plug point for published checkpoints (``simclr_tf.official.load_official``)."""
+def _official_teacher(path: str, num_classes: int) -> keras.Model:
+    """Plug point for published checkpoints: ``simclr_tf.official.load_official(path)``.
+
+    Used when that module exists and recognises ``path`` (``is_official``); it returns a
+    simclr_tf model (or ``(model, info)``) whose ``logits_sup`` are the teacher's logits.
+    """
     try:
         from simclr_tf import official  # noqa: PLC0415 - optional module
     except ImportError:
         official = None
-    loader = getattr(official, "load_official", None)
-    if loader is None:
+    recognised = getattr(official, "is_official", lambda _: hasattr(official, "load_official"))
+    if official is None or not recognised(path):
         raise TeacherError(
-            f"--teacher_checkpoint={path} is neither a simclr_tf run folder nor a checkpoint "
-            "prefix (no .index file): pass the model_dir of a fine-tuned simclr_tf run."
+            f"--teacher_checkpoint={path} is not a simclr_tf run (no flags.json beside it) nor "
+            "a published checkpoint this package reads: pass the model_dir of a fine-tuned run."
         )
-    return TeacherLogits(loader(path), name="teacher")
+    model = official.load_official(path)
+    model = model[0] if isinstance(model, tuple) else model
+    classes = int(getattr(model, "num_classes", num_classes))
+    if classes != num_classes:
+        raise TeacherError(
+            f"Teacher {path} predicts {classes} classes but this dataset has {num_classes}: "
+            "distil on the dataset the teacher was fine-tuned on."
+        )
+    return TeacherLogits(model, name="teacher")
 
 
 def restore_student(model: SimCLRModel, path: str) -> str:
