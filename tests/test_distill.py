@@ -215,6 +215,16 @@ def test_teacher_is_frozen_untracked_and_unchanged(teacher_dir):
     assert not checkpoints.untracked_variables(model)
     path = tf.train.Checkpoint(model=model).write(str(teacher_dir.parent / "student_probe"))
     assert not [n for n, _ in tf.train.list_variables(path) if "teacher" in n]
+    # Accelerator-safe: no float64 anywhere in the traced train step (TPUs have none).
+    step = tf.function(model.train_step).get_concrete_function(
+        (tf.TensorSpec([GLOBAL_BATCH, IMAGE, IMAGE, 3]), tf.TensorSpec([GLOBAL_BATCH], tf.int32))
+    )
+    doubles = [
+        op.name
+        for op in step.graph.get_operations()
+        if any(t.dtype == tf.float64 for t in op.outputs)
+    ]
+    assert not doubles, doubles[:5]
 
 
 def test_student_equal_to_teacher_stays_at_teacher_entropy(teacher_dir):
@@ -261,7 +271,12 @@ def test_two_replicas_match_one_device(teacher_dir):
     initial = _weights(single.weights)
     _fit(single, _dataset(batches))
     expected = _weights(single.weights)
-    metrics = [single.distill_loss_tracker, single.supervised_loss, single.labelled_tracker]
+    metrics = [
+        single.distill_loss_tracker,
+        single.supervised_loss,
+        single.labelled_tracker,
+        single.label_acc_tracker,
+    ]
     expected_metrics = distribute.global_results(tf.distribute.get_strategy(), metrics)
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -277,7 +292,12 @@ def test_two_replicas_match_one_device(teacher_dir):
         np.testing.assert_allclose(v, expected[k], atol=2e-5, err_msg=k)
     got = distribute.global_results(
         strategy,
-        [mirrored.distill_loss_tracker, mirrored.supervised_loss, mirrored.labelled_tracker],
+        [
+            mirrored.distill_loss_tracker,
+            mirrored.supervised_loss,
+            mirrored.labelled_tracker,
+            mirrored.label_acc_tracker,
+        ],
     )
     for name, value in expected_metrics.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, err_msg=name)

@@ -281,6 +281,8 @@ class DistillationModel(SimCLRModel):
         self.distill_loss_tracker = mean("distill_loss")
         self.agreement_tracker = mean("teacher_agreement")
         self.labelled_tracker = mean("labelled_fraction")
+        # float32 means, not the int64/float64 TopKAccuracy: no float64 in the train step.
+        self.label_acc_tracker = mean("label_acc")
         self.eval_agreement = TopKAccuracy(k=1, name="teacher_top_1_agreement")
 
     @property
@@ -319,9 +321,8 @@ class DistillationModel(SimCLRModel):
         self.labelled_tracker.update_state(terms.mask)
         # Label loss and accuracy over the labelled images only.
         self.supervised_loss.update_state(terms.label_ce, sample_weight=terms.mask)
-        self.supervised_acc.update_state(
-            tf.maximum(tf.cast(labels, tf.int32), 0), logits, sample_weight=terms.mask
-        )
+        hits = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32))
+        self.label_acc_tracker.update_state(tf.cast(hits, tf.float32), sample_weight=terms.mask)
         return self._results()
 
     def test_step(self, data):
@@ -354,7 +355,7 @@ class DistillationModel(SimCLRModel):
             self.distill_loss_tracker,
             self.agreement_tracker,
             self.supervised_loss,
-            self.supervised_acc,
+            self.label_acc_tracker,
             self.labelled_tracker,
             self.weight_decay_tracker,
             self.lr_tracker,
