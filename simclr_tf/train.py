@@ -1,83 +1,32 @@
 """Training: wires data -> augment -> model -> loss -> optimizer -> fit with callbacks.
 
-One function per piece so a newcomer can follow a run top to bottom: :func:`build_model`,
-:func:`build_optimizer_for`, :func:`train_dataset`, :func:`train`.
+One function per piece so a newcomer can follow a run top to bottom: the model
+(:func:`simclr_tf.models.build.build_model`), :func:`build_optimizer_for`, :func:`train_dataset`,
+:func:`train`. Resuming (start step, seed shift, the interrupted epoch) is
+:func:`simclr_tf.checkpoints.resume` and :func:`~simclr_tf.checkpoints.fit_spans`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, evaluate, model_dir, optim
+from simclr_tf import checkpoints, evaluate, model_dir, optim
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
-from simclr_tf.data import augment, pipeline, sources
+from simclr_tf.data import pipeline, sources
 from simclr_tf.metrics import KNNMonitor
-from simclr_tf.models.heads import ProjectionHead
-from simclr_tf.models.resnet import ResNet
+from simclr_tf.models.build import build_model
 from simclr_tf.models.simclr import SimCLRModel
-
-# Seeds of resumed runs are moved by this factor times the start step, so a resumed run sees
-# new views rather than replaying the first epoch's.
-_RESUME_SEED_STRIDE = 1_000_003
 
 
 def set_precision(cfg: Config) -> None:
     """Mixed precision for encoder and heads (the loss is always computed in float32)."""
     policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     keras.mixed_precision.set_dtype_policy(policy[cfg.mixed_precision])
-
-
-def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
-    """The SimCLR model of the config (call inside the strategy scope)."""
-    encoder = ResNet(
-        depth=cfg.resnet_depth,
-        width_multiplier=cfg.width_multiplier,
-        cifar_stem=bool(cfg.cifar_stem),
-        sk_ratio=cfg.sk_ratio,
-        se_ratio=cfg.se_ratio,
-        bn_momentum=cfg.batch_norm_decay,
-        global_bn=cfg.global_bn,
-        name="encoder",
-    )
-    head = ProjectionHead(
-        mode=cfg.proj_head_mode,
-        num_layers=cfg.num_proj_layers,
-        out_dim=cfg.proj_out_dim,
-        bn_momentum=cfg.batch_norm_decay,
-        global_bn=cfg.global_bn,
-        name="projection_head",
-    )
-    augment_fn = None
-    if cfg.train_mode == "pretrain" and cfg.augment_on == "device":
-        augment_fn = functools.partial(
-            augment.two_views,
-            size=cfg.image_size,
-            color_jitter_strength=cfg.color_jitter_strength,
-            use_blur=cfg.use_blur,
-        )
-    return SimCLRModel(
-        encoder,
-        head,
-        num_classes,
-        train_mode=cfg.train_mode,
-        temperature=cfg.temperature,
-        hidden_norm=cfg.hidden_norm,
-        lineareval_while_pretraining=cfg.lineareval_while_pretraining,
-        ft_proj_selector=cfg.ft_proj_selector,
-        frozen_stages=cfg.frozen_stages,
-        zero_init_logits_layer=cfg.zero_init_logits_layer,
-        weight_decay=cfg.weight_decay,
-        augment_fn=augment_fn,
-        seed=cfg.seed,
-        micro_batch_size=cfg.micro_batch_size,
-        name="simclr",
-    )
 
 
 def build_optimizer_for(cfg: Config, schedule: Schedule) -> keras.optimizers.Optimizer:
@@ -116,7 +65,7 @@ def train_dataset(
     per_replica = pipeline.per_replica_batch_size(
         cfg.train_batch_size, strategy.num_replicas_in_sync
     )
-    seed = cfg.seed + _RESUME_SEED_STRIDE * start_step
+    seed = checkpoints.resumed_seed(cfg.seed, start_step)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         ds, _ = sources.load_split(
@@ -210,13 +159,7 @@ def train(
     """Trains to ``total_steps``, resuming from the newest checkpoint in ``write_dir``."""
     schedule = make_schedule_for(cfg, num_train_examples(cfg))
     model = build_for_run(cfg, strategy, info, schedule)
-    checkpointer = checkpoints.Checkpointer(model, write_dir, cfg.keep_checkpoint_max)
-    # Every worker resumes from the chief's model_dir (non-chiefs save to a temporary folder).
-    multi = distribute.is_multi_worker(strategy) and cfg.model_dir
-    step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
-    distribute.check_same_step(strategy, step)
-    if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
-        checkpoints.restore_pretrained(model, cfg.checkpoint)
+    checkpointer, step = checkpoints.resume(cfg, model, strategy, write_dir)
     logging.info(
         "Training %s from step %d to %d (%d steps/epoch, warmup %d, peak lr %.4g, "
         "global batch %d on %d replica(s)).",
@@ -244,28 +187,14 @@ def train(
         checkpointer, schedule.checkpoint_steps, schedule.total_steps, extra
     )
     dataset = train_dataset(cfg, strategy, step)
-    # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
-    spe = min(schedule.steps_per_epoch, schedule.total_steps)
-    epochs = math.ceil(schedule.total_steps / spe)
-    first_epoch = step // spe
-    if step % spe:
-        # Finish the interrupted epoch first, so later epochs stay aligned with the data size.
+    for span in checkpoints.fit_spans(step, schedule.steps_per_epoch, schedule.total_steps):
+        if int(model.optimizer.iterations.numpy()) >= schedule.total_steps:
+            break  # StopAtStep ended the run inside the previous span
         model.fit(
             dataset,
-            epochs=first_epoch + 1,
-            initial_epoch=first_epoch,
-            steps_per_epoch=spe - step % spe,
-            callbacks=callbacks,
-            verbose=cfg.verbose,
-            shuffle=False,  # the input pipeline shuffles (seeded)
-        )
-        first_epoch += 1
-    if first_epoch < epochs and int(model.optimizer.iterations.numpy()) < schedule.total_steps:
-        model.fit(
-            dataset,
-            epochs=epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=spe,
+            epochs=span.epochs,
+            initial_epoch=span.initial_epoch,
+            steps_per_epoch=span.steps_per_epoch,
             callbacks=callbacks,
             verbose=cfg.verbose,
             shuffle=False,  # the input pipeline shuffles (seeded)
