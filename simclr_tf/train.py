@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import checkpoints, evaluate, model_dir, optim
-from simclr_tf.callbacks import MetricsCSV, training_callbacks
+from simclr_tf.callbacks import MetricsCSV, WeightDecayLog, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import pipeline, sources
 from simclr_tf.metrics import KNNMonitor
@@ -180,6 +180,7 @@ def train(
     if cfg.train_mode == "pretrain" and cfg.knn_every_epochs > 0:
         extra.append(knn_monitor(cfg, info))
     extra += [
+        WeightDecayLog(cfg.weight_decay),  # before the loggers, which read its value
         MetricsCSV(model_dir.metrics_path(write_dir)),
         keras.callbacks.TensorBoard(log_dir=model_dir.summaries_dir(write_dir), write_graph=False),
     ]

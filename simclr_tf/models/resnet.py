@@ -342,7 +342,7 @@ class _Block(keras.layers.Layer):
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x = inputs
         for layer in self.residual_layers:
-            x = layer(x, training=training) if _takes_training(layer) else layer(x)
+            x = layer(x, training=training)  # Keras drops it for layers without the argument
         if self.se is not None:
             x = self.se(x)
         return tf.nn.relu(x + self.shortcut(inputs, training=training))
@@ -352,10 +352,6 @@ class _Block(keras.layers.Layer):
                 "in_channels": self.in_channels, "sk_ratio": self.sk_ratio,
                 "se_ratio": self.se_ratio, "momentum": self.momentum,
                 "global_bn": self.global_bn}
-
-
-def _takes_training(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, BNReLU | SelectiveKernel)
 
 
 @_register
@@ -504,7 +500,7 @@ class Stem(keras.layers.Layer):
         """Pooled output; with ``return_endpoints`` (initial_conv, initial_max_pool)."""
         x = inputs
         for layer in self.conv_layers:
-            x = layer(x, training=training) if isinstance(layer, BNReLU) else layer(x)
+            x = layer(x, training=training)
         pooled = x if self.cifar_stem else tf.nn.max_pool2d(x, 3, 2, "SAME")
         return (x, pooled) if return_endpoints else pooled
 
