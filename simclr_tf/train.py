@@ -58,6 +58,18 @@ def make_schedule_for(cfg: Config, num_train_examples: int) -> Schedule:
     return make_schedule(cfg, num_train_examples, peak)
 
 
+def load_train_split(cfg: Config, **kwargs) -> tuple[tf.data.Dataset, sources.DatasetInfo]:
+    """The training split with the run's class-balanced label fraction (seeded by ``--seed``)."""
+    return sources.load_split(
+        cfg.dataset,
+        cfg.train_split,
+        data_dir=cfg.data_dir,
+        train_data_fraction=cfg.train_data_fraction,
+        fraction_seed=cfg.seed,
+        **kwargs,
+    )
+
+
 def train_dataset(
     cfg: Config, strategy: tf.distribute.Strategy, start_step: int
 ) -> tf.distribute.DistributedDataset:
@@ -68,34 +80,22 @@ def train_dataset(
     seed = checkpoints.resumed_seed(cfg.seed, start_step)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        ds, _ = sources.load_split(
-            cfg.dataset,
-            cfg.train_split,
-            data_dir=cfg.data_dir,
-            train_data_fraction=cfg.train_data_fraction,
-            fraction_seed=cfg.seed,
-            shuffle_files=True,
-            input_context=ctx,
+        ds, _ = load_train_split(cfg, shuffle_files=True, input_context=ctx)
+        common = dict(
+            batch_size=per_replica,
+            image_size=cfg.image_size,
+            seed=seed + 7919 * ctx.input_pipeline_id,  # one stream of views per input pipeline
+            cache=cfg.cache_dataset,
         )
-        shard_seed = seed + 7919 * ctx.input_pipeline_id
         if cfg.train_mode == "pretrain":
             return pipeline.pretrain_dataset(
                 ds,
-                batch_size=per_replica,
-                image_size=cfg.image_size,
                 color_jitter_strength=cfg.color_jitter_strength,
                 use_blur=cfg.use_blur,
-                seed=shard_seed,
                 augment_on=cfg.augment_on,
-                cache=cfg.cache_dataset,
+                **common,
             )
-        return pipeline.finetune_dataset(
-            ds,
-            batch_size=per_replica,
-            image_size=cfg.image_size,
-            seed=shard_seed,
-            cache=cfg.cache_dataset,
-        )
+        return pipeline.finetune_dataset(ds, **common)
 
     return pipeline.distribute(strategy, dataset_fn)
 
@@ -128,13 +128,7 @@ def num_train_examples(cfg: Config) -> int:
     """Examples per training epoch, after ``--train_data_fraction`` (epochs are of the subset)."""
     if cfg.train_data_fraction >= 1.0:
         return sources.dataset_info(cfg.dataset, cfg.data_dir).split_sizes[cfg.train_split]
-    _, subset = sources.load_split(
-        cfg.dataset,
-        cfg.train_split,
-        data_dir=cfg.data_dir,
-        train_data_fraction=cfg.train_data_fraction,
-        fraction_seed=cfg.seed,
-    )
+    _, subset = load_train_split(cfg)
     return subset.split_sizes[cfg.train_split]
 
 
