@@ -13,7 +13,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf import optim
 from simclr_tf.checkpoints import Checkpointer
 from simclr_tf.errors import UserError
 from simclr_tf.model_dir import write_text_atomic
@@ -132,25 +131,6 @@ class MetricsCSV(keras.callbacks.Callback):
         writer.writeheader()
         writer.writerows(rows)
         write_text_atomic(self.path, text.getvalue())
-
-
-class WeightDecayLog(keras.callbacks.Callback):
-    """Adds ``weight_decay``, the L2 penalty ``wd * sum(||w||^2) / 2``, to each epoch's logs.
-
-    Computed once per epoch from the weights at its end: the optimizers apply the decay to the
-    gradients, so the penalty is only reported, and computing it over every weight at every step
-    would cost a pass over all weights per step. Place it before the loggers (they read the
-    same logs dict).
-    """
-
-    def __init__(self, weight_decay: float):
-        super().__init__()
-        self.weight_decay = weight_decay
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            penalty = optim.weight_decay_penalty(self.model.trainable_variables, self.weight_decay)
-            logs["weight_decay"] = float(penalty)
 
 
 def training_callbacks(

@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import checkpoints, evaluate, model_dir, optim
-from simclr_tf.callbacks import MetricsCSV, WeightDecayLog, training_callbacks
+from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import pipeline, sources
 from simclr_tf.metrics import KNNMonitor
@@ -133,14 +133,21 @@ def num_train_examples(cfg: Config) -> int:
 
 
 def build_for_run(
-    cfg: Config, strategy: tf.distribute.Strategy, info: sources.DatasetInfo, schedule: Schedule
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    info: sources.DatasetInfo,
+    schedule: Schedule | None,
 ) -> SimCLRModel:
-    """Model + optimizer built and compiled inside the strategy scope."""
+    """Model + optimizer built and compiled inside the strategy scope.
+
+    ``schedule=None`` builds for evaluation only: no optimizer (nothing is trained).
+    """
     set_precision(cfg)
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = build_model(cfg, info.num_classes)
-        compile_model(cfg, model, build_optimizer_for(cfg, schedule))
+        optimizer = build_optimizer_for(cfg, schedule) if schedule is not None else None
+        compile_model(cfg, model, optimizer)
     return model
 
 
@@ -174,7 +181,6 @@ def train(
     if cfg.train_mode == "pretrain" and cfg.knn_every_epochs > 0:
         extra.append(knn_monitor(cfg, info))
     extra += [
-        WeightDecayLog(cfg.weight_decay),  # before the loggers, which read its value
         MetricsCSV(model_dir.metrics_path(write_dir)),
         keras.callbacks.TensorBoard(log_dir=model_dir.summaries_dir(write_dir), write_graph=False),
     ]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from simclr_tf import distribute, losses
+from simclr_tf import distribute, losses, optim
 from simclr_tf.config import check_micro_batch
 from simclr_tf.metrics import TopKAccuracy
 from simclr_tf.models.heads import LinearHead, ProjectionHead
@@ -40,8 +40,7 @@ class SimCLRModel(keras.Model):
       frozen_stages: encoder stages (stem + 4 block groups) kept frozen in finetune mode; 5 is
         the linear evaluation protocol (the projection head below the selector is frozen too).
       zero_init_logits_layer: start the supervised head at zero (really, unlike the reference).
-      weight_decay: recorded only: the optimizer applies it, ``callbacks.WeightDecayLog``
-        reports the penalty once per epoch.
+      weight_decay: only *reported* here (``weight_decay`` metric); the optimizer applies it.
       augment_fn: device-side augmentation ``(uint8 images, seed) -> (view1, view2)``; when
         set, pretraining batches hold decoded images instead of two views.
       seed: base seed of the device-side augmentation.
@@ -98,6 +97,7 @@ class SimCLRModel(keras.Model):
             self.contrast_acc = mean("contrast_acc")
             self.contrast_entropy = mean("contrast_entropy")
         self.loss_tracker = mean("loss")
+        self.weight_decay_tracker = mean("weight_decay")
         self.lr_tracker = mean("learning_rate")
         if self.supervised_head is not None:
             self.supervised_loss = mean("supervised_loss")
@@ -192,6 +192,9 @@ class SimCLRModel(keras.Model):
 
     def _report_common(self, loss: tf.Tensor) -> None:
         self.loss_tracker.update_state(loss)
+        self.weight_decay_tracker.update_state(
+            optim.weight_decay_penalty(self.trainable_variables, self.weight_decay)
+        )
         self.lr_tracker.update_state(self.optimizer.learning_rate)
 
     def _update_supervised(self, labels, logits, sup_loss) -> None:
@@ -398,7 +401,7 @@ class SimCLRModel(keras.Model):
             trackers += [self.contrast_loss, self.contrast_acc, self.contrast_entropy]
         if self.supervised_head is not None:
             trackers += [self.supervised_loss, self.supervised_acc]
-        trackers += [self.lr_tracker]
+        trackers += [self.weight_decay_tracker, self.lr_tracker]
         return distribute.step_outputs({m.name: m.result() for m in trackers})
 
     def eval_trackers(self) -> list[keras.metrics.Metric]:
