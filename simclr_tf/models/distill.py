@@ -157,7 +157,7 @@ def load_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
     ``simclr_tf.official.load_official(path)`` when that module exists.
     """
     from simclr_tf import model_dir as model_dir_lib
-    from simclr_tf import train  # train builds models and imports this module
+    from simclr_tf.models.build import build_model  # build imports this module
 
     is_folder = tf.io.gfile.isdir(path)
     flags_dict = None
@@ -186,7 +186,7 @@ def load_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
         )
     if tcfg.train_mode == "pretrain":
         logging.warning("Teacher %s is a pretraining run: its logits are the linear probe's.", path)
-    model = train.build_model(tcfg.replace(teacher_checkpoint=None), classes)
+    model = build_model(tcfg.replace(teacher_checkpoint=None), classes)
     model(tf.zeros([1, image_size, image_size, 3]), training=False)  # creates the variables
     checkpoints.restore_model_weights(model, prefix)
     logging.info("Teacher: %s (%s, %d classes).", prefix, _describe(tcfg), classes)
@@ -409,7 +409,7 @@ def fixed_view_dataset(
         cfg.train_batch_size, strategy.num_replicas_in_sync
     )
     table = None if teacher is None else teacher_logits_table(cfg, teacher)
-    seed = cfg.seed + 1_000_003 * start_step  # a resumed run continues with a new order
+    seed = checkpoints.resumed_seed(cfg.seed, start_step)  # a resumed run: a new order
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         ds = _fixed_view_source(cfg)
