@@ -14,10 +14,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, evaluate, optim
+from simclr_tf import checkpoints, distribute, evaluate, losses, optim, plots
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
-from simclr_tf.data import augment, pipeline, sources
+from simclr_tf.data import pipeline, sources, study_ops
 from simclr_tf.metrics import KNNMonitor
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
@@ -56,11 +56,12 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
     )
     augment_fn = None
     if cfg.train_mode == "pretrain" and cfg.augment_on == "device":
-        augment_fn = functools.partial(
-            augment.two_views,
-            size=cfg.image_size,
-            color_jitter_strength=cfg.color_jitter_strength,
-            use_blur=cfg.use_blur,
+        augment_fn = study_ops.two_views_fn(
+            cfg.image_size,
+            cfg.color_jitter_strength,
+            cfg.use_blur,
+            cfg.augmentations,
+            cfg.augment_views,
         )
     return SimCLRModel(
         encoder,
@@ -77,6 +78,9 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
         augment_fn=augment_fn,
         seed=cfg.seed,
         micro_batch_size=cfg.micro_batch_size,
+        contrastive_loss=losses.make_contrastive_loss(
+            cfg.loss, cfg.temperature, cfg.hidden_norm, cfg.margin, cfg.semi_hard_negatives
+        ),
         name="simclr",
     )
 
@@ -140,6 +144,8 @@ def train_dataset(
                 seed=shard_seed,
                 augment_on=cfg.augment_on,
                 cache=cfg.cache_dataset,
+                augmentations=cfg.augmentations,
+                augment_views=cfg.augment_views,
             )
         return pipeline.finetune_dataset(
             ds,
@@ -271,4 +277,5 @@ def train(
             verbose=cfg.verbose,
             shuffle=False,  # the input pipeline shuffles (seeded)
         )
+    plots.write_curves_safely(write_dir)  # model_dir/curves.png, when matplotlib is installed
     return model
