@@ -321,3 +321,29 @@ def two_views_fn(
         color_jitter_strength=color_jitter_strength,
         augment_views=augment_views,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Why crop alone is not enough (the paper's Figure 6)
+# --------------------------------------------------------------------------------------------
+
+
+def colour_histogram_intersection(a: tf.Tensor, b: tf.Tensor, bins: int = 8) -> tf.Tensor:
+    """Per-pair intersection of joint RGB histograms (``bins`` per channel), in [0, 1].
+
+    ``a`` and ``b`` are batches ``[B, H, W, 3]`` in [0, 1]; 1 means the same colour
+    distribution. Two crops of one image score high, which is the shortcut the paper blames for
+    crop-only contrastive learning; colour distortion breaks it.
+    """
+
+    def histogram(x: tf.Tensor) -> tf.Tensor:
+        q = tf.clip_by_value(tf.cast(tf.floor(x * bins), tf.int32), 0, bins - 1)
+        index = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]  # [B, H, W]
+        flat = tf.reshape(index, [tf.shape(x)[0], -1])
+        counts = tf.math.bincount(flat, minlength=bins**3, maxlength=bins**3, axis=-1)
+        counts = tf.cast(counts, tf.float32)
+        return counts / tf.reduce_sum(counts, axis=1, keepdims=True)
+
+    a = tf.image.convert_image_dtype(tf.convert_to_tensor(a), tf.float32)
+    b = tf.image.convert_image_dtype(tf.convert_to_tensor(b), tf.float32)
+    return tf.reduce_sum(tf.minimum(histogram(a), histogram(b)), axis=1)

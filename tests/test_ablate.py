@@ -1,0 +1,75 @@
+"""tools/ablate.py on a 2x2 grid of tiny real runs, killed after two cells and resumed."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import ablate  # noqa: E402
+
+
+def test_cells_of_grids_and_sweeps():
+    assert [c.name for c in ablate.pair_cells(["crop", "color"], ordered=False)] == [
+        "crop", "crop+color", "color"
+    ]
+    full = ablate.pair_cells(["a", "b"], ordered=True)
+    assert [(c.first, c.second) for c in full] == [("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")]
+    assert full[1].flags == ["--augmentations=a,b"]
+    sweep = ablate.sweep_cells(["loss=nt_xent,margin_triplet", "temperature=0.1,0.5"])
+    assert len(sweep) == 4
+    assert sweep[3].flags == ["--loss=margin_triplet", "--temperature=0.5"]
+
+
+def _ablate(out, data, *extra):
+    cmd = [
+        sys.executable, os.path.join(REPO, "tools", "ablate.py"), f"--out={out}",
+        "--ops=crop,rotate", "--ordered", "--eval=knn", *extra, "--",
+        "--dataset=image_folder", f"--data_dir={data}", "--eval_split=test", "--image_size=8",
+        "--cifar_stem=true", "--resnet_depth=18", "--width_multiplier=0.0625",
+        "--num_proj_layers=2", "--proj_out_dim=8", "--train_batch_size=8", "--train_epochs=1",
+        "--warmup_epochs=0", "--optimizer=momentum", "--learning_rate=0.1",
+        "--knn_every_epochs=1", "--knn_bank_size=16", "--knn_k=3", "--eval_batch_size=8",
+        "--checkpoint_epochs=1", "--verbose=0", "--color_jitter_strength=0.5",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_two_by_two_grid_resumes(tmp_path, write_png_folder):
+    data = write_png_folder(tmp_path / "data", 2, {"train": 8, "test": 4}, 8)
+    out = tmp_path / "grid"
+    first = _ablate(out, data, "--max_cells=2")
+    assert "Stopping after 2 cell(s)" in first
+    with open(out / "results.csv") as f:
+        assert [r["cell"] for r in csv.DictReader(f)] == ["crop", "crop+rotate"]
+    done = out / "cells" / "crop" / ablate.DONE_FILE
+    stamp = done.stat().st_mtime_ns
+    # A cell that was killed mid-run: its folder exists, but no done marker.
+    os.makedirs(out / "cells" / "rotate+crop")
+
+    second = _ablate(out, data)
+    assert second.count("finished before, skipped") == 2
+    assert done.stat().st_mtime_ns == stamp  # finished cells are not rerun
+    with open(out / "results.csv") as f:
+        rows = {r["cell"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["crop", "crop+rotate", "rotate+crop", "rotate"]
+    for name, row in rows.items():
+        assert row["status"] == "done", row
+        assert row["flags"] == f"--augmentations={name.replace('+', ',')}"
+        cell = out / "cells" / name
+        with open(cell / "metrics.csv") as f:
+            knn = [float(r["knn_top1"]) for r in csv.DictReader(f)]
+        assert float(row["knn_top1"]) == pytest.approx(knn[-1])  # the CSV is the runs' metric
+        assert (cell / "curves.png").stat().st_size > 1000  # every run leaves its picture
+        with open(cell / "flags.json") as f:  # each cell is an ordinary model_dir
+            assert f'"augmentations": "{name.replace("+", ",")}"' in f.read()
+    assert (out / "heatmap.png").stat().st_size > 1000
+    assert "| crop+rotate |" in (out / "results.md").read_text()
