@@ -222,8 +222,8 @@ def write_outputs(cells: list[Cell], out: str, how: str, pairwise: bool, title: 
             plots.heatmap(ops, values, os.path.join(out, "heatmap.png"), title,
                           f"{column} (%)")  # fmt: skip
         else:
-            plots.bar_chart([r["cell"] for r in rows],
-                            [100 * float(r[column]) for r in rows],
+            plots.bar_chart([r["cell"] for r in scored],
+                            [100 * float(r[column]) for r in scored],
                             os.path.join(out, "sweep.png"), title, f"{column} (%)")  # fmt: skip
     except ImportError:
         print("ablate: picture skipped, matplotlib is not installed (pip install .[tools]).")
