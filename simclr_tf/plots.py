@@ -24,7 +24,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contrastive loss", ("contrast_loss",)),
     ("contrastive accuracy", ("contrast_acc",)),
     ("learning rate", ("learning_rate",)),
-    ("probe / kNN accuracy", ("supervised_acc", "knn_top1")),
+    ("supervised (train) / kNN accuracy", ("supervised_acc", "knn_top1")),
     ("supervised loss", ("supervised_loss",)),
     ("total loss", ("loss",)),
 )

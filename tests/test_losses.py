@@ -484,3 +484,29 @@ def test_pair_losses_two_replicas_match_numpy(strategy, kind, semi_hard):
     fd1, fd2 = np_pair_grad_fd(z1, z2, **kw)
     np.testing.assert_allclose(np.concatenate(ga), fd1, rtol=1e-3, atol=2e-5)
     np.testing.assert_allclose(np.concatenate(gb), fd2, rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["nt_logistic", "margin_triplet"])
+def test_train_step_uses_the_configured_loss(kind):
+    """--loss reaches the model: the step reports the NumPy loss of its own projections."""
+    from simclr_tf import config, train
+
+    cfg = config.Config(
+        model_dir="/tmp/unused", resnet_depth=18, width_multiplier=0.125, image_size=16,
+        cifar_stem=True, color_jitter_strength=0.5, use_blur=False, train_batch_size=8,
+        temperature=0.5, optimizer="momentum", learning_rate=0.1, warmup_epochs=0,
+        num_proj_layers=2, proj_out_dim=16, lineareval_while_pretraining=False,
+        loss=kind, margin=0.8, semi_hard_negatives=True,
+    )  # fmt: skip
+    schedule = config.make_schedule(cfg.replace(train_steps=5), 64, cfg.learning_rate)
+    tf.keras.utils.set_random_seed(0)
+    model = train.build_model(cfg, 4)
+    train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
+    rng = np.random.default_rng(14)
+    v1 = tf.constant(rng.uniform(size=(8, 16, 16, 3)), tf.float32)
+    v2 = tf.constant(np.clip(v1.numpy() + 0.2 * rng.normal(size=v1.shape), 0, 1), tf.float32)
+    z = model(tf.concat([v1, v2], 0), training=True)["proj_head_output"].numpy()
+    want, _ = np_pair_loss(z[:8], z[8:], kind, tau=0.5, margin=0.8, semi_hard=True)
+    logs = model.train_step(((v1, v2), tf.zeros([8], tf.int32)))
+    assert float(logs["contrast_loss"]) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert float(logs["loss"]) == pytest.approx(want, rel=1e-4, abs=1e-6)

@@ -46,7 +46,7 @@ def test_curve_series_is_metrics_csv(tmp_path):
     (loss,) = panels["contrastive loss"]
     assert loss[0] == "contrast_loss"
     assert loss[1] == [1, 2, 3, 4] and loss[2] == [5.0, 4.5, 3.9, 3.8]
-    acc = dict((c, (x, y)) for c, x, y in panels["probe / kNN accuracy"])
+    acc = dict((c, (x, y)) for c, x, y in panels["supervised (train) / kNN accuracy"])
     assert acc["knn_top1"] == ([2, 4], [0.25, 0.31])  # NaN epochs dropped
     assert acc["supervised_acc"][1] == [0.15, 0.2, 0.3, 0.35]
     assert dict((c, y) for c, _, y in panels["learning rate"])["learning_rate"][1] == 1.0

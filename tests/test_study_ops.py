@@ -185,3 +185,33 @@ def test_config_flags_for_studies():
     with pytest.raises(config.ConfigError, match="margin"):
         cfg.replace(loss="margin_triplet", margin=-1.0).validate()
     cfg.replace(loss="margin_triplet", semi_hard_negatives=True).validate()
+
+
+def _is_quarter_turn(view, image):
+    return any(np.allclose(view, np.rot90(image, k), atol=1e-6) for k in (1, 2, 3))
+
+
+def test_augmentations_reach_host_pipeline_and_device_step():
+    from simclr_tf import train
+    from simclr_tf.data import pipeline
+
+    images = (np.random.default_rng(15).uniform(size=(4, 16, 16, 3)) * 255).astype(np.uint8)
+    as_float = images.astype(np.float32) / 255.0
+    ds = tf.data.Dataset.from_tensor_slices((images, np.arange(4, dtype=np.int32)))
+    host = pipeline.pretrain_dataset(
+        ds, batch_size=4, image_size=16, color_jitter_strength=0.5, use_blur=False, seed=1,
+        augmentations="rotate", shuffle_buffer=1,
+    )  # fmt: skip
+    (view1, view2), labels = next(iter(host))
+    for i, label in enumerate(labels.numpy()):
+        assert _is_quarter_turn(view1.numpy()[i], as_float[label])
+        assert _is_quarter_turn(view2.numpy()[i], as_float[label])
+    cfg = config.Config(
+        model_dir="/tmp/unused", resnet_depth=18, width_multiplier=0.125, image_size=16,
+        cifar_stem=True, color_jitter_strength=0.5, use_blur=False, augment_on="device",
+        augmentations="rotate", augment_views="one", num_proj_layers=2, proj_out_dim=8,
+    )  # fmt: skip
+    model = train.build_model(cfg, 4)
+    d1, d2 = model.augment_fn(tf.constant(images), _seed(16))
+    np.testing.assert_allclose(d2.numpy(), as_float, atol=1e-6)  # one view: un-augmented
+    assert all(_is_quarter_turn(d1.numpy()[i], as_float[i]) for i in range(4))
