@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from simclr_tf.config import LOSSES
+
 __all__ = [
     "LOSSES",
     "ContrastiveOutput",
@@ -316,7 +318,6 @@ def margin_triplet(
     )
 
 
-LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 ContrastiveLossFn = Callable[[tf.Tensor, tf.Tensor], ContrastiveOutput]
 
 

@@ -32,12 +32,12 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from simclr_tf.config import AUGMENT_VIEWS
 from simclr_tf.data import augment
 
 # Keep in this order: it is also the order of the paper recipe.
 RECIPE = ("crop", "flip", "color", "grayscale", "blur")
 OPERATIONS = (*RECIPE, "cutout", "sobel", "noise", "rotate")
-AUGMENT_VIEWS = ("both", "one")
 
 CUTOUT_FRACTION = 0.5  # side of the cutout square / image side (DeVries & Taylor on CIFAR)
 NOISE_SIGMA = (0.05, 0.15)
