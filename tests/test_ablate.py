@@ -73,3 +73,44 @@ def test_two_by_two_grid_resumes(tmp_path, write_png_folder):
             assert f'"augmentations": "{name.replace("+", ",")}"' in f.read()
     assert (out / "heatmap.png").stat().st_size > 1000
     assert "| crop+rotate |" in (out / "results.md").read_text()
+
+
+FAKE_RUN = '''
+import os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+model_dir, augs = args["model_dir"], args["augmentations"]
+with open(os.path.join(os.path.dirname(os.path.dirname(model_dir)), "calls.txt"), "a") as f:
+    f.write(augs + "\\n")
+crash = os.path.join(model_dir, "crash_once")
+if augs == "color" and not os.path.exists(crash):
+    open(crash, "w").close()
+    sys.exit(1)  # a crash: retried on the next call, not recorded as finished
+if augs == "color,crop":
+    print("simclr_tf: error: a flag error"); sys.exit(2)  # a user error: recorded, not retried
+with open(os.path.join(model_dir, "metrics.csv"), "w") as f:
+    f.write("epoch,step,loss,contrast_acc,knn_top1\\n1,5,2.0,0.5,nan\\n")
+    f.write("2,10,1.5,0.6,%.2f\\n" % (0.1 * len(augs)))
+'''
+
+
+def test_resume_logic_with_a_stand_in_run_py(tmp_path):
+    """Finished and flag-error cells are skipped on the next call; crashed cells are retried."""
+    fake = tmp_path / "fake_run.py"
+    fake.write_text(FAKE_RUN)
+    out = tmp_path / "grid"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "ablate.py"), f"--out={out}",
+           "--ops=crop,color", "--ordered", f"--run_py={fake}", "--", "--seed=3"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": REPO}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    assert "failed (1)" in first and "error" in first
+    calls = (out / "calls.txt").read_text().split()
+    assert calls == ["crop", "crop,color", "color,crop", "color"]
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    assert second.count("finished before, skipped") == 3
+    assert (out / "calls.txt").read_text().split() == [*calls, "color"]  # only the crash reran
+    with open(out / "results.csv") as f:
+        rows = {r["cell"]: r for r in csv.DictReader(f)}
+    assert rows["crop+color"]["knn_top1"] == "1.0"  # last finite kNN value of its metrics.csv
+    assert rows["crop"]["contrast_acc"] == "0.6"
+    assert rows["color"]["status"] == "done" and rows["color+crop"]["status"] == "error"
+    assert "a flag error" in rows["color+crop"]["message"]
