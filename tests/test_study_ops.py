@@ -129,9 +129,10 @@ def test_composition_order_views_and_recipe_path():
         assert p.shape == q.shape == (12, 12, 3)
 
 
-def test_every_op_compiles_with_xla_and_matches_eager():
+def test_new_ops_compile_with_xla_and_match_eager():
+    """The device path (jit-compiled train step); augment.py's ops have their own XLA test."""
     x = tf.constant(_images(batch=3, side=16))
-    ops = list(so.OPERATIONS)
+    ops = ["rotate", "cutout", "noise", "sobel"]
     eager = so.composed_two_views(x, _seed(11), 16, ops)
     compiled = tf.function(
         lambda im, s: so.composed_two_views(im, s, 16, ops), jit_compile=True
