@@ -73,6 +73,8 @@ def run_config(cfg: config.Config) -> dict | None:
                 f"{per_replica} (--train_batch_size={cfg.train_batch_size} over "
                 f"{strategy.num_replicas_in_sync} replicas)."
             )
+    if evaluates or cfg.knn_every_epochs:  # checked before training, not after it
+        distribute.check_eval_batch(cfg.eval_batch_size, strategy.num_replicas_in_sync)
     location = distribute.WriteLocation(cfg.model_dir, distribute.is_chief(strategy))
     try:
         if not location.chief:

@@ -207,6 +207,46 @@ def step_outputs(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {k: tf.reshape(v, [1]) for k, v in values.items()}
 
 
+def check_eval_batch(global_batch: int, num_replicas: int, flag: str = "--eval_batch_size") -> None:
+    """StrategyError naming two valid sizes when ``global_batch`` does not split over replicas.
+
+    Evaluation batches are padded to exactly ``global_batch`` (:func:`pad_batches`), so every
+    replica gets ``global_batch / num_replicas`` rows: the size must divide evenly.
+    """
+    if global_batch < 1 or global_batch % num_replicas:
+        lower = max(num_replicas, global_batch // num_replicas * num_replicas)
+        upper = (global_batch // num_replicas + 1) * num_replicas
+        raise StrategyError(
+            f"{flag}={global_batch} is not divisible by the {num_replicas} replicas: use a "
+            f"multiple of {num_replicas}, e.g. {flag}={lower} or {upper}."
+        )
+
+
+def pad_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """``(x, y[, mask])`` batches padded to exactly ``batch_size`` rows, plus a 0/1 mask.
+
+    Why: the last batch of an evaluation split is usually partial. A partial batch has a dynamic
+    shape (one more XLA compilation, refused by TPUs), and when it is smaller than the replica
+    count some replicas get an empty batch (convolutions fail, means are NaN). Padding with
+    zeros to the full static batch and masking the padding out keeps shapes static and counts
+    every real example exactly once.
+    """
+
+    def pad(*element):
+        images, labels = element[0], element[1]
+        n = tf.shape(images)[0]
+        mask = element[2] if len(element) > 2 else tf.ones([n], tf.float32)
+        extra = batch_size - n
+
+        def grow(t: tf.Tensor) -> tf.Tensor:
+            padding = tf.concat([[[0, extra]], tf.zeros([t.shape.rank - 1, 2], tf.int32)], 0)
+            return tf.ensure_shape(tf.pad(t, padding), [batch_size, *t.shape[1:]])
+
+        return grow(images), grow(labels), grow(tf.cast(mask, tf.float32))
+
+    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def global_results(
     strategy: tf.distribute.Strategy, metrics: Iterable[keras.metrics.Metric]
 ) -> dict[str, float]:

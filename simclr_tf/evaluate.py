@@ -1,7 +1,8 @@
 """Evaluation: top-1/top-5 of the supervised head on ``--eval_split``, written to result.json.
 
-Every example of the split counts exactly once: the eval pipeline keeps the last partial batch
-and never repeats, and the accuracy counters are exact integers.
+Every example of the split counts exactly once: the eval pipeline keeps the last partial batch,
+pads it to the full static batch with a 0/1 mask (static shapes for TPUs, no empty replica
+batch), never repeats, and the accuracy counters are exact integers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from simclr_tf.models.simclr import SimCLRModel
 
 
 def eval_input(cfg: Config) -> tf.data.Dataset:
-    """The eval split, or with ``--eval_steps`` a class-balanced, seeded part of it."""
+    """The eval split, or with ``--eval_steps`` a class-balanced, seeded part of it.
+
+    Batches of ``(images, labels, mask)``, all of exactly ``--eval_batch_size`` rows: the last
+    one is padded and its padding masked out (:func:`distribute.pad_batches`).
+    """
     ds, _ = sources.load_split(
         cfg.dataset,
         cfg.eval_split,
@@ -28,7 +33,8 @@ def eval_input(cfg: Config) -> tf.data.Dataset:
         max_examples=cfg.eval_steps * cfg.eval_batch_size if cfg.eval_steps else None,
     )
     ds = pipeline.eval_dataset(ds, batch_size=cfg.eval_batch_size, image_size=cfg.image_size)
-    return ds.take(cfg.eval_steps) if cfg.eval_steps else ds
+    ds = ds.take(cfg.eval_steps) if cfg.eval_steps else ds
+    return distribute.pad_batches(ds, cfg.eval_batch_size)
 
 
 def restore_for_eval(cfg: Config, model: SimCLRModel, run_dir: str) -> str:
@@ -55,6 +61,7 @@ def evaluate(
     write_dir: str | None,
 ) -> dict[str, Any]:
     """Evaluates ``model`` on the eval split; writes result files into ``write_dir``."""
+    distribute.check_eval_batch(cfg.eval_batch_size, model.distribute_strategy.num_replicas_in_sync)
     model.evaluate(eval_input(cfg), verbose=2 if cfg.verbose else 0)
     # The trackers, read across replicas and workers: Keras's returned logs average the
     # per-replica values (half the examples on 2 replicas).

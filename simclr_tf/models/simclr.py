@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import distribute, losses, optim
-from simclr_tf.metrics import TopKAccuracy
+from simclr_tf.metrics import ExampleCount, TopKAccuracy
 from simclr_tf.models.heads import LinearHead, ProjectionHead
 from simclr_tf.models.layers import set_trainable
 from simclr_tf.models.resnet import ResNet
@@ -103,7 +103,7 @@ class SimCLRModel(keras.Model):
             self.supervised_acc = TopKAccuracy(k=1, name="supervised_acc")
             self.top1 = TopKAccuracy(k=1, name="label_top_1_accuracy")
             self.top5 = TopKAccuracy(k=5, name="label_top_5_accuracy")
-            self.num_examples = keras.metrics.Sum("num_examples", dtype="float64")
+            self.num_examples = ExampleCount("num_examples")
 
     def _freeze(self) -> None:
         """Freezes the first ``frozen_stages`` encoder stages (and the head for linear eval).
@@ -373,20 +373,29 @@ class SimCLRModel(keras.Model):
         return self._results()
 
     def test_step(self, data):
+        """Loss, top-1/top-5 and the example count of one evaluation batch.
+
+        ``data`` is ``(images, labels)`` or ``(images, labels, mask)``: evaluation pads its last
+        batch to a static, replica-divisible size (``distribute.pad_batches``) and the 0/1 mask
+        keeps the padding out of every number, so each example counts exactly once.
+        """
         images, labels = data[0], data[1]
         if self.supervised_head is None:
             raise ValueError(
                 "This model has no supervised head to evaluate: pretrain with "
                 "--lineareval_while_pretraining, or fine-tune / linear-evaluate it first."
             )
+        mask = data[2] if len(data) > 2 else tf.ones_like(labels, tf.float32)
+        mask = tf.cast(mask, tf.float32)
         _, hiddens, _ = self._features(images, training=False)
         logits = self._supervised_logits(hiddens, training=False)
-        self.loss_tracker.update_state(
-            self._sup_loss(labels, logits), sample_weight=tf.shape(labels)[0]
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True
         )
-        self.top1.update_state(labels, logits)
-        self.top5.update_state(labels, logits)
-        self.num_examples.update_state(tf.cast(tf.shape(labels)[0], tf.float64))
+        self.loss_tracker.update_state(per_example, sample_weight=mask)
+        self.top1.update_state(labels, logits, sample_weight=mask)
+        self.top5.update_state(labels, logits, sample_weight=mask)
+        self.num_examples.update_state(mask)
         # Per-replica values for the progress bar; evaluate.py reads the global numbers from
         # the trackers (distribute.global_results).
         return distribute.step_outputs(
@@ -394,7 +403,7 @@ class SimCLRModel(keras.Model):
                 "eval_loss": self.loss_tracker.result(),
                 "label_top_1_accuracy": self.top1.result(),
                 "label_top_5_accuracy": self.top5.result(),
-                "num_examples": self.num_examples.result(),
+                "num_examples": tf.cast(self.num_examples.result(), tf.float32),
             }
         )
 

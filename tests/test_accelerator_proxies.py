@@ -1,0 +1,230 @@
+"""TPU and multi-GPU code paths, proven on CPU proxies (issue 16).
+
+No accelerator is reachable here, so each accelerator requirement is checked through its CPU
+equivalent: the traced step graphs (TPUs have no float64), MirroredStrategy over the two logical
+CPUs of conftest.py (several replicas), XLA on CPU, and the TPU cluster resolver faked at the
+boundary. References are one-device runs, NumPy, or the same run with the feature off.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+
+from simclr_tf import config, distribute, evaluate, metrics, train
+
+SIZE = 8
+CLASSES = 3
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after():
+    """The dtype policy is global: leave it as the other tests expect it."""
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+def _cfg(**changes) -> config.Config:
+    base = config.Config(
+        mode="train",
+        model_dir="/nonexistent",
+        seed=1,
+        dataset="image_folder",
+        image_size=SIZE,
+        cifar_stem=True,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        eval_split="test",
+        train_batch_size=4,
+        train_steps=2,
+        warmup_epochs=0,
+        learning_rate=0.1,
+        learning_rate_scaling="sqrt",
+        temperature=0.5,
+        resnet_depth=18,
+        width_multiplier=0.0625,
+        num_proj_layers=2,
+        proj_out_dim=8,
+        eval_batch_size=4,
+    )
+    return base.replace(**changes)
+
+
+def _build(cfg: config.Config, strategy: tf.distribute.Strategy | None = None):
+    strategy = strategy or tf.distribute.get_strategy()
+    schedule = train.make_schedule_for(cfg, num_train_examples=100)
+    return train.build_for_run(cfg, strategy, types.SimpleNamespace(num_classes=CLASSES), schedule)
+
+
+# ------------------------------------------------------------------------------------ float64
+
+
+def float64_ops(function: tf.types.experimental.ConcreteFunction) -> list[str]:
+    """Ops of a traced function, nested functions (loops, conds, calls) included, that touch
+    float64: any dtype attribute (T, SrcT, DstT, dtype, output types ...) equal to DT_DOUBLE."""
+    graph_def = function.graph.as_graph_def()
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    found = []
+    for node in nodes:
+        for value in node.attr.values():
+            if value.type == types_pb2.DT_DOUBLE or types_pb2.DT_DOUBLE in value.list.type:
+                found.append(f"{node.op} {node.name}")
+                break
+    return found
+
+
+# Every train mode; the second combines three features in one trace to keep the test short.
+_TRAIN_MODES = {
+    "pretrain_probe_host": {},
+    "pretrain_device_augment_gradient_cache_bfloat16": {
+        "augment_on": "device", "micro_batch_size": 2, "mixed_precision": "bfloat16"
+    },
+    "finetune": {"train_mode": "finetune", "checkpoint": "none"},
+}
+
+
+@pytest.mark.parametrize("mode", sorted(_TRAIN_MODES))
+def test_train_and_test_steps_have_no_float64(mode):
+    """TPUs have no float64: not one op of a traced train or test step may use it."""
+    cfg = _cfg(**_TRAIN_MODES[mode])
+    model = _build(cfg)
+    images = tf.TensorSpec([4, SIZE, SIZE, 3])
+    labels = tf.TensorSpec([4], tf.int32)
+    if cfg.train_mode == "finetune":
+        train_input = (images, labels)
+    elif cfg.augment_on == "device":
+        train_input = (tf.TensorSpec([4, SIZE, SIZE, 3], tf.uint8), labels)
+    else:
+        train_input = ((images, images), labels)
+    step = tf.function(model.train_step).get_concrete_function(train_input)
+    assert float64_ops(step) == []
+    test = tf.function(model.test_step).get_concrete_function(
+        (images, labels, tf.TensorSpec([4], tf.float32))
+    )
+    assert float64_ops(test) == []
+
+
+def test_float64_detector_sees_nested_functions():
+    """The check can fail: a float64 op inside a while loop body is found."""
+
+    @tf.function
+    def f(x):
+        return tf.while_loop(
+            lambda i, v: i < 2, lambda i, v: (i + 1, v + tf.cast(tf.cast(v, tf.float64), v.dtype)),
+            (0, x),
+        )[1]
+
+    assert float64_ops(f.get_concrete_function(tf.TensorSpec([2]))) != []
+    assert float64_ops(tf.function(lambda x: x * 2).get_concrete_function(
+        tf.TensorSpec([2]))) == []
+
+
+# ------------------------------------------------------------------ evaluation with padding
+
+
+@pytest.mark.parametrize("per_class", [3])
+def test_eval_last_batch_smaller_than_replicas_matches_one_device(
+    tmp_path, write_png_folder, strategy, per_class
+):
+    """9 test images at batch 4 on 2 replicas: the last batch holds 1 image, so replica 1 gets
+    nothing but padding. Counts and accuracies equal one device's result.json."""
+    write_png_folder(tmp_path / "data", CLASSES, {"train": 1, "test": per_class}, SIZE)
+    cfg = _cfg(data_dir=str(tmp_path / "data"), eval_batch_size=4)
+    batches = list(evaluate.eval_input(cfg))
+    assert [b[0].shape[0] for b in batches] == [4, 4, 4], "static, padded batches"
+    assert [float(b[2].numpy().sum()) for b in batches] == [4, 4, 1]
+
+    results, models = {}, {}
+    for name, strat in (("one", tf.distribute.get_strategy()), ("two", strategy)):
+        model = models[name] = _build(cfg, strat)
+        if name == "two":
+            model.set_weights(models["one"].get_weights())
+        (tmp_path / name).mkdir()
+        evaluate.evaluate(cfg, model, None, 0, str(tmp_path / name))
+        results[name] = json.loads((tmp_path / name / "result.json").read_text())
+    one, two = results["one"], results["two"]
+    assert one["num_examples"] == two["num_examples"] == CLASSES * per_class
+    assert two["label_top_1_accuracy"] == pytest.approx(one["label_top_1_accuracy"], abs=1e-7)
+    assert two["label_top_5_accuracy"] == pytest.approx(one["label_top_5_accuracy"], abs=1e-7)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+
+    # Independent reference: NumPy over every real image once.
+    images = np.concatenate([b[0].numpy()[b[2].numpy() > 0] for b in batches])
+    labels = np.concatenate([b[1].numpy()[b[2].numpy() > 0] for b in batches])
+    logits = models["one"](images, training=False)["logits_sup"].numpy()
+    assert one["label_top_1_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+
+
+def test_eval_batch_not_divisible_by_replicas_names_the_fix():
+    with pytest.raises(distribute.StrategyError, match="--eval_batch_size=4 or 6"):
+        distribute.check_eval_batch(5, 2)
+    distribute.check_eval_batch(6, 2)
+
+
+# ------------------------------------------------------------------------------ kNN monitor
+
+
+class _RecordingEncoder(keras.layers.Layer):
+    """A fixed random projection that records whether it was called in replica context."""
+
+    def __init__(self):
+        super().__init__(name="recording_encoder")
+        self.contexts = []
+        self.kernel = tf.constant(
+            np.random.default_rng(3).normal(size=(SIZE * SIZE * 3, 5)), tf.float32
+        )
+
+    def call(self, images, training=None):
+        self.contexts.append(tf.distribute.in_cross_replica_context())
+        return tf.matmul(tf.reshape(images, [-1, SIZE * SIZE * 3]), self.kernel)
+
+
+class _EncoderModel(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.encoder = _RecordingEncoder()
+
+    def call(self, x, training=False):
+        return self.encoder(x)
+
+
+def test_knn_monitor_runs_through_the_strategy(strategy):
+    """Bank of 10 at batch 4 and 7 queries at batch 4 (last batch 3; padded) on 2 replicas:
+    the encoder runs in replica context, and top-1 equals the one-device NumPy kNN."""
+    rng = np.random.default_rng(5)
+    bank_x = rng.uniform(size=(10, SIZE, SIZE, 3)).astype(np.float32)
+    bank_y = np.arange(10) % CLASSES
+    query_x = rng.uniform(size=(7, SIZE, SIZE, 3)).astype(np.float32)
+    query_y = np.arange(7) % CLASSES
+    with strategy.scope():
+        model = _EncoderModel()
+    monitor = metrics.KNNMonitor(
+        lambda: tf.data.Dataset.from_tensor_slices((bank_x, bank_y)).batch(4),
+        lambda: tf.data.Dataset.from_tensor_slices((query_x, query_y)).batch(4),
+        num_classes=CLASSES,
+        k=3,
+        bank_size=9,
+    )
+    monitor.set_model(model)
+    got = monitor.evaluate()
+    assert model.encoder.contexts and not any(model.encoder.contexts)
+
+    kernel = model.encoder.kernel.numpy()
+
+    def unit(x):
+        f = x.reshape(len(x), -1) @ kernel
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+    sim = unit(query_x) @ unit(bank_x[:9]).T
+    scores = np.zeros((7, CLASSES))
+    for q in range(7):
+        top = np.argsort(-sim[q])[:3]
+        for j in top:
+            scores[q, bank_y[j]] += np.exp(sim[q, j] / 0.1)
+    assert got == pytest.approx(np.mean(scores.argmax(1) == query_y), abs=1e-9)
