@@ -47,6 +47,7 @@ def run_config(cfg: config.Config) -> dict | None:
         gcp_project=cfg.gcp_project,
         num_cpu_devices=cfg.num_cpu_devices,
     )
+    distribute.check_precision(strategy, cfg.mixed_precision)
     from simclr_tf import checkpoints, evaluate, model_dir, train
     from simclr_tf.data import pipeline, sources
 

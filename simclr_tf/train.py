@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, evaluate, optim
+from simclr_tf import checkpoints, distribute, evaluate, loss_scale, optim
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import augment, pipeline, sources
@@ -87,7 +87,7 @@ def build_optimizer_for(cfg: Config, schedule: Schedule) -> keras.optimizers.Opt
     )
     opt = optim.build_optimizer(cfg.optimizer, lr, cfg.momentum, cfg.weight_decay)
     if cfg.mixed_precision == "float16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt = loss_scale.AgreedLossScaleOptimizer(opt)
     return opt
 
 

@@ -228,3 +228,134 @@ def test_knn_monitor_runs_through_the_strategy(strategy):
         for j in top:
             scores[q, bank_y[j]] += np.exp(sim[q, j] / 0.1)
     assert got == pytest.approx(np.mean(scores.argmax(1) == query_y), abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- TPU resolution
+
+
+class _FakeResolver:
+    """Stands in for TPUClusterResolver: records what it was asked to resolve."""
+
+    calls: list[dict] = []
+
+    def __init__(self, tpu=None, zone=None, project=None):
+        _FakeResolver.calls.append({"tpu": tpu, "zone": zone, "project": project})
+        if tpu not in ("local", "my-tpu"):
+            raise ValueError(f"Could not resolve {tpu!r} through the cloud API")
+
+
+class _FakeTPUStrategy:
+    """Named like TF's class, as distribute.is_tpu recognises it."""
+
+    num_replicas_in_sync = 8
+
+    def __init__(self, resolver):
+        self.resolver = resolver
+
+
+_FakeTPUStrategy.__name__ = "TPUStrategy"
+
+
+@pytest.fixture
+def fake_tpu(monkeypatch):
+    """The TPU boundary faked: resolver, connection, initialisation, TPU devices, strategy."""
+    _FakeResolver.calls = []
+    state = {"tpu_devices": ["/device:TPU:0"], "files": []}
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", _FakeResolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda r: None)
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", lambda r: None)
+    real_list = tf.config.list_logical_devices
+    monkeypatch.setattr(
+        tf.config, "list_logical_devices",
+        lambda kind=None: state["tpu_devices"] if kind == "TPU" else real_list(kind),
+    )
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", _FakeTPUStrategy)
+    monkeypatch.setattr(distribute, "describe", lambda strategy, requested="": "fake")
+    monkeypatch.setattr(distribute.glob, "glob", lambda pattern: [
+        f for f in state["files"] if f.startswith(pattern.split("*")[0].split("[")[0])
+    ])
+    for var in ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID"):
+        monkeypatch.delenv(var, raising=False)
+    return state
+
+
+def test_tpu_vm_detection(fake_tpu):
+    assert distribute.tpu_vm_evidence({}) is None
+    fake_tpu["files"] = ["/dev/accel0", "/dev/accel1"]
+    assert "/dev/accel0" in distribute.tpu_vm_evidence({})
+    fake_tpu["files"] = ["/dev/vfio/0"]
+    assert distribute.tpu_vm_evidence({}) is None, "vfio alone is ordinary PCI pass-through"
+    assert "/dev/vfio/0" in distribute.tpu_vm_evidence({"TPU_WORKER_ID": "0"})
+    fake_tpu["files"] = []
+    assert distribute.tpu_target(None, {"TPU_NAME": "local"}) == "local"
+    assert distribute.tpu_target("my-tpu", {"TPU_NAME": "other"}) == "my-tpu"
+    assert distribute.tpu_target(None, {}) is None
+    assert distribute.tpu_target(None, {"TPU_ACCELERATOR_TYPE": "v4-8"}) == "local"
+
+
+def test_auto_on_a_tpu_vm_uses_the_local_tpu(fake_tpu):
+    fake_tpu["files"] = ["/dev/accel0"]
+    strategy = distribute.make_strategy("auto")
+    assert _FakeResolver.calls == [{"tpu": "local", "zone": None, "project": None}]
+    assert strategy.num_replicas_in_sync == 8
+
+
+def test_tpu_name_local_from_env_skips_the_cloud_api(fake_tpu, monkeypatch):
+    monkeypatch.setenv("TPU_NAME", "local")
+    distribute.make_strategy("tpu")
+    assert _FakeResolver.calls[0]["tpu"] == "local"
+    distribute.make_strategy("auto", tpu_name="my-tpu", tpu_zone="z", gcp_project="p")
+    assert _FakeResolver.calls[1] == {"tpu": "my-tpu", "zone": "z", "project": "p"}
+
+
+def test_auto_on_a_tpu_vm_never_falls_back_to_the_host_cpu(fake_tpu, monkeypatch):
+    fake_tpu["files"] = ["/dev/accel0"]
+    fake_tpu["tpu_devices"] = []  # resolved, but this TensorFlow build sees no TPU
+    with pytest.raises(distribute.StrategyError, match="sees no TPU device"):
+        distribute.make_strategy("auto")
+    monkeypatch.setenv("TPU_NAME", "unknown-tpu")
+    with pytest.raises(distribute.StrategyError, match="looks like a TPU VM.*--tpu_name=local"):
+        distribute.make_strategy("auto")
+
+
+def test_float16_on_a_tpu_is_refused_naming_bfloat16(fake_tpu):
+    strategy = distribute.make_strategy("tpu", tpu_name="my-tpu")
+    assert distribute.is_tpu(strategy)
+    with pytest.raises(distribute.StrategyError, match="--mixed_precision=bfloat16"):
+        distribute.check_precision(strategy, "float16")
+    distribute.check_precision(strategy, "bfloat16")
+    distribute.check_precision(tf.distribute.get_strategy(), "float16")  # GPUs/CPUs: allowed
+
+
+# ------------------------------------------------------------- float16 across replicas
+
+
+@pytest.mark.parametrize("agreed", [True, False])
+def test_float16_overflow_on_one_replica_skips_the_step_everywhere(strategy, agreed):
+    """Replica 1's gradient overflows, replica 0's is finite: no replica may apply the step."""
+    cfg = _cfg(mixed_precision="float16", optimizer="momentum", learning_rate=0.1)
+    with strategy.scope():
+        opt = train.build_optimizer_for(cfg, train.make_schedule_for(cfg, 100))
+        if not agreed:  # Keras's own optimizer: the sensitivity check of this test
+            opt = keras.optimizers.LossScaleOptimizer(opt.inner_optimizer)
+        weight = keras.Variable(np.ones(3, np.float32), name="w")
+        opt.build([weight])
+    scale = float(opt.dynamic_scale.numpy())
+
+    @tf.function
+    def step():
+        def replica_fn():
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            grad = tf.where(rid == 1, tf.fill([3], float("inf")), tf.ones([3]))
+            opt.apply([grad], [weight])
+
+        strategy.run(replica_fn)
+
+    step()
+    copies = [np.array(c) for c in weight.value.values]
+    if agreed:
+        for c in copies:
+            np.testing.assert_array_equal(c, np.ones(3, np.float32))
+        assert float(opt.dynamic_scale.numpy()) == scale / 2
+    else:
+        assert not all(np.all(np.isfinite(c)) for c in copies)
