@@ -137,6 +137,9 @@ def define_flags() -> None:
     d.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
     d.DEFINE_integer("micro_batch_size", 0, "Gradient caching: compute the batch in chunks of "
                      "this many images per replica (0 = off).")
+    d.DEFINE_integer("steps_per_execution", 0, "Training steps per call into the device "
+                     "(one host round trip each); 0 = auto: 1 on CPU/GPU, up to 1000 on TPU. "
+                     "Lowered to divide the checkpoint interval and the epoch.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +207,7 @@ class Config:
     mixed_precision: str = "none"
     jit_compile: bool = False
     micro_batch_size: int = 0
+    steps_per_execution: int = 0
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues | None = None) -> Config:
@@ -279,6 +283,8 @@ class Config:
             err.append("--checkpoint_steps and --checkpoint_epochs must be >= 0.")
         if self.keep_checkpoint_max < 1:
             err.append("--keep_checkpoint_max must be >= 1.")
+        if self.steps_per_execution < 0:
+            err.append("--steps_per_execution must be >= 0 (0 = auto).")
         if self.num_cpu_devices < 1:
             err.append("--num_cpu_devices must be >= 1.")
         if self.use_tpu and self.strategy not in ("auto", "tpu"):

@@ -202,6 +202,34 @@ def build_for_run(
     return model
 
 
+# Auto steps_per_execution on a TPU: at most this many steps per host round trip.
+TPU_STEPS_PER_EXECUTION = 1000
+
+
+def steps_per_execution(
+    requested: int, tpu: bool, start_step: int, steps_per_epoch: int, checkpoint_steps: int,
+    total_steps: int,
+) -> int:
+    """Steps per device call that keep every step-counting event on an exact step.
+
+    Keras runs whole executions (it would overrun an epoch that is not a multiple), and the
+    callbacks see the step only between executions: so the count must divide the start step,
+    the epoch, the checkpoint interval and the total. The largest such divisor not above the
+    request (auto: 1 on CPU/GPU, where a step is long anyway; up to 1000 on a TPU, where a host
+    round trip per step would cost most of its speed).
+    """
+    limit = requested or (TPU_STEPS_PER_EXECUTION if tpu else 1)
+    common = math.gcd(start_step, steps_per_epoch, checkpoint_steps, total_steps)
+    return max(d for d in range(1, min(limit, common) + 1) if common % d == 0)
+
+
+def _set_steps_per_execution(model: SimCLRModel, steps: int) -> None:
+    """Keras builds its train function once per value: drop it when the value changes."""
+    if model.steps_per_execution != steps:
+        model.steps_per_execution = steps
+        model.train_function = None
+
+
 def train(
     cfg: Config,
     strategy: tf.distribute.Strategy,
@@ -247,6 +275,17 @@ def train(
     dataset = train_dataset(cfg, strategy, step)
     # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
     spe = min(schedule.steps_per_epoch, schedule.total_steps)
+    per_call = steps_per_execution(
+        cfg.steps_per_execution, distribute.is_tpu(strategy), step, spe,
+        schedule.checkpoint_steps, schedule.total_steps,
+    )
+    if cfg.steps_per_execution and per_call != cfg.steps_per_execution:
+        logging.info(
+            "--steps_per_execution=%d lowered to %d, which divides the epoch (%d steps), the "
+            "checkpoint interval (%d) and the start step (%d).",
+            cfg.steps_per_execution, per_call, spe, schedule.checkpoint_steps, step,
+        )
+    _set_steps_per_execution(model, per_call)
     epochs = math.ceil(schedule.total_steps / spe)
     first_epoch = step // spe
     if step % spe:

@@ -359,3 +359,62 @@ def test_float16_overflow_on_one_replica_skips_the_step_everywhere(strategy, agr
         assert float(opt.dynamic_scale.numpy()) == scale / 2
     else:
         assert not all(np.all(np.isfinite(c)) for c in copies)
+
+
+# ------------------------------------------------------------------- steps_per_execution
+
+
+def test_steps_per_execution_divides_every_step_counting_event():
+    assert train.steps_per_execution(0, False, 0, 313, 313, 31300) == 1  # CPU/GPU auto
+    assert train.steps_per_execution(0, True, 0, 313, 313, 31300) == 313  # TPU: one per epoch
+    assert train.steps_per_execution(0, True, 0, 2502, 2502, 250200) == 834  # <= 1000
+    assert train.steps_per_execution(4, False, 6, 12, 12, 120) == 3  # resumed at step 6
+    assert train.steps_per_execution(3, False, 0, 3, 3, 6) == 3
+
+
+def _csv_rows(path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_steps_per_execution_gives_the_same_run(tmp_path, write_png_folder):
+    """N=3 and N=1: same weights, same checkpoints (steps and values), same metrics.csv.
+
+    N=4 is requested and lowered to 3, the epoch length (12 images at batch 4)."""
+    from simclr_tf.data import sources
+
+    data = write_png_folder(tmp_path / "data", CLASSES, {"train": 4, "test": 1}, SIZE)
+    runs = {}
+    for n in (1, 3):
+        cfg = _cfg(
+            data_dir=str(data), train_steps=6, checkpoint_steps=3,
+            steps_per_execution=4 if n == 3 else 1,
+            verbose=0, model_dir=str(tmp_path / f"run{n}"),
+        )
+        info = sources.dataset_info(cfg.dataset, cfg.data_dir)
+        (tmp_path / f"run{n}").mkdir()
+        model = train.train(cfg, tf.distribute.get_strategy(), info, str(tmp_path / f"run{n}"))
+        assert model.steps_per_execution == n
+        runs[n] = model.get_weights()
+    for a, b in zip(runs[1], runs[3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    ckpts = {n: tf.train.get_checkpoint_state(str(tmp_path / f"run{n}")) for n in (1, 3)}
+    assert [p.rsplit("-", 1)[1] for p in ckpts[3].all_model_checkpoint_paths] == ["3", "6"]
+    assert [p.rsplit("-", 1)[1] for p in ckpts[1].all_model_checkpoint_paths] == ["3", "6"]
+    for p1, p3 in zip(ckpts[1].all_model_checkpoint_paths, ckpts[3].all_model_checkpoint_paths,
+                      strict=True):
+        r1, r3 = tf.train.load_checkpoint(p1), tf.train.load_checkpoint(p3)
+        names = sorted(r1.get_variable_to_shape_map())
+        assert names == sorted(r3.get_variable_to_shape_map())
+        for name in names:
+            if "VARIABLE_VALUE" in name:
+                np.testing.assert_allclose(r1.get_tensor(name), r3.get_tensor(name),
+                                           rtol=1e-6, atol=1e-7, err_msg=name)
+    rows1, rows3 = (_csv_rows(tmp_path / f"run{n}" / "metrics.csv") for n in (1, 3))
+    assert [r["step"] for r in rows1] == [r["step"] for r in rows3] == ["3", "6"]
+    for r1, r3 in zip(rows1, rows3, strict=True):
+        assert r1.keys() == r3.keys()
+        for key in r1:
+            assert float(r3[key]) == pytest.approx(float(r1[key]), rel=1e-5, abs=1e-7), key
