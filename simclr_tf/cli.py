@@ -40,6 +40,8 @@ def run_config(cfg: config.Config) -> dict | None:
     # The strategy comes first: splitting the CPU must happen before TF initialises devices.
     from simclr_tf import distribute
 
+    if cfg.jit_compile:
+        distribute.allow_cpu_xla_clusters()  # before TF optimises its first graph
     strategy = distribute.make_strategy(
         cfg.strategy if not cfg.use_tpu else "tpu",
         tpu_name=cfg.tpu_name,

@@ -254,6 +254,43 @@ def check_precision(strategy: tf.distribute.Strategy, mixed_precision: str) -> N
         )
 
 
+def allow_cpu_xla_clusters(environ: dict | None = None) -> None:
+    """Lets XLA auto-clustering compile on CPU devices too (the multi-replica CPU proxy).
+
+    TensorFlow auto-clusters only GPU ops unless ``--tf_xla_cpu_global_jit`` is in
+    ``TF_XLA_FLAGS``, which is read once, the first time a graph is optimised: call this
+    before anything runs a tf.function (cli.py does, for --jit_compile).
+    """
+    environ = os.environ if environ is None else environ
+    flags = environ.get("TF_XLA_FLAGS", "")
+    if "--tf_xla_cpu_global_jit" not in flags:
+        environ["TF_XLA_FLAGS"] = (flags + " --tf_xla_cpu_global_jit").strip()
+
+
+def keras_jit_compile(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
+    """The ``jit_compile`` to give Keras for ``--jit_compile`` under ``strategy``.
+
+    * one replica: Keras compiles the whole step with XLA;
+    * TPUStrategy: False, the TPU compiles the whole step anyway;
+    * several GPU/CPU replicas: Keras would put *one* XLA cluster around ``strategy.run``,
+      spanning every device ("Trying to access resource ... located in device CPU:1 from device
+      CPU:0"). Instead TF's XLA auto-clustering compiles the step per device, never across
+      devices, and leaves the cross-replica collectives between the clusters. Returns False.
+    """
+    if not jit_compile:
+        return False
+    if is_tpu(strategy):
+        return False
+    if strategy.num_replicas_in_sync > 1:
+        tf.config.optimizer.set_jit("autoclustering")
+        logging.info(
+            "--jit_compile with %d replicas: XLA auto-clustering, compiled per device.",
+            strategy.num_replicas_in_sync,
+        )
+        return False
+    return True
+
+
 def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
     """True under a MultiWorkerMirroredStrategy that spans more than one worker."""
     strategy = strategy or tf.distribute.get_strategy()

@@ -95,7 +95,8 @@ def compile_model(
     cfg: Config, model: SimCLRModel, optimizer: keras.optimizers.Optimizer | None
 ) -> None:
     """Compiles and creates every variable; the supervised head skips LARS adaptation."""
-    model.compile(optimizer=optimizer, jit_compile=cfg.jit_compile)
+    jit = distribute.keras_jit_compile(tf.distribute.get_strategy(), cfg.jit_compile)
+    model.compile(optimizer=optimizer, jit_compile=jit)
     model.build_all(cfg.image_size)
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if isinstance(inner, optim.LARS) and model.supervised_head is not None:

@@ -418,3 +418,88 @@ def test_steps_per_execution_gives_the_same_run(tmp_path, write_png_folder):
         assert r1.keys() == r3.keys()
         for key in r1:
             assert float(r3[key]) == pytest.approx(float(r1[key]), rel=1e-5, abs=1e-7), key
+
+
+# --------------------------------------------------------------- --jit_compile, 2 replicas
+
+_JIT_SCRIPT = """
+import types
+import keras
+import numpy as np
+from simclr_tf import config, distribute, train
+distribute.allow_cpu_xla_clusters()  # before TF optimises a graph, as cli.py does
+import tensorflow as tf
+from simclr_tf.models.heads import ProjectionHead
+from simclr_tf.models.layers import BatchNorm
+from simclr_tf.models.simclr import SimCLRModel
+
+class TinyEncoder(keras.layers.Layer):
+    # conv + global batch norm + pool: a few seconds of XLA compilation, unlike a ResNet.
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.conv = keras.layers.Conv2D(4, 3, name="conv")
+        self.bn = BatchNorm(synchronized=True, name="bn")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build((None, None, None, 4))
+
+    def call_endpoints(self, images, training=None, frozen_stages=0):
+        if not self.built:
+            self.build(images.shape)
+        x = tf.nn.relu(self.bn(self.conv(images), training=training))
+        return {"final_avg_pool": tf.reduce_mean(x, axis=[1, 2])}
+
+strategy = distribute.make_strategy("mirrored", num_cpu_devices=2)
+assert strategy.num_replicas_in_sync == 2
+rng = np.random.default_rng(0)
+batches = [rng.uniform(size=(8, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+labels = (np.arange(8) % 3).astype(np.int32)
+weights = {}
+for jit in (False, True):
+    cfg = config.Config(train_batch_size=8, train_steps=2, warmup_epochs=0, learning_rate=1.0,
+                        optimizer="momentum", jit_compile=jit)
+    keras.utils.set_random_seed(4)
+    with strategy.scope():
+        head = ProjectionHead("nonlinear", num_layers=2, out_dim=4, global_bn=True,
+                              name="projection_head")
+        model = SimCLRModel(TinyEncoder(name="encoder"), head, 3, temperature=0.5)
+        opt = train.build_optimizer_for(cfg, train.make_schedule_for(cfg, 16))
+        train.compile_model(cfg.replace(image_size=8), model, opt)
+    assert model.jit_compile is False, "never one XLA cluster around strategy.run"
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter([((b, b[:, ::-1] * 0.8), labels) for b in batches]),
+        output_signature=((tf.TensorSpec([8, 8, 8, 3]),) * 2, tf.TensorSpec([8], tf.int32)),
+    )
+    if not jit:
+        initial = model.get_weights()
+    model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2
+    weights[jit] = model.get_weights()
+moved = max(float(np.abs(a - b).max()) for a, b in zip(initial, weights[False]))
+diff = max(float(np.abs(a - b).max()) for a, b in zip(weights[False], weights[True]))
+print("MOVED", moved, "MAXDIFF", diff)
+"""
+
+
+@pytest.mark.slow  # XLA compilation on a shared CPU: about a minute
+def test_jit_compile_under_mirrored_compiles_per_device_and_matches(tmp_path):
+    """--jit_compile with 2 replicas (2 logical CPUs): XLA clusters are compiled (per device;
+    Keras's single cluster around strategy.run crashes here), and 2 steps give the weights of
+    the run without XLA."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(repo)}
+    env.pop("TF_XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-c", _JIT_SCRIPT], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Compiled cluster using XLA" in done.stderr, "XLA must really compile"
+    moved, diff = (float(t) for t in done.stdout.split()[1::2][-2:])
+    assert moved > 1e-2, "the steps must move the weights far more than the tolerance"
+    assert diff < 1e-5, f"XLA run differs from the plain run by {diff}"
