@@ -503,3 +503,41 @@ def test_jit_compile_under_mirrored_compiles_per_device_and_matches(tmp_path):
     moved, diff = (float(t) for t in done.stdout.split()[1::2][-2:])
     assert moved > 1e-2, "the steps must move the weights far more than the tolerance"
     assert diff < 1e-5, f"XLA run differs from the plain run by {diff}"
+
+
+# ------------------------------------------------------- per-replica BN moving statistics
+
+
+def test_per_replica_batch_norm_averages_moving_statistics(strategy):
+    """--global_bn=false on 2 replicas: each replica normalises with its own batch, but the
+    moving statistics are the replicas' average on every copy (not replica 0's alone)."""
+    from simclr_tf.models.layers import BatchNorm
+
+    rng = np.random.default_rng(2)
+    halves = [rng.normal(loc=r * 3.0, scale=1.0 + r, size=(4, 2, 2, 3)).astype(np.float32)
+              for r in range(2)]
+    with strategy.scope():
+        bn = BatchNorm(momentum=0.9, synchronized=False)
+        bn.build((None, 2, 2, 3))
+
+    @tf.function
+    def step():
+        def replica_fn():
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            x = tf.where(rid == 0, tf.constant(halves[0]), tf.constant(halves[1]))
+            return bn(x, training=True)
+
+        return strategy.run(replica_fn)
+
+    out = strategy.experimental_local_results(step())
+    # Normalisation stays per replica: each replica's output has zero mean over its batch.
+    for y in out:
+        np.testing.assert_allclose(y.numpy().mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    means = [h.mean(axis=(0, 1, 2)) for h in halves]
+    variances = [h.var(axis=(0, 1, 2)) for h in halves]
+    want_mean = 0.1 * np.mean(means, axis=0)
+    want_var = 0.9 + 0.1 * np.mean(variances, axis=0)
+    for copy in bn.moving_mean.value.values:
+        np.testing.assert_allclose(copy.numpy(), want_mean, rtol=1e-5, atol=1e-6)
+    for copy in bn.moving_variance.value.values:
+        np.testing.assert_allclose(copy.numpy(), want_var, rtol=1e-5, atol=1e-6)
