@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from simclr_tf import distribute, losses
+from simclr_tf.config import check_micro_batch
 from simclr_tf.models.layers import BatchNorm, deferred_moving_updates
 
 if TYPE_CHECKING:
@@ -81,12 +82,8 @@ def cached_train_step(model: SimCLRModel, view1: tf.Tensor, view2: tf.Tensor, la
     """One optimizer step of ``model`` on the two views, in chunks of ``micro_batch_size``."""
     m = int(model.micro_batch_size)
     n_static = view1.shape[0]
-    if n_static is not None and n_static % m:
-        raise ValueError(
-            f"The per-replica batch ({n_static} images) is not a multiple of "
-            f"--micro_batch_size={m} (images per view per replica): pick a micro batch that "
-            "divides train_batch_size / num_replicas."
-        )
+    if n_static is not None:
+        check_micro_batch(n_static, m, "The per-replica batch")
     strategy = tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if replicas > 1 and n_static is None:
