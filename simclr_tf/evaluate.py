@@ -21,8 +21,8 @@ from simclr_tf.models.simclr import SimCLRModel
 def eval_input(cfg: Config) -> tf.data.Dataset:
     """The eval split, or with ``--eval_steps`` a class-balanced, seeded part of it.
 
-    Batches of ``(images, labels, mask)``, all of exactly ``--eval_batch_size`` rows: the last
-    one is padded and its padding masked out (:func:`distribute.pad_batches`).
+    Batches of ``(images, labels)``; the last one may be smaller (:func:`evaluate` and the kNN
+    monitor pad it to a static batch with a mask, :func:`distribute.pad_batches`).
     """
     ds, _ = sources.load_split(
         cfg.dataset,
@@ -32,8 +32,7 @@ def eval_input(cfg: Config) -> tf.data.Dataset:
         max_examples=cfg.eval_steps * cfg.eval_batch_size if cfg.eval_steps else None,
     )
     ds = pipeline.eval_dataset(ds, batch_size=cfg.eval_batch_size, image_size=cfg.image_size)
-    ds = ds.take(cfg.eval_steps) if cfg.eval_steps else ds
-    return distribute.pad_batches(ds, cfg.eval_batch_size)
+    return ds.take(cfg.eval_steps) if cfg.eval_steps else ds
 
 
 def restore_for_eval(cfg: Config, model: SimCLRModel, run_dir: str) -> str:
@@ -61,7 +60,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluates ``model`` on the eval split; writes result files into ``write_dir``."""
     distribute.check_eval_batch(cfg.eval_batch_size, model.distribute_strategy.num_replicas_in_sync)
-    model.evaluate(eval_input(cfg), verbose=2 if cfg.verbose else 0)
+    padded = distribute.pad_batches(eval_input(cfg), cfg.eval_batch_size)
+    model.evaluate(padded, verbose=2 if cfg.verbose else 0)
     # The trackers, read across replicas and workers: Keras's returned logs average the
     # per-replica values (half the examples on 2 replicas).
     metrics = distribute.global_results(model.distribute_strategy, model.eval_trackers())

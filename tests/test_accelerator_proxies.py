@@ -136,7 +136,7 @@ def test_eval_last_batch_smaller_than_replicas_matches_one_device(
     nothing but padding. Counts and accuracies equal one device's result.json."""
     write_png_folder(tmp_path / "data", CLASSES, {"train": 1, "test": per_class}, SIZE)
     cfg = _cfg(data_dir=str(tmp_path / "data"), eval_batch_size=4)
-    batches = list(evaluate.eval_input(cfg))
+    batches = list(distribute.pad_batches(evaluate.eval_input(cfg), cfg.eval_batch_size))
     assert [b[0].shape[0] for b in batches] == [4, 4, 4], "static, padded batches"
     assert [float(b[2].numpy().sum()) for b in batches] == [4, 4, 1]
 
