@@ -266,11 +266,20 @@ class Config:
         "run on one CPU).",
     )
     mixed_precision: str = setting("none", "Mixed-precision compute dtype.", choices=PRECISIONS)
-    jit_compile: bool = setting(False, "XLA-compile the train step.")
+    jit_compile: bool = setting(
+        False,
+        "XLA-compile the train step (one replica: the whole step; several GPUs/CPUs: per device "
+        "by XLA auto-clustering; TPUs always compile).",
+    )
     micro_batch_size: int = setting(
         0,
         "Gradient caching: compute the batch in chunks of this many images per replica (0 = "
         "off).",
+    )
+    steps_per_execution: int = setting(
+        0,
+        "Training steps per call into the device (one host round trip each); 0 = auto: 1 on "
+        "CPU/GPU, up to 1000 on TPU. Lowered to divide the epoch and the checkpoint interval.",
     )
 
     # Studies: the paper's loss and augmentation ablations (Tables 1, 2, 4; Figure 5).
@@ -394,6 +403,8 @@ class Config:
             err.append("--keep_checkpoint_max must be >= 1.")
         if self.num_cpu_devices < 1:
             err.append("--num_cpu_devices must be >= 1.")
+        if self.steps_per_execution < 0:
+            err.append("--steps_per_execution must be >= 0 (0 = auto).")
         if self.use_tpu and self.strategy not in ("auto", "tpu"):
             err.append(f"--use_tpu contradicts --strategy={self.strategy}: pass only one.")
         if self.train_mode == "finetune" and self.augment_on == "device":

@@ -45,8 +45,9 @@ def _check_root(data_dir: str | None) -> str:
             "--dataset=image_folder needs --data_dir=ROOT, where ROOT holds one folder per split "
             "with one sub-folder per class: ROOT/train/<class>/*.jpg (also .jpeg, .png)."
         )
-    root = os.path.abspath(os.path.expanduser(data_dir))
-    if not os.path.isdir(root):
+    # Any path tf.io.gfile reads (gs:// on TPU VMs, hdfs://, ...); local paths made absolute.
+    root = data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
+    if not tf.io.gfile.isdir(root):
         raise DataError(
             f"Image folder data_dir '{data_dir}' does not exist or is not a folder. Point "
             "--data_dir at ROOT with ROOT/<split>/<class>/*.jpg."
@@ -56,8 +57,11 @@ def _check_root(data_dir: str | None) -> str:
 
 def _subdirs(path: str) -> list[str]:
     """Sorted names of visible sub-folders (hidden ones like .ipynb_checkpoints are skipped)."""
-    with os.scandir(path) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    return sorted(
+        name.rstrip("/")
+        for name in tf.io.gfile.listdir(path)
+        if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(path, name))
+    )
 
 
 def _is_image_name(name: str) -> bool:
@@ -76,10 +80,9 @@ def _folder_splits(root: str) -> list[str]:
 def _no_splits_error(root: str) -> DataError:
     looks_like_split = False
     for name in _subdirs(root):
-        with os.scandir(os.path.join(root, name)) as it:
-            if any(_is_image_name(e.name) for e in it):
-                looks_like_split = True
-                break
+        if any(_is_image_name(f) for f in tf.io.gfile.listdir(os.path.join(root, name))):
+            looks_like_split = True
+            break
     hint = (
         f" '{root}' itself looks like a split folder (its sub-folders hold images): pass its "
         f"parent '{os.path.dirname(root)}' as --data_dir."
@@ -105,20 +108,19 @@ _LISTING_CACHE: dict[str, tuple[tuple, dict[str, list[str]]]] = {}
 
 def _list_split(split_dir: str) -> dict[str, list[str]]:
     """``{class: sorted image file names}`` for every class folder of ``split_dir``."""
-    with os.scandir(split_dir) as it:
-        class_entries = sorted(
-            (e.name, e.stat().st_mtime_ns)
-            for e in it
-            if e.is_dir() and not e.name.startswith(".")
-        )
+    class_entries = sorted(
+        (name, tf.io.gfile.stat(os.path.join(split_dir, name)).mtime_nsec)
+        for name in _subdirs(split_dir)
+    )
     key = tuple(class_entries)
     cached = _LISTING_CACHE.get(split_dir)
     if cached is not None and cached[0] == key:
         return cached[1]
     listing = {}
     for name, _ in class_entries:
-        with os.scandir(os.path.join(split_dir, name)) as it:
-            listing[name] = sorted(e.name for e in it if _is_image_name(e.name) and e.is_file())
+        # Listing by name, without a stat per file (a round trip each on GCS).
+        names = tf.io.gfile.listdir(os.path.join(split_dir, name))
+        listing[name] = sorted(f for f in names if _is_image_name(f) and not f.endswith("/"))
     _LISTING_CACHE[split_dir] = (key, listing)
     return listing
 
@@ -149,7 +151,7 @@ def load_folder_split(
         raise _no_splits_error(root)
     split_dir = os.path.join(root, split)
     if split not in splits:
-        what = "has no class sub-folders" if os.path.isdir(split_dir) else "does not exist"
+        what = "has no class sub-folders" if tf.io.gfile.isdir(split_dir) else "does not exist"
         raise DataError(
             f"Split folder '{split_dir}' {what}. Splits found in '{root}': {splits}. Pass one "
             "of them (--train_split / --eval_split) or create ROOT/<split>/<class>/."
