@@ -326,24 +326,22 @@ class DistillationModel(SimCLRModel):
         return self._results()
 
     def test_step(self, data):
-        images, labels = data[0], data[1]
+        """The student's evaluation (SimCLRModel's), plus top-1 agreement with the teacher.
+
+        The student's logits are computed a second time for the agreement: evaluation is cheap
+        next to training, and the base step (padding masks, counters) stays the one place.
+        """
+        outputs = super().test_step(data)
+        if self.teacher is None:
+            return outputs
+        images = data[0]
+        mask = data[2] if len(data) > 2 else tf.ones_like(data[1], tf.float32)
         _, hiddens, _ = self._features(images, training=False)
         logits = self._supervised_logits(hiddens, training=False)
-        n = tf.shape(labels)[0]
-        self.loss_tracker.update_state(self._sup_loss(labels, logits), sample_weight=n)
-        self.top1.update_state(labels, logits)
-        self.top5.update_state(labels, logits)
-        self.num_examples.update_state(tf.cast(n, tf.float64))
-        outputs = {
-            "eval_loss": self.loss_tracker.result(),
-            "label_top_1_accuracy": self.top1.result(),
-            "label_top_5_accuracy": self.top5.result(),
-        }
-        if self.teacher is not None:
-            teacher_classes = tf.argmax(self.teacher_logits(images), -1, output_type=tf.int32)
-            self.eval_agreement.update_state(teacher_classes, logits)
-            outputs["teacher_top_1_agreement"] = self.eval_agreement.result()
-        return distribute.step_outputs(outputs)
+        teacher_classes = tf.argmax(self.teacher_logits(images), -1, output_type=tf.int32)
+        self.eval_agreement.update_state(teacher_classes, logits, sample_weight=mask)
+        agreement = {"teacher_top_1_agreement": self.eval_agreement.result()}
+        return {**outputs, **distribute.step_outputs(agreement)}
 
     def eval_trackers(self) -> list[keras.metrics.Metric]:
         extra = [self.eval_agreement] if self.teacher is not None else []
