@@ -41,6 +41,7 @@ ARCHITECTURE_KEYS = (
     "num_proj_layers",
     "proj_out_dim",
     "cifar_stem",
+    "first_block_projection",
 )
 
 
@@ -137,6 +138,12 @@ def define_flags() -> None:
     d.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
     d.DEFINE_integer("micro_batch_size", 0, "Gradient caching: compute the batch in chunks of "
                      "this many images per replica (0 = off).")
+    # Official (reference) checkpoints: see simclr_tf/official.
+    d.DEFINE_bool("first_block_projection", False, "Projection shortcut on the first block of "
+                  "every block group (the reference ResNet-18/34 layout; set automatically when "
+                  "--checkpoint is an official checkpoint).")
+    d.DEFINE_bool("checkpoint_ema", False, "Load the ema_model/ weights of an official TF1 "
+                  "SimCLRv2 --checkpoint instead of its regular ones.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +211,8 @@ class Config:
     mixed_precision: str = "none"
     jit_compile: bool = False
     micro_batch_size: int = 0
+    first_block_projection: bool = False
+    checkpoint_ema: bool = False
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues | None = None) -> Config:
