@@ -55,6 +55,9 @@ def run_config(cfg: config.Config) -> dict | None:
     if info.image_shape and info.image_shape[0] and info.image_shape[0] == info.image_shape[1]:
         side = info.image_shape[0]
     cfg = config.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    from simclr_tf.official import convert as official_convert
+
+    cfg = official_convert.configure(cfg).validate()  # architecture of an official checkpoint
     trains = cfg.mode in ("train", "train_then_eval")
     evaluates = cfg.mode in ("eval", "train_then_eval")
     for split, needed in ((cfg.train_split, trains), (cfg.eval_split, evaluates)):

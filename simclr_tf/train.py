@@ -218,7 +218,7 @@ def train(
     step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
     distribute.check_same_step(strategy, step)
     if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
-        checkpoints.restore_pretrained(model, cfg.checkpoint)
+        checkpoints.restore_pretrained(model, cfg.checkpoint, use_ema=cfg.checkpoint_ema)
     logging.info(
         "Training %s from step %d to %d (%d steps/epoch, warmup %d, peak lr %.4g, "
         "global batch %d on %d replica(s)).",
