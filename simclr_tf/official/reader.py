@@ -209,6 +209,11 @@ def _read_tf1(path: str, prefix: str, use_ema: bool) -> Source:
             ema_key = EMA_SCOPE + key
             return reader.get_tensor(ema_key if ema_key in ema else key)
 
+        if not any(EMA_SCOPE + k in ema for k in shapes):
+            raise OfficialCheckpointError(
+                f"{path}: none of its {len(ema)} {EMA_SCOPE} variables (e.g. "
+                f"{sorted(ema)[:2]}) is named {EMA_SCOPE}<weight name>; cannot pick EMA weights."
+            )
         ignored["ema_model/ copies"] = 0
         ignored["weights without an EMA copy (regular values used)"] = sum(
             EMA_SCOPE + k not in ema for k in shapes
