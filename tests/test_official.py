@@ -203,8 +203,9 @@ def test_convert_writes_a_run_folder(converted):
     assert record["format"] == "tf2_checkpoint" and record["global_step"] == 500
     # The folder's checkpoint, restored the way every simclr_tf tool does (flags.json).
     cfg = Config(**{k: v for k, v in flags.items() if k in Config.__dataclass_fields__})
-    model = train.build_model(cfg, num_classes=10)
-    model(tf.zeros([1, 32, 32, 3]), training=False)
+    model = train.build_model(cfg, num_classes=10)  # as run.py --mode=eval builds it
+    schedule = train.make_schedule_for(cfg, num_train_examples=100)
+    train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
     prefix = checkpoints.restore_model_weights(model, str(converted))
     assert checkpoints.checkpoint_step(prefix) == 500
     ref = expected("tf2_ckpt_r18_cifar")

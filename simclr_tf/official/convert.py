@@ -123,9 +123,7 @@ def convert(checkpoint: str, model_dir: str, *, image_size: int | None = None,
         tf.io.gfile.makedirs(tmp)
         model_dir_lib.write_json_atomic(os.path.join(tmp, model_dir_lib.FLAGS_FILE),
                                         dataclasses.asdict(cfg))
-        manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), tmp,
-                                             max_to_keep=1, checkpoint_name="ckpt")
-        manager.save(checkpoint_number=step)
+        _save_like_a_run(model, cfg, tmp, step)
         if export:
             export_lib.export_run(model, cfg, tmp, step, None, None)
         model_dir_lib.write_json_atomic(os.path.join(tmp, OFFICIAL_JSON),
@@ -137,6 +135,20 @@ def convert(checkpoint: str, model_dir: str, *, image_size: int | None = None,
         raise
     logging.info("Converted %s to %s in %.1fs", checkpoint, model_dir, time.time() - start)
     return info
+
+
+def _save_like_a_run(model, cfg: Config, directory: str, step: int) -> None:
+    """``ckpt-<step>`` as a run writes it: model + (fresh) optimizer at the checkpoint's step.
+
+    A compiled simclr_tf model tracks its optimizer, so evaluation restores expect one; its
+    step counter is the official global step, which also numbers results and exports.
+    """
+    from simclr_tf import checkpoints, train
+
+    schedule = train.make_schedule_for(cfg, num_train_examples=1)
+    train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
+    model.optimizer.iterations.assign(step)
+    checkpoints.Checkpointer(model, directory, max_to_keep=1).save(step)
 
 
 def _replace(tmp: str, model_dir: str) -> None:
