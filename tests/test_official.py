@@ -102,10 +102,14 @@ def test_tf1_v1_style_ema_and_memory(tmp_path, tf1_tensors):
                and not k.endswith("/Momentum")]
     tensors.update({f"ema_model/{k}": tensors[k] * 0.5 for k in weights})
     tensors["memory"] = np.ones([16, 128], np.float32)
-    path = write_tf1(tmp_path / "model.ckpt-7", tensors)
+    tensors["queue/state"] = np.zeros([4], np.float32)  # not under a model scope: set aside
+    write_tf1(tmp_path / "model.ckpt-7", tensors)
+    path = str(tmp_path)  # a folder without a usable `checkpoint` file: newest *.index
 
     model, info = load_official(path)
+    assert info.global_step == 2000 and info.prefix.endswith("model.ckpt-7")
     assert info.head.proj_layers == 0 and "projection head" in " ".join(info.not_found)
+    assert any("queue/state" in k for k in info.ignored), info.ignored
     ref = expected("tf1_ckpt_r50_sk1")
     out = official.reference_endpoints(model, ref["images"])
     diffs = relative_differences(out, {k: ref[k] for k in ("final_avg_pool", "logits_sup")})

@@ -40,8 +40,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from simclr_tf.checkpoints import CheckpointError
-    from simclr_tf.model_dir import ModelDirError
+    from simclr_tf.errors import UserError
     from simclr_tf.official import convert
 
     start = time.time()
@@ -51,7 +50,7 @@ def main(argv: list[str]) -> None:
             use_ema=FLAGS.use_ema, ft_proj_selector=FLAGS.ft_proj_selector,
             overwrite=FLAGS.overwrite, export=FLAGS.export,
         )
-    except (CheckpointError, ModelDirError) as e:
+    except UserError as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(info.describe())

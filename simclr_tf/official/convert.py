@@ -120,9 +120,7 @@ def convert(checkpoint: str, model_dir: str, *, image_size: int | None = None,
     tmp = f"{model_dir}.partial-{uuid.uuid4().hex[:8]}"
     cfg = _run_config(info, checkpoint, model_dir, size, use_ema)
     try:
-        tf.io.gfile.makedirs(tmp)
-        model_dir_lib.write_json_atomic(os.path.join(tmp, model_dir_lib.FLAGS_FILE),
-                                        dataclasses.asdict(cfg))
+        model_dir_lib.prepare(cfg, tmp, write_flags=True, num_classes=info.head.num_classes)
         _save_like_a_run(model, cfg, tmp, step)
         if export:
             export_lib.export_run(model, cfg, tmp, step, None, None)

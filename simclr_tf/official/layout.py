@@ -302,9 +302,26 @@ def _summary(source: Source, scope: str | None) -> str:
             f"{list(stem) if stem else None}, e.g. {keys[:3]}")
 
 
+TF1_HEAD_SCOPES = ("head_contrastive/", "head_supervised/")
+
+
+def _set_aside_outside_model(source: Source, scope: str) -> None:
+    """TF1: variables outside the encoder scope and the two head scopes are not the model's
+    (published checkpoints hold e.g. a ``memory`` buffer); they are listed as ignored."""
+    outside = sorted(k for k in source.shapes if not k.startswith((scope, *TF1_HEAD_SCOPES)))
+    if not outside:
+        return
+    for key in outside:
+        del source.shapes[key]
+    shown = ", ".join(outside[:3]) + (", ..." if len(outside) > 3 else "")
+    source.ignored[f"variables outside the model scopes ({shown})"] = len(outside)
+
+
 def infer(source: Source) -> tuple[Arch, Head, list[Slot], str]:
     """The architecture whose variables are exactly the checkpoint's, its slots, TF1 scope."""
     scope = _tf1_scope(source) if source.format == TF1_CHECKPOINT else None
+    if scope:
+        _set_aside_outside_model(source, scope)
     stem = source.shapes.get(_stem_key(source, scope))
     if stem is None or len(stem) != 4 or stem[2] != 3:
         raise OfficialCheckpointError(

@@ -76,7 +76,7 @@ def find_prefix(path: str) -> tuple[str, str | None]:
         for candidate in (path, os.path.join(path, "saved_model")):
             if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
                 return "saved_model", candidate
-        latest = tf.train.latest_checkpoint(path)
+        latest = tf.train.latest_checkpoint(path) or _newest_prefix(path)
         if latest is not None:
             return "checkpoint", latest
         nested = os.path.join(path, "saved_model")
@@ -92,6 +92,21 @@ def find_prefix(path: str) -> tuple[str, str | None]:
     if tf.io.gfile.exists(path + ".index"):
         return "checkpoint", path
     return "none", None
+
+
+def _newest_prefix(folder: str) -> str | None:
+    """The highest-step ``*.index`` prefix in ``folder``.
+
+    For folders whose ``checkpoint`` file names paths of the machine that trained them (absolute
+    ``gs://`` paths), which tf.train.latest_checkpoint cannot resolve.
+    """
+    prefixes = [p[: -len(".index")] for p in tf.io.gfile.glob(os.path.join(folder, "*.index"))]
+
+    def step(prefix: str) -> int:
+        tail = prefix.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    return max(prefixes, key=step) if prefixes else None
 
 
 def _object_graph(reader) -> trackable_object_graph_pb2.TrackableObjectGraph:
