@@ -340,6 +340,8 @@ def infer(source: Source) -> tuple[Arch, Head, list[Slot], str]:
     for (cifar, sk, channels), depth, se, first in itertools.product(
         layouts, sorted(BLOCKS), (False, True), (False, True)
     ):
+        if sk and BLOCKS[depth][0] == "basic" and source.format == TF1_CHECKPOINT:
+            continue  # the reference TF1 basic block with SK cannot be built (stride-2 groups)
         arch = Arch(depth, channels / 64, cifar, SIMCLRV2_SK_RATIO if sk else 0.0,
                     0.25 if se else 0.0, first)
         layer_slots = slots(arch, head, source.format, scope or "base_model/")
@@ -350,7 +352,7 @@ def infer(source: Source) -> tuple[Arch, Head, list[Slot], str]:
     if exact:
         # Layouts that name the same variables are the same network (e.g. first-block
         # projections in a bottleneck ResNet, which has them anyway): prefer our default.
-        exact.sort(key=lambda c: c[1].first_block_projection)
+        exact.sort(key=lambda c: (c[1].sk_ratio > 0, c[1].first_block_projection))
         _, arch, layer_slots, _ = exact[0]
         return _ratios(arch, source, layer_slots), head, layer_slots, scope or ""
     best = min(candidates, key=lambda c: c[0])
