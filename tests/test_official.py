@@ -161,6 +161,16 @@ def test_non_simclr_checkpoints_fail_clearly(tmp_path):
         load_official(str(tmp_path / "nothing-here"))
 
 
+def test_restore_refuses_a_model_of_another_architecture():
+    """A ResNet with SE gates holds every layer of the checkpoint: it must not be half-loaded
+    (16 blocks x 2 SE layers x kernel + bias unfilled)."""
+    model = train.build_model(Config(width_multiplier=0.125, sk_ratio=0.0625, se_ratio=0.25,
+                                     cifar_stem=False), num_classes=10)
+    model(tf.zeros([1, 32, 32, 3]), training=False)
+    with pytest.raises(OfficialCheckpointError, match=r"no values for 64 variables.*se_reduce"):
+        checkpoints.restore_pretrained(model, str(TF1))
+
+
 def test_run_py_hooks_take_architecture_and_weights_from_official_checkpoint():
     """configure() + restore_pretrained(): what run.py --train_mode=finetune does."""
     cfg = convert.configure(Config(checkpoint=str(TF1.parent), resnet_depth=152,
@@ -237,6 +247,7 @@ def test_converted_tf_hub_export_matches_reference(converted):
     assert max(diffs.values()) < TOLERANCE, diffs
 
 
+@pytest.mark.slow
 def test_converted_fine_tunes_under_run_py_and_exports(converted, tmp_path, write_png_folder):
     """Fine-tune block_group4 + a new head for 2 steps; frozen stages keep the reference's
     values, visible through the new run's export."""

@@ -95,8 +95,14 @@ def _variables_of(layer: Any, kind: str) -> dict[str, tf.Variable]:
     return out
 
 
-def assign(model: keras.Model, source: Source, layer_slots: list[layout.Slot]) -> int:
-    """Copies every slot's variables from ``source`` into ``model``; returns the count."""
+def assign(model: keras.Model, source: Source, layer_slots: list[layout.Slot],
+           parts: tuple[str, ...] = ("encoder", "projection_head", "supervised_head")) -> int:
+    """Copies every slot's variables from ``source`` into ``model``; returns the count.
+
+    Every variable of the model's ``parts`` must be filled: a model of another architecture
+    that merely contains the checkpoint's layers (SE gates, a deeper ResNet) is refused, not
+    half-loaded.
+    """
     pending = []
     for slot in layer_slots:
         try:
@@ -121,9 +127,17 @@ def assign(model: keras.Model, source: Source, layer_slots: list[layout.Slot]) -
                     )
                 value = value.reshape(target)
             pending.append((var, value))
-    for var, value in pending:
-        var.assign(value.astype(var.dtype.as_numpy_dtype if hasattr(var.dtype, "as_numpy_dtype")
-                                else np.float32))
+    filled = {id(var) for var, _ in pending}
+    unfilled = [v.path for part in parts if getattr(model, part, None) is not None
+                for v in getattr(model, part).weights if id(v) not in filled]
+    if unfilled:
+        raise OfficialCheckpointError(
+            f"{source.path} has no values for {len(unfilled)} variables of this model (e.g. "
+            f"{unfilled[:3]}): build the model with the checkpoint's architecture "
+            "(run.py does so from --checkpoint; in Python use load_official)."
+        )
+    for var, value in pending:  # only once every variable was found and fits
+        var.assign(value)
     return len(pending)
 
 
@@ -205,7 +219,7 @@ def restore_into(model: keras.Model, path: str, parts: tuple[str, ...], use_ema:
                 f"{ours.num_classes} classes: evaluate it on its own dataset, or fine-tune / "
                 "linear-evaluate it on this one first."
             )
-    count = assign(model, source, chosen)
+    count = assign(model, source, chosen, parts)
     cfg = arch_config(arch, head)
     return OfficialInfo(source.format, path, source.prefix, source.global_step, arch, head, cfg,
                         _not_found(head), source.ignored, source.use_ema, count)
