@@ -46,6 +46,10 @@ class OfficialInfo:
                 if self.head.proj_layers else "no projection head")
         sup = (f"{self.head.num_classes}-class supervised head" if self.head.num_classes
                else "no supervised head")
+        if self.head.num_classes and self.head.proj_layers:
+            # Not recorded in any checkpoint format: say which one is assumed.
+            sup += (f" on projection layer {self.config.ft_proj_selector} (ft_proj_selector; "
+                    "SimCLRv2 fine-tuned models use 1)")
         text = (f"{self.format} {self.path}: {', '.join(parts)}; {head}; {sup}; "
                 f"{self.num_variables} variables loaded"
                 f"{' (EMA weights)' if self.use_ema else ''}")
