@@ -224,7 +224,7 @@ def restore_into(model: keras.Model, path: str, parts: tuple[str, ...], use_ema:
                 "linear-evaluate it on this one first."
             )
     count = assign(model, source, chosen, parts)
-    cfg = arch_config(arch, head)
+    cfg = arch_config(arch, head, ft_proj_selector=int(getattr(model, "ft_proj_selector", 0)))
     return OfficialInfo(source.format, path, source.prefix, source.global_step, arch, head, cfg,
                         _not_found(head), source.ignored, source.use_ema, count)
 
