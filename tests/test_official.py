@@ -239,7 +239,11 @@ def test_convert_refuses_to_overwrite(converted):
 def test_converted_tf_hub_export_matches_reference(converted):
     import tensorflow_hub as hub
 
-    module = hub.load(str(converted / "saved_model" / "500"))
+    export_dir = converted / "saved_model" / "500"
+    assert not official.is_official(str(export_dir))  # simclr_tf's own SavedModel
+    with pytest.raises(OfficialCheckpointError, match="not a reference SimCLR checkpoint"):
+        load_official(str(export_dir))
+    module = hub.load(str(export_dir))
     ref = expected("tf2_ckpt_r18_cifar")
     out = module(tf.constant(ref["images"]), training=False)
     # simclr_tf's initial_conv is after the stem's BN + ReLU: the reference's initial_max_pool

@@ -30,6 +30,7 @@ TF2_CHECKPOINT = "tf2_checkpoint"
 TF2_SAVED_MODEL = "tf2_saved_model"
 TF1_CHECKPOINT = "tf1_checkpoint"
 SIMCLR_TF = "simclr_tf"  # a checkpoint written by this package (not an official one)
+OTHER_SAVED_MODEL = "other_saved_model"  # e.g. a simclr_tf export: not a reference model
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 EMA_SCOPE = "ema_model/"
 
@@ -129,18 +130,20 @@ def detect_format(path: str) -> tuple[str | None, str | None]:
     reference Keras model); simclr_tf's own checkpoints hold ``model/encoder`` instead.
     """
     kind, location = find_prefix(path)
-    if kind == "saved_model":
-        return TF2_SAVED_MODEL, os.path.join(location, "variables", "variables")
     if kind == "none":
         return None, None
+    if kind == "saved_model":
+        location = os.path.join(location, "variables", "variables")
     reader = tf.train.load_checkpoint(location)
     if not reader.has_tensor(OBJECT_GRAPH_KEY):
+        # Name-based variables: a TF1 checkpoint, or a TF1 Hub module (the hub/ folders
+        # published beside some TF1 checkpoints), whose variables keep their graph names.
         return TF1_CHECKPOINT, location
     graph = _object_graph(reader)
     model = _child(graph, 0, "model")
     if model is not None and _child(graph, model, "resnet_model") is not None:
-        return TF2_CHECKPOINT, location
-    return SIMCLR_TF, location
+        return (TF2_SAVED_MODEL if kind == "saved_model" else TF2_CHECKPOINT), location
+    return (OTHER_SAVED_MODEL if kind == "saved_model" else SIMCLR_TF), location
 
 
 def is_official(path: str | None) -> bool:
@@ -249,10 +252,11 @@ def read_source(path: str, use_ema: bool = False) -> Source:
             f"No checkpoint at {path}: pass a checkpoint prefix (.../ckpt-1000, "
             ".../model.ckpt-2000), a folder with a `checkpoint` file, or a SavedModel folder."
         )
-    if fmt == SIMCLR_TF:
+    if fmt in (SIMCLR_TF, OTHER_SAVED_MODEL):
         raise OfficialCheckpointError(
             f"{prefix} is not a reference SimCLR checkpoint (its object graph has no "
-            "model/resnet_model): use it as a simclr_tf checkpoint."
+            "model/resnet_model): pass a simclr_tf checkpoint or run folder as a simclr_tf one, "
+            "and a SavedModel only if the reference code exported it."
         )
     if use_ema and fmt != TF1_CHECKPOINT:
         raise OfficialCheckpointError(
