@@ -74,6 +74,17 @@ def test_fixture_endpoints_match_reference(folder):
     assert info.head.proj_layers == (2 if "r18" in folder else 3)
     assert info.global_step == {"tf2_ckpt_r50_sk1": 1000, "tf2_ckpt_r18_cifar": 500,
                                 "tf1_ckpt_r50_sk1": 2000}.get(folder)
+    # Only a SavedModel can say which projection layer its supervised head reads (by running).
+    assert info.selector_measured == ("savedmodel" in folder)
+    assert info.config.ft_proj_selector == 0
+
+
+def test_saved_model_selector_mismatch_is_refused():
+    path = str(FIXTURES / PATHS["tf2_savedmodel_r50_sk0"])
+    model, info = load_official(path, ft_proj_selector=2)  # given: taken as is
+    assert not info.selector_measured and model.ft_proj_selector == 2
+    with pytest.raises(OfficialCheckpointError, match="pass --ft_proj_selector=0"):
+        checkpoints.restore_model_weights(model, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,13 +58,15 @@ def configure(cfg: Config) -> Config:
         logging.info("Architecture from official checkpoint %s: %s", cfg.checkpoint,
                      {k: getattr(new, k) for k in ARCHITECTURE_KEYS})
         return new
+    keys: tuple[str, ...] = ARCHITECTURE_KEYS
     run = _converted_run(cfg.checkpoint)
     if run is None and cfg.mode == "eval" and not cfg.checkpoint:
         run = _converted_run(cfg.model_dir)
+        keys += ("ft_proj_selector",)  # evaluating its own supervised head
     if run is None:
         return cfg
     flags = model_dir_lib.read_flags(run) or {}
-    return cfg.replace(**{k: flags[k] for k in ARCHITECTURE_KEYS if k in flags})
+    return cfg.replace(**{k: flags[k] for k in keys if k in flags})
 
 
 def _run_config(info: OfficialInfo, checkpoint: str, model_dir: str, image_size: int,
@@ -98,8 +100,8 @@ def _official_record(info: OfficialInfo, seconds: float) -> dict[str, Any]:
 
 
 def convert(checkpoint: str, model_dir: str, *, image_size: int | None = None,
-            use_ema: bool = False, ft_proj_selector: int = 0, overwrite: bool = False,
-            export: bool = True) -> OfficialInfo:
+            use_ema: bool = False, ft_proj_selector: int | None = None,
+            overwrite: bool = False, export: bool = True) -> OfficialInfo:
     """Writes a simclr_tf run folder holding the official ``checkpoint``; returns what loaded.
 
     The folder is written next to ``model_dir`` and renamed into place when complete; an
@@ -164,7 +166,7 @@ def _replace(tmp: str, model_dir: str) -> None:
 
 
 def export_official(checkpoint: str, export_dir: str, *, image_size: int | None = None,
-                    use_ema: bool = False, ft_proj_selector: int = 0,
+                    use_ema: bool = False, ft_proj_selector: int | None = None,
                     overwrite: bool = False) -> str:
     """Writes the serving + TF Hub SavedModel of an official checkpoint to ``export_dir``."""
     from simclr_tf import export as export_lib

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from simclr_tf.config import Config
 from simclr_tf.official import layout
-from simclr_tf.official.reader import OfficialCheckpointError, Source, read_source
+from simclr_tf.official.reader import (
+    TF2_SAVED_MODEL,
+    OfficialCheckpointError,
+    Source,
+    read_source,
+)
 
 # Shapes are independent of the image size; a small one keeps the build cheap.
 _BUILD_SIZE = 32
@@ -32,6 +39,7 @@ class OfficialInfo:
     ignored: dict[str, int]  # what was deliberately not read (optimizer slots, EMA, ...)
     use_ema: bool
     num_variables: int
+    selector_measured: bool = False  # ft_proj_selector read off the SavedModel's own logits
 
     def describe(self) -> str:
         a = self.arch
@@ -48,8 +56,9 @@ class OfficialInfo:
                else "no supervised head")
         if self.head.num_classes and self.head.proj_layers:
             # Not recorded in any checkpoint format: say which one is assumed.
-            sup += (f" on projection layer {self.config.ft_proj_selector} (ft_proj_selector; "
-                    "SimCLRv2 fine-tuned models use 1)")
+            how = ("measured on the SavedModel" if self.selector_measured
+                   else "SimCLRv2 fine-tuned models use 1")
+            sup += f" on projection layer {self.config.ft_proj_selector} (ft_proj_selector; {how})"
         text = (f"{self.format} {self.path}: {', '.join(parts)}; {head}; {sup}; "
                 f"{self.num_variables} variables loaded"
                 f"{' (EMA weights)' if self.use_ema else ''}")
@@ -178,29 +187,75 @@ def _not_found(head: layout.Head) -> list[str]:
     return missing
 
 
-def load_official(path: str, use_ema: bool = False, ft_proj_selector: int = 0,
+_MEASURED: dict[str, int | None] = {}  # SavedModel prefix -> measured selector (loads are slow)
+
+
+def measured_selector(source: Source, model: keras.Model) -> int | None:
+    """Which projection layer a reference SavedModel's ``logits_sup`` reads, by running it.
+
+    No checkpoint format records ``ft_proj_selector``, but a SavedModel carries its computation:
+    its logits on two images are compared with ours from each layer (``model`` already holds
+    the weights). None when it cannot tell (no heads, or the SavedModel does not run here).
+    """
+    if source.format != TF2_SAVED_MODEL or getattr(model, "supervised_head", None) is None:
+        return None
+    if source.prefix not in _MEASURED:
+        _MEASURED[source.prefix] = _measure(source, model)
+    return _MEASURED[source.prefix]
+
+
+def _measure(source: Source, model: keras.Model) -> int | None:
+    folder = os.path.dirname(os.path.dirname(source.prefix))
+    size = 32 if model.encoder.cifar_stem else 64
+    images = tf.random.stateless_uniform([2, size, size, 3], seed=[0, 1])
+    try:
+        want = np.asarray(tf.saved_model.load(folder)(images, trainable=False)["logits_sup"])
+    except Exception as e:  # noqa: BLE001 - a convenience: fall back to the given selector
+        logging.warning("Could not run %s to find ft_proj_selector: %s", folder, e)
+        return None
+    hiddens = model.projection_head(model.encoder(images, training=False), training=False)
+    in_dim = int(model.supervised_head.dense.kernel.shape[0])
+    for k, hidden in enumerate(hiddens):
+        if int(hidden.shape[-1]) != in_dim:
+            continue
+        got = model.supervised_head(hidden).numpy()
+        if np.abs(got - want).max() <= 1e-3 * max(float(np.abs(want).max()), 1e-12):
+            return k
+    return None
+
+
+def load_official(path: str, use_ema: bool = False, ft_proj_selector: int | None = None,
                   base: Config | None = None) -> tuple[keras.Model, OfficialInfo]:
     """A simclr_tf SimCLR model holding an official checkpoint's weights, and what was loaded.
 
     ``path``: a TF2 checkpoint (prefix or folder), a TF2 SavedModel folder, or a TF1 checkpoint
     (prefix or folder). The architecture comes from the checkpoint. ``use_ema``: TF1 SimCLRv2
     checkpoints' ``ema_model/`` weights. ``ft_proj_selector``: which projection layer feeds the
-    supervised head (the checkpoint cannot tell; SimCLRv2 fine-tuned from layer 1 of the head).
-    ``base``: other flags of the returned ``info.config`` (the architecture ones are replaced).
+    supervised head; None: measured for a SavedModel, else 0 (TF1/TF2 checkpoints cannot tell;
+    SimCLRv2 fine-tuned from layer 1 of the head). ``base``: other flags of the returned
+    ``info.config`` (the architecture ones are replaced).
     """
     source, arch, head, layer_slots = inspect(path, use_ema)
-    cfg = arch_config(arch, head, base, ft_proj_selector)
-    cfg = cfg.replace(lineareval_while_pretraining=bool(head.num_classes),
-                      train_mode="pretrain")
-    if not 0 <= ft_proj_selector <= max(head.proj_layers, 0):
+    selector = 0 if ft_proj_selector is None else int(ft_proj_selector)
+    if not 0 <= selector <= max(head.proj_layers, 0):
         raise OfficialCheckpointError(
-            f"ft_proj_selector={ft_proj_selector} but the checkpoint's projection head has "
+            f"ft_proj_selector={selector} but the checkpoint's projection head has "
             f"{head.proj_layers} layers: use 0..{head.proj_layers}."
         )
+    cfg = arch_config(arch, head, base, selector)
+    cfg = cfg.replace(lineareval_while_pretraining=bool(head.num_classes),
+                      train_mode="pretrain")
     model = build_model(cfg, head.num_classes)
     count = assign(model, source, layer_slots)
+    measured = None
+    if ft_proj_selector is None and head.proj_layers and head.num_classes:
+        measured = measured_selector(source, model)
+        if measured is not None and measured != selector:
+            model.ft_proj_selector = measured
+            cfg = cfg.replace(ft_proj_selector=measured)
     info = OfficialInfo(source.format, path, source.prefix, source.global_step, arch, head, cfg,
-                        _not_found(head), source.ignored, source.use_ema, count)
+                        _not_found(head), source.ignored, source.use_ema, count,
+                        selector_measured=measured is not None)
     return model, info
 
 
@@ -224,9 +279,19 @@ def restore_into(model: keras.Model, path: str, parts: tuple[str, ...], use_ema:
                 "linear-evaluate it on this one first."
             )
     count = assign(model, source, chosen, parts)
-    cfg = arch_config(arch, head, ft_proj_selector=int(getattr(model, "ft_proj_selector", 0)))
+    selector = int(getattr(model, "ft_proj_selector", 0))
+    measured = None
+    if "supervised_head" in parts and head.proj_layers and head.num_classes:
+        measured = measured_selector(source, model)
+        if measured is not None and measured != selector:
+            raise OfficialCheckpointError(
+                f"{path}: its supervised head reads projection layer {measured}, this model "
+                f"layer {selector}: pass --ft_proj_selector={measured}."
+            )
+    cfg = arch_config(arch, head, ft_proj_selector=selector)
     return OfficialInfo(source.format, path, source.prefix, source.global_step, arch, head, cfg,
-                        _not_found(head), source.ignored, source.use_ema, count)
+                        _not_found(head), source.ignored, source.use_ema, count,
+                        selector_measured=measured is not None)
 
 
 def reference_endpoints(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
