@@ -221,6 +221,7 @@ def converted(tmp_path_factory) -> pathlib.Path:
     return run_dir
 
 
+@pytest.mark.slow  # shares the converted folder (conversion + export)
 def test_convert_writes_a_run_folder(converted):
     flags = json.loads((converted / "flags.json").read_text())
     assert (flags["resnet_depth"], flags["width_multiplier"], flags["cifar_stem"]) == (
@@ -240,6 +241,7 @@ def test_convert_writes_a_run_folder(converted):
     assert max(diffs.values()) < TOLERANCE, diffs
 
 
+@pytest.mark.slow  # shares the converted folder (conversion + export)
 def test_convert_refuses_to_overwrite(converted):
     before = {p: p.stat().st_mtime_ns for p in converted.rglob("*")}
     with pytest.raises(OfficialCheckpointError, match="pass --overwrite"):
@@ -247,6 +249,7 @@ def test_convert_refuses_to_overwrite(converted):
     assert {p: p.stat().st_mtime_ns for p in converted.rglob("*")} == before
 
 
+@pytest.mark.slow  # shares the converted folder (conversion + export)
 def test_converted_tf_hub_export_matches_reference(converted):
     import tensorflow_hub as hub
 
