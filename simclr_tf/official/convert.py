@@ -170,12 +170,13 @@ def export_official(checkpoint: str, export_dir: str, *, image_size: int | None 
                     overwrite: bool = False) -> str:
     """Writes the serving + TF Hub SavedModel of an official checkpoint to ``export_dir``."""
     from simclr_tf import export as export_lib
+    from simclr_tf.model_card import model_card
 
     model, info = load_official(checkpoint, use_ema=use_ema, ft_proj_selector=ft_proj_selector)
     size = int(image_size or default_image_size(info.arch.cifar_stem))
     cfg = _run_config(info, checkpoint, os.path.dirname(export_dir), size, use_ema)
     step = int(info.global_step or 0)
-    card = export_lib.model_card(model, cfg, step=step, result=None, class_names=None)
+    card = model_card(model, cfg, step=step, result=None, class_names=None)
     return export_lib.export_saved_model(model, export_dir, image_size=size, card=card,
                                          overwrite=overwrite)
 

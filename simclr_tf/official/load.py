@@ -155,18 +155,10 @@ def assign(model: keras.Model, source: Source, layer_slots: list[layout.Slot],
 
 
 def build_model(cfg: Config, num_classes: int, image_size: int = _BUILD_SIZE) -> keras.Model:
-    """The simclr_tf SimCLR model of ``cfg`` (float32), with every variable created."""
-    from simclr_tf import train  # the training stack, only to share its model factory
+    """The simclr_tf SimCLR model of ``cfg`` (float32, every layer trainable), built."""
+    from simclr_tf.models.build import build_serving_model
 
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32")
-    try:
-        model = train.build_model(cfg.replace(augment_on="host", micro_batch_size=0),
-                                  num_classes)
-        model(tf.zeros([1, image_size, image_size, 3]), training=False)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
-    return model
+    return build_serving_model(cfg.replace(image_size=image_size), num_classes)
 
 
 def inspect(path: str, use_ema: bool = False) -> tuple[Source, layout.Arch, layout.Head,
