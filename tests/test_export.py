@@ -431,3 +431,23 @@ def test_distributed_mixed_precision_linear_eval_model_exports_float32_trainable
     assert len(loaded.trainable_variables) == len(reference.weights) - len(
         [w for w in reference.weights if "moving_" in w.path]
     )
+
+
+def test_hub_call_with_training_true_uses_batch_statistics(exported):
+    """The Reusable SavedModel's ``training=True`` path is the model's training forward pass
+    (batch statistics in every BN), not the inference one."""
+    model, _, _, path = exported
+    weights = model.get_weights()  # the training pass moves BN averages: put them back after
+    images = random_images(6, seed=12)
+    images[:3] *= 0.5  # batch statistics differ from the stored averages
+    try:
+        want = model(images, training=True)
+    finally:
+        model.set_weights(weights)
+    loaded = tf.saved_model.load(path)
+    got = loaded(tf.constant(images), training=True)
+    inference = loaded(tf.constant(images), training=False)
+    for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
+        close(got[key], want[key], err_msg=key)
+        assert np.abs(got[key].numpy() - inference[key].numpy()).max() > 1e-3, key
+    close(got["default"], want["final_avg_pool"])
