@@ -160,7 +160,8 @@ def test_mirrored_global_bn_steps_equal_single_device(single_device_run):
     moved, _ = _max_diff(expected, initial)
     assert moved > 1e-2, "the steps must move the weights far more than the tolerance"
     diff, name = _max_diff(got, expected)
-    assert diff < 2e-5, f"2 replicas differ from 1 device by {diff:.3g} at {name}"
+    # Measured: 6.1e-6 (README, Distribution); float32 reduction order is the only difference.
+    assert diff < 1e-5, f"2 replicas differ from 1 device by {diff:.3g} at {name}"
     # Both replicas hold the same copy of every variable.
     for v in model.weights:
         copies = [np.array(c) for c in v.value.values] if hasattr(v.value, "values") else []
