@@ -8,10 +8,7 @@ evaluation must count every example once with the same accuracy.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 import types
 
 import keras
@@ -259,25 +256,19 @@ def test_write_location_only_chief_writes_to_model_dir(tmp_path):
 
 
 def test_cli_mirrored_on_split_cpu_logs_replicas_and_refuses_uneven_batch(tmp_path,
-                                                                          write_png_folder):
+                                                                          write_png_folder,
+                                                                          run_cli):
     """run.py --strategy=mirrored --num_cpu_devices=2: 2 replicas, and 7 images do not split."""
     write_png_folder(tmp_path / "data", NUM_CLASSES, {"train": 1, "test": 1}, IMAGE)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "--strategy=mirrored",
-            "--num_cpu_devices=2",
-            "--dataset=image_folder",
-            f"--data_dir={tmp_path / 'data'}",
-            f"--model_dir={tmp_path / 'run'}",
-            "--train_batch_size=7",
-            "--train_steps=1",
-        ],
-        cwd=REPO,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "--strategy=mirrored",
+        "--num_cpu_devices=2",
+        "--dataset=image_folder",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--train_batch_size=7",
+        "--train_steps=1",
+        expect=None,
         timeout=120,
     )
     assert done.returncode == 2, done.stderr[-3000:]

@@ -10,8 +10,6 @@ import io
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -351,7 +349,7 @@ def test_load_export_input_errors_name_the_fix(exported):
         loaded.module.signatures["serving_images"](images=tf.constant(images * 255))
 
 
-def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
+def test_export_from_model_dir_rebuilds_from_flags(tmp_path, run_cli):
     # An image folder with the three classes, so the class names come from the dataset.
     data = tmp_path / "data"
     for split in ("train", "test"):
@@ -385,11 +383,9 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
         export.export_from_model_dir(str(tmp_path / "data"))
 
     # The command-line tool writes the same export elsewhere.
-    tool = [sys.executable, str(REPO / "tools" / "export.py"), f"--model_dir={run_dir}"]
     other = tmp_path / "other"
-    done = subprocess.run(
-        [*tool, f"--export_dir={other}"], capture_output=True, text=True, timeout=120
-    )
+    done = run_cli(f"--model_dir={run_dir}", f"--export_dir={other}", script="tools/export.py",
+                   expect=None, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(other)
     out = export.load_export(str(other)).serve_images(images)
