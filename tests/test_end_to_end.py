@@ -117,10 +117,11 @@ def test_pretraining_writes_the_model_dir_contract(pretrained):
 
 def _model_of_run(model_dir: pathlib.Path):
     """The run's config and model, built in this process from flags.json and its checkpoint."""
-    from simclr_tf import checkpoints, config, train
+    from simclr_tf import checkpoints, train
+    from simclr_tf import model_dir as model_dir_lib
     from simclr_tf.data import sources
 
-    cfg = config.Config(**json.loads((model_dir / "flags.json").read_text()))
+    cfg = model_dir_lib.config_from_flags(json.loads((model_dir / "flags.json").read_text()))
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
     model = train.build_for_run(cfg, tf.distribute.get_strategy(), info, schedule)
@@ -245,11 +246,12 @@ def test_user_errors_are_one_line_with_the_fix(generated_folder, tmp_path, args,
     assert "Traceback" not in proc.stderr
 
 
-def test_model_dir_naming_a_file_is_one_line_and_keeps_the_file(tiny_folder, tmp_path):
+def test_model_dir_naming_a_file_is_one_line_and_keeps_the_file(generated_folder, tmp_path,
+                                                                run_cli):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    proc = run(f"--data_dir={tiny_folder}", f"--model_dir={notes}", "--train_steps=1", *COMMON,
-               expect=2)
+    proc = run_cli(f"--data_dir={generated_folder}", f"--model_dir={notes}", "--train_steps=1",
+                   *COMMON, expect=2)
     assert "is a file, not a folder" in proc.stderr and str(notes) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert notes.read_text() == "my notes"

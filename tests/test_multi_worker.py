@@ -178,10 +178,11 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
 
     # In-process reference: the chief's checkpoint restored here on one device, every test image
     # classified by a NumPy argmax over its logits.
-    from simclr_tf import checkpoints, config, evaluate, train
+    from simclr_tf import checkpoints, evaluate, train
+    from simclr_tf import model_dir as model_dir_lib
     from simclr_tf.data import sources
 
-    cfg = config.Config(**json.loads((model_dir / "flags.json").read_text()))
+    cfg = model_dir_lib.config_from_flags(json.loads((model_dir / "flags.json").read_text()))
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
     model = train.build_for_run(cfg, tf.distribute.get_strategy(), info, schedule)
