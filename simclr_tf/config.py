@@ -105,7 +105,9 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
     if "train_mode" in fv:
         return
     for field in dataclasses.fields(Config):
-        kind = str(field.type).replace(" | None", "")
+        kind = str(field.type).replace(" | None", "")  # annotations are strings (__future__)
+        if kind not in _FLAG_DEFINERS:
+            raise TypeError(f"Config.{field.name}: type {field.type!r} has no absl flag kind.")
         help_text, choices = field.metadata["help"], field.metadata["choices"]
         if choices is not None:
             flags.DEFINE_enum(field.name, field.default, choices, help_text, flag_values=fv)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf.data import sources
+from simclr_tf.data import image_folder
 from simclr_tf.data.sources import DataError, dataset_info, load_split
 
 # ------------------------------------------------------------------------------- helpers
@@ -128,7 +128,7 @@ def test_fixed_size_folder_has_static_shape(tmp_path):
 def test_odd_size_image_named(tmp_path, monkeypatch):
     _constant_folder(tmp_path, {"a": 3}, side=4)
     _save(tmp_path / "train/a/002.png", np.zeros((4, 6, 3), np.uint8))  # differs, not sampled
-    monkeypatch.setattr(sources, "_SHAPE_SAMPLE", 1)
+    monkeypatch.setattr(image_folder, "_SHAPE_SAMPLE", 1)
     ds, info = load_split("image_folder", "train", str(tmp_path))
     assert info.image_shape == (4, 4, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"002\.png.*another size"):
@@ -258,9 +258,9 @@ def test_header_size_reader(tmp_path):
     arr = np.zeros((13, 21, 3), np.uint8)
     for name, kwargs in [("a.png", {}), ("b.jpg", {}), ("c.jpg", {"progressive": True})]:
         Image.fromarray(arr).save(tmp_path / name, **kwargs)
-        assert sources._read_header_size(str(tmp_path / name)) == (13, 21)
+        assert image_folder._read_header_size(str(tmp_path / name)) == (13, 21)
     (tmp_path / "d.jpg").write_bytes(b"\xff\xd8\xff")
-    assert sources._read_header_size(str(tmp_path / "d.jpg")) is None
+    assert image_folder._read_header_size(str(tmp_path / "d.jpg")) is None
 
 
 # ------------------------------------------------------------------------------- TFDS
@@ -387,3 +387,19 @@ def test_cifar10_folder_small_fraction(cifar10_dir):
     first = sorted((cifar10_dir / "train" / "airplane").iterdir())[0]
     ref = np.asarray(Image.open(first).convert("RGB"), np.int32)
     assert label == 0 and np.abs(img.astype(np.int32) - ref).mean() < 1.0
+
+
+def test_file_list_is_data_not_a_graph_constant(monkeypatch):
+    # 20,000 paths (~900 KB of strings): the serialized dataset graph must not hold a copy.
+    paths = [f"n{i % 100:08d}/n{i % 100:08d}_{i:06d}.JPEG" for i in range(20_000)]
+    labels = [i % 100 for i in range(len(paths))]
+    ds = image_folder._decode_files("/nowhere/train", paths, labels, (8, 8, 3))
+    policy = tf.data.experimental.ExternalStatePolicy.WARN
+    graph_bytes = len(ds._as_serialized_graph(external_state_policy=policy).numpy())
+    assert graph_bytes < 100_000 < sum(len(p) for p in paths)
+    # The list arrives whole and in order across chunk boundaries.
+    monkeypatch.setattr(image_folder, "_LIST_CHUNK", 3)
+    items = list(image_folder._file_list(paths[:7], labels[:7]).as_numpy_iterator())
+    assert [(p.decode(), int(y), int(i)) for p, y, i in items] == [
+        (paths[k], labels[k], k) for k in range(7)
+    ]
