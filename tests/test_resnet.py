@@ -526,7 +526,7 @@ def _np_block(block, x: np.ndarray) -> np.ndarray:
 )
 def test_residual_block_with_random_weights_matches_numpy(kind, strides, in_channels, sk_ratio,
                                                           se_ratio):
-    from simclr_tf.models.resnet import BasicBlock, BottleneckBlock
+    from simclr_tf.models.blocks import BasicBlock, BottleneckBlock
 
     keras.utils.set_random_seed(20)
     cls = BasicBlock if kind == "basic" else BottleneckBlock
