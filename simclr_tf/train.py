@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, evaluate, model_dir, optim
+from simclr_tf import checkpoints, evaluate, model_dir, optim, plots
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import pipeline, sources
@@ -93,6 +93,8 @@ def train_dataset(
                 color_jitter_strength=cfg.color_jitter_strength,
                 use_blur=cfg.use_blur,
                 augment_on=cfg.augment_on,
+                augmentations=cfg.augmentations,
+                augment_views=cfg.augment_views,
                 **common,
             )
         return pipeline.finetune_dataset(ds, **common)
@@ -200,4 +202,5 @@ def train(
             verbose=cfg.verbose,
             shuffle=False,  # the input pipeline shuffles (seeded)
         )
+    plots.write_curves_safely(write_dir)  # model_dir/curves.png, when matplotlib is installed
     return model
