@@ -73,6 +73,9 @@ def all_finite(variables) -> bool:
 class CheckpointSaver(keras.callbacks.Callback):
     """Saves every ``every_steps`` optimizer steps and at the end of training.
 
+    With several steps per execution it sees the step only between executions: train.py picks
+    a ``steps_per_execution`` that divides ``every_steps``, so saves land on the same steps.
+
     A checkpoint is only written when every weight is finite: a step whose loss was finite can
     still overflow the weights (e.g. a huge learning rate), and such a checkpoint must never
     replace the last good one.
@@ -83,6 +86,7 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.checkpointer = checkpointer
         self.every_steps = max(1, every_steps)
         self.last_saved = -1
+        self._interval = 0
 
     def _save(self) -> None:
         step = _step(self.model)
@@ -96,8 +100,15 @@ class CheckpointSaver(keras.callbacks.Callback):
             self.checkpointer.save(step)
             self.last_saved = step
 
+    def on_train_begin(self, logs=None):
+        self._interval = _step(self.model) // self.every_steps
+
     def on_train_batch_end(self, batch, logs=None):
-        if _step(self.model) % self.every_steps == 0:
+        # Called once per execution (``steps_per_execution`` steps): save when an interval
+        # boundary was reached or crossed, not only when it is hit exactly.
+        interval = _step(self.model) // self.every_steps
+        if interval > self._interval:
+            self._interval = interval
             self._save()
 
     def on_train_end(self, logs=None):

@@ -55,13 +55,17 @@ def pick_strategy(cfg: config.Config):
     """The tf.distribute strategy; first, because splitting the CPU must precede TF's start."""
     from simclr_tf import distribute
 
-    return distribute.make_strategy(
+    if cfg.jit_compile:
+        distribute.allow_cpu_xla_clusters()  # before TF optimises its first graph
+    strategy = distribute.make_strategy(
         cfg.strategy_name,
         tpu_name=cfg.tpu_name,
         tpu_zone=cfg.tpu_zone,
         gcp_project=cfg.gcp_project,
         num_cpu_devices=cfg.num_cpu_devices,
     )
+    distribute.check_precision(strategy, cfg.mixed_precision)
+    return strategy
 
 
 def read_dataset(cfg: config.Config, strategy):
@@ -91,6 +95,10 @@ def read_dataset(cfg: config.Config, strategy):
             f"The per-replica batch of --train_batch_size={cfg.train_batch_size} over {replicas} "
             "replicas",
         )
+    if cfg.evaluates or cfg.knn_every_epochs:  # checked before training, not after it
+        from simclr_tf import distribute
+
+        distribute.check_eval_batch(cfg.eval_batch_size, strategy.num_replicas_in_sync)
     return cfg, info
 
 

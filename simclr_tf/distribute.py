@@ -1,8 +1,11 @@
 """Choosing a tf.distribute strategy, who writes files, and what a multi-worker step returns.
 
-``auto`` never breaks a GPU or CPU user (the reference code defaults to a TPU): a TPU only when
-one is named (``--tpu_name`` or ``TPU_NAME``), MirroredStrategy with more than one GPU or with
-``--num_cpu_devices > 1``, otherwise the default strategy.
+``auto`` never breaks a GPU or CPU user (the reference code defaults to a TPU): a TPU when one is
+named (``--tpu_name`` or ``TPU_NAME``) or when this machine is a TPU VM (:func:`tpu_vm_evidence`),
+MirroredStrategy with more than one GPU or with ``--num_cpu_devices > 1``, otherwise the default
+strategy. On a TPU VM ``auto`` either gets the TPU or stops with a message: it never trains on
+the VM's host CPU. ``local`` (``--tpu_name=local`` or ``TPU_NAME=local``, the default on a TPU VM)
+is the TPU attached to this VM.
 
 What works with MultiWorkerMirroredStrategy and Keras 3.15 ``fit`` (pinned by
 tests/test_multi_worker.py), and how this package does it:
@@ -23,11 +26,12 @@ tests/test_multi_worker.py), and how this package does it:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import keras
 import tensorflow as tf
@@ -59,10 +63,79 @@ def split_cpu(num_devices: int) -> None:
         ) from e
 
 
+# Device files of a TPU VM: /dev/accel* (TPU v2-v4), /dev/vfio/<n> (v5e, v5p, v6e; only with
+# the TPU runtime's environment variables, since vfio also serves other PCI pass-through).
+_TPU_DEVICE_FILES = "/dev/accel*"
+_VFIO_DEVICE_FILES = "/dev/vfio/[0-9]*"
+_TPU_ENV_VARS = (
+    "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES", "TPU_CHIPS_PER_HOST_BOUNDS"
+)
+
+
+def tpu_vm_evidence(
+    environ: Mapping[str, str] | None = None,
+    list_files: Callable[[str], list[str]] | None = None,
+) -> str | None:
+    """What shows that this machine is a TPU VM (for the log and errors), or None."""
+    environ = os.environ if environ is None else environ
+    list_files = list_files or glob.glob
+    accel = sorted(list_files(_TPU_DEVICE_FILES))
+    if accel:
+        return f"TPU device files {', '.join(accel[:2])}"
+    tpu_env = [k for k in _TPU_ENV_VARS if environ.get(k)]
+    vfio = sorted(list_files(_VFIO_DEVICE_FILES))
+    if vfio and tpu_env:
+        return f"{vfio[0]} and ${tpu_env[0]}"
+    if environ.get("TPU_ACCELERATOR_TYPE"):
+        return f"$TPU_ACCELERATOR_TYPE={environ['TPU_ACCELERATOR_TYPE']}"
+    return None
+
+
+def tpu_target(tpu_name: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The TPU to resolve: ``--tpu_name``, else ``$TPU_NAME``, else ``local`` on a TPU VM."""
+    environ = os.environ if environ is None else environ
+    if tpu_name:
+        return tpu_name
+    if environ.get("TPU_NAME"):
+        return environ["TPU_NAME"]
+    return "local" if tpu_vm_evidence(environ) else None
+
+
 def _resolve_tpu(tpu_name: str | None, tpu_zone: str | None, project: str | None):
+    """The cluster resolver of ``tpu_name``; ``local`` is the TPU of this VM (no cloud API).
+
+    The name is always passed explicitly: with an empty name TF reads ``$TPU_NAME`` itself but
+    sends ``local`` to the cloud API, which fails on a TPU VM.
+    """
+    if tpu_name == "local":
+        return tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
     return tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=tpu_name or "", zone=tpu_zone, project=project
     )
+
+
+def _connect_tpu(tpu_name: str | None, tpu_zone: str | None, project: str | None):
+    """Resolves, connects and initialises the TPU; StrategyError naming the fix otherwise."""
+    evidence = tpu_vm_evidence()
+    where = f" This machine looks like a TPU VM ({evidence}): pass --tpu_name=local." if (
+        evidence and tpu_name != "local") else ""
+    try:
+        resolver = _resolve_tpu(tpu_name, tpu_zone, project)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError, RuntimeError) as e:
+        raise StrategyError(
+            f"No TPU could be resolved from --tpu_name={tpu_name or ''} ({e}).{where} Otherwise "
+            "pass --tpu_name (and --tpu_zone, --gcp_project) of a Cloud TPU, or use "
+            "--strategy=mirrored/default on GPUs and CPUs."
+        ) from e
+    if not tf.config.list_logical_devices("TPU"):
+        raise StrategyError(
+            f"The TPU {tpu_name!r} resolved but TensorFlow sees no TPU device: install the TPU "
+            "build of TensorFlow (tensorflow[and-cuda] has no TPU support) or check that no "
+            "other process holds the TPU."
+        )
+    return resolver
 
 
 def check_tf_config(environ: Mapping[str, str] | None = None) -> dict:
@@ -117,15 +190,7 @@ def make_strategy(
     if name == "auto":
         name = _auto_strategy_name(tpu_name, num_cpu_devices)
     if name == "tpu":
-        try:
-            resolver = _resolve_tpu(tpu_name, tpu_zone, gcp_project)
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.OpError, RuntimeError) as e:
-            raise StrategyError(
-                f"No TPU could be resolved ({e}). Pass --tpu_name (and --tpu_zone, "
-                "--gcp_project), or use --strategy=auto/mirrored/default on GPUs and CPUs."
-            ) from e
+        resolver = _connect_tpu(tpu_target(tpu_name), tpu_zone, gcp_project)
         strategy: tf.distribute.Strategy = tf.distribute.TPUStrategy(resolver)
     elif name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
@@ -168,12 +233,64 @@ def describe(strategy: tf.distribute.Strategy, requested: str = "") -> str:
 
 
 def _auto_strategy_name(tpu_name: str | None, num_cpu_devices: int = 1) -> str:
-    if tpu_name or os.environ.get("TPU_NAME"):
+    if tpu_target(tpu_name):  # named, or this is a TPU VM: never the VM's host CPU
         return "tpu"
     gpus = len(tf.config.list_physical_devices("GPU"))
     if gpus > 1 or (gpus == 0 and num_cpu_devices > 1):
         return "mirrored"
     return "default"
+
+
+def is_tpu(strategy: tf.distribute.Strategy) -> bool:
+    """True under TPUStrategy (whole-step XLA compilation, bfloat16, no float64)."""
+    # By class name: TPUStrategy, TPUStrategyV2 and the experimental one share no public base.
+    return any(c.__name__.startswith("TPUStrategy") for c in type(strategy).__mro__)
+
+
+def check_precision(strategy: tf.distribute.Strategy, mixed_precision: str) -> None:
+    """float16 on a TPU is refused: TPUs compute in bfloat16 and need no loss scaling."""
+    if mixed_precision == "float16" and is_tpu(strategy):
+        raise StrategyError(
+            "--mixed_precision=float16 is for GPUs; TPUs compute in bfloat16: use "
+            "--mixed_precision=bfloat16."
+        )
+
+
+def allow_cpu_xla_clusters(environ: dict | None = None) -> None:
+    """Lets XLA auto-clustering compile on CPU devices too (the multi-replica CPU proxy).
+
+    TensorFlow auto-clusters only GPU ops unless ``--tf_xla_cpu_global_jit`` is in
+    ``TF_XLA_FLAGS``, which is read once, the first time a graph is optimised: call this
+    before anything runs a tf.function (cli.py does, for --jit_compile).
+    """
+    environ = os.environ if environ is None else environ
+    flags = environ.get("TF_XLA_FLAGS", "")
+    if "--tf_xla_cpu_global_jit" not in flags:
+        environ["TF_XLA_FLAGS"] = (flags + " --tf_xla_cpu_global_jit").strip()
+
+
+def keras_jit_compile(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
+    """The ``jit_compile`` to give Keras for ``--jit_compile`` under ``strategy``.
+
+    * one replica: Keras compiles the whole step with XLA;
+    * TPUStrategy: False, the TPU compiles the whole step anyway;
+    * several GPU/CPU replicas: Keras would put *one* XLA cluster around ``strategy.run``,
+      spanning every device ("Trying to access resource ... located in device CPU:1 from device
+      CPU:0"). Instead TF's XLA auto-clustering compiles the step per device, never across
+      devices, and leaves the cross-replica collectives between the clusters. Returns False.
+    """
+    if not jit_compile:
+        return False
+    if is_tpu(strategy):
+        return False
+    if strategy.num_replicas_in_sync > 1:
+        tf.config.optimizer.set_jit("autoclustering")
+        logging.info(
+            "--jit_compile with %d replicas: XLA auto-clustering, compiled per device.",
+            strategy.num_replicas_in_sync,
+        )
+        return False
+    return True
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
@@ -207,6 +324,46 @@ def step_outputs(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     if not is_multi_worker():
         return values
     return {k: tf.reshape(v, [1]) for k, v in values.items()}
+
+
+def check_eval_batch(global_batch: int, num_replicas: int, flag: str = "--eval_batch_size") -> None:
+    """StrategyError naming two valid sizes when ``global_batch`` does not split over replicas.
+
+    Evaluation batches are padded to exactly ``global_batch`` (:func:`pad_batches`), so every
+    replica gets ``global_batch / num_replicas`` rows: the size must divide evenly.
+    """
+    if global_batch < 1 or global_batch % num_replicas:
+        lower = max(num_replicas, global_batch // num_replicas * num_replicas)
+        upper = (global_batch // num_replicas + 1) * num_replicas
+        raise StrategyError(
+            f"{flag}={global_batch} is not divisible by the {num_replicas} replicas: use a "
+            f"multiple of {num_replicas}, e.g. {flag}={lower} or {upper}."
+        )
+
+
+def pad_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """``(x, y[, mask])`` batches padded to exactly ``batch_size`` rows, plus a 0/1 mask.
+
+    Why: the last batch of an evaluation split is usually partial. A partial batch has a dynamic
+    shape (one more XLA compilation, refused by TPUs), and when it is smaller than the replica
+    count some replicas get an empty batch (convolutions fail, means are NaN). Padding with
+    zeros to the full static batch and masking the padding out keeps shapes static and counts
+    every real example exactly once.
+    """
+
+    def pad(*element):
+        images, labels = element[0], element[1]
+        n = tf.shape(images)[0]
+        mask = element[2] if len(element) > 2 else tf.ones([n], tf.float32)
+        extra = batch_size - n
+
+        def grow(t: tf.Tensor) -> tf.Tensor:
+            padding = tf.concat([[[0, extra]], tf.zeros([t.shape.rank - 1, 2], tf.int32)], 0)
+            return tf.ensure_shape(tf.pad(t, padding), [batch_size, *t.shape[1:]])
+
+        return grow(images), grow(labels), grow(tf.cast(mask, tf.float32))
+
+    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def global_results(

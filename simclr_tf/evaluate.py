@@ -1,7 +1,8 @@
 """Evaluation: top-1/top-5 of the supervised head on ``--eval_split``, written to result.json.
 
-Every example of the split counts exactly once: the eval pipeline keeps the last partial batch
-and never repeats, and the accuracy counters are exact integers.
+Every example of the split counts exactly once: the eval pipeline keeps the last partial batch,
+pads it to the full static batch with a 0/1 mask (static shapes for TPUs, no empty replica
+batch), never repeats, and the accuracy counters are exact integers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from simclr_tf.models.simclr import SimCLRModel
 
 
 def eval_input(cfg: Config) -> tf.data.Dataset:
-    """The eval split, or with ``--eval_steps`` a class-balanced, seeded part of it."""
+    """The eval split, or with ``--eval_steps`` a class-balanced, seeded part of it.
+
+    Batches of ``(images, labels)``; the last one may be smaller (:func:`evaluate` and the kNN
+    monitor pad it to a static batch with a mask, :func:`distribute.pad_batches`).
+    """
     ds, _ = sources.load_split(
         cfg.dataset,
         cfg.eval_split,
@@ -54,7 +59,9 @@ def evaluate(
     write_dir: str | None,
 ) -> dict[str, Any]:
     """Evaluates ``model`` on the eval split; writes result files into ``write_dir``."""
-    model.evaluate(eval_input(cfg), verbose=2 if cfg.verbose else 0)
+    distribute.check_eval_batch(cfg.eval_batch_size, model.distribute_strategy.num_replicas_in_sync)
+    padded = distribute.pad_batches(eval_input(cfg), cfg.eval_batch_size)
+    model.evaluate(padded, verbose=2 if cfg.verbose else 0)
     # The trackers, read across replicas and workers: Keras's returned logs average the
     # per-replica values (half the examples on 2 replicas).
     metrics = distribute.global_results(model.distribute_strategy, model.eval_trackers())

@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 __all__ = [
+    "ExampleCount",
     "KNNMonitor",
     "TopKAccuracy",
     "extract_features",
@@ -127,9 +128,13 @@ class TopKAccuracy(keras.metrics.Metric):
         self.total.assign_add(tf.reduce_sum(tf.cast(counted, tf.int64)))
 
     def result(self) -> tf.Tensor:
-        """correct / total (0 before any update), in the metric's dtype."""
-        correct = tf.cast(tf.convert_to_tensor(self.correct), tf.float64)
-        total = tf.cast(tf.convert_to_tensor(self.total), tf.float64)
+        """correct / total (0 before any update), in the metric's dtype.
+
+        The division is in float32, never float64: ``result`` runs inside train steps (the live
+        probe), and TPUs have no float64. Relative error ~6e-8, far below one example in 10^6.
+        """
+        correct = tf.cast(tf.convert_to_tensor(self.correct), tf.float32)
+        total = tf.cast(tf.convert_to_tensor(self.total), tf.float32)
         return tf.cast(tf.math.divide_no_nan(correct, total), self.dtype)
 
     def reset_state(self) -> None:
@@ -139,6 +144,29 @@ class TopKAccuracy(keras.metrics.Metric):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "k": self.k}
+
+
+class ExampleCount(keras.metrics.Metric):
+    """Examples seen (the 0/1 ``sample_weight`` mask counts only real ones), an int64 counter.
+
+    Keras's ``Sum`` would need float64 to stay exact past 2**24 examples, and TPUs have no
+    float64; an integer counter is exact and runs everywhere.
+    """
+
+    def __init__(self, name: str = "num_examples", dtype: Any = None) -> None:
+        super().__init__(name=name, dtype=dtype)
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="count")
+
+    def update_state(self, mask: tf.Tensor) -> None:
+        """Adds the number of non-zero entries of ``mask`` (one entry per example)."""
+        mask = tf.convert_to_tensor(mask)
+        self.count.assign_add(tf.math.count_nonzero(mask, dtype=tf.int64))
+
+    def result(self) -> tf.Tensor:
+        return tf.convert_to_tensor(self.count)
+
+    def reset_state(self) -> None:
+        self.count.assign(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +312,13 @@ def _split_element(element: Any) -> tuple[Any, Any]:
     )
 
 
+def _mask_of(element: Any) -> tf.Tensor | None:
+    """The boolean row mask of a padded ``(images, labels, mask)`` batch, else None."""
+    if isinstance(element, tuple | list) and len(element) >= 3:
+        return tf.cast(element[2], tf.bool)
+    return None
+
+
 def _compile_encoder(
     encoder_fn: Callable[[tf.Tensor], tf.Tensor], image_spec: tf.TensorSpec
 ) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -339,6 +374,10 @@ def extract_features(
     features, labels, seen = [], [], 0
     for element in dataset:
         images, batch_labels = _split_element(element)
+        mask = _mask_of(element)
+        if mask is not None:  # padded batches (distribute.pad_batches): keep the real rows
+            images = tf.boolean_mask(images, mask)
+            batch_labels = tf.boolean_mask(batch_labels, mask)
         if max_examples is not None and seen + int(tf.shape(images)[0]) > max_examples:
             images = images[: max_examples - seen]
             batch_labels = batch_labels[: max_examples - seen]
@@ -378,8 +417,9 @@ class KNNMonitor(keras.callbacks.Callback):
     leaves the key out; set float("nan") when a CSVLogger follows and every_n_epochs > 1,
     because CSVLogger fixes its columns from the first epoch's logs.
 
-    Runs in cross-replica context under tf.distribute: the encoder is called plainly, which is
-    right for the default and mirrored strategies (not TPUStrategy, which needs strategy.run).
+    Under tf.distribute the encoder runs through the model's strategy (``strategy.run`` on a
+    distributed dataset, then ``strategy.gather``), as TPUStrategy requires; batches are padded
+    to a static, replica-divisible size with a mask, so every example counts once.
     """
 
     def __init__(
@@ -422,14 +462,14 @@ class KNNMonitor(keras.callbacks.Callback):
         self.fill_value = fill_value
         self.results: list[dict[str, float]] = []  # one entry per kNN pass
         self._writer: Any = None
-        self._encoders: dict[tuple[Any, ...], Callable[[tf.Tensor], tf.Tensor]] = {}
+        self._steps: dict[tuple[Any, ...], Callable[..., tuple[tf.Tensor, ...]]] = {}
 
     def set_model(self, model: keras.Model) -> None:
         super().set_model(model)
-        self._encoders = {}  # traces close over the old model's encoder
+        self._steps = {}  # traces close over the old model's encoder
 
-    def _encoder_for(self, dataset: tf.data.Dataset) -> Callable[[tf.Tensor], tf.Tensor]:
-        """One compiled encoder per image spec, reused across epochs (no retracing)."""
+    def _step_for(self, spec: tf.TensorSpec) -> Callable[..., tuple[tf.Tensor, ...]]:
+        """One compiled, replicated encoder step per batch spec, reused across epochs."""
         encoder = getattr(self.model, "encoder", None)
         if encoder is None:
             raise AttributeError(
@@ -437,23 +477,64 @@ class KNNMonitor(keras.callbacks.Callback):
                 f"representation h, before the projection head); {type(self.model).__name__} "
                 "has none."
             )
-        image_spec, _ = _split_element(dataset.element_spec)
-        key = (tuple(image_spec.shape[1:].as_list()), image_spec.dtype)
-        if key not in self._encoders:
-            self._encoders[key] = _compile_encoder(
-                lambda images: encoder(images, training=False), image_spec
-            )
-        return self._encoders[key]
+        key = (tuple(spec.shape.as_list()), spec.dtype)
+        if key not in self._steps:
+            strategy = self.model.distribute_strategy
+
+            def replica_step(images, labels, mask):
+                features = tf.cast(encoder(images, training=False), tf.float32)
+                return features, _sparse_batch_labels(labels), mask
+
+            @tf.function
+            def step(images, labels, mask):
+                per_replica = strategy.run(replica_step, args=(images, labels, mask))
+                return tuple(strategy.gather(t, axis=0) for t in per_replica)
+
+            self._steps[key] = step
+        return self._steps[key]
+
+    def _features(
+        self, dataset: tf.data.Dataset, max_examples: int | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """(features [N, D], labels [N]) of every real example, encoded on every replica."""
+        from simclr_tf import distribute  # metrics has no package dependencies at import
+
+        strategy = self.model.distribute_strategy
+        replicas = strategy.num_replicas_in_sync
+        first = next(iter(dataset), None)
+        if first is None:
+            raise ValueError("KNNMonitor: a dataset yielded no examples.")
+        images, _ = _split_element(first)
+        batch = -(-int(images.shape[0]) // replicas) * replicas  # rounded up to the replicas
+
+        def as_tuple(*element):
+            element = element[0] if len(element) == 1 else element
+            mask = _mask_of(element)
+            return _split_element(element) + (() if mask is None else (mask,))
+
+        padded = distribute.pad_batches(dataset.map(as_tuple), batch)
+        step = self._step_for(padded.element_spec[0])
+        features, labels, seen = [], [], 0
+        for images, batch_labels, mask in strategy.experimental_distribute_dataset(padded):
+            x, y, m = step(images, batch_labels, mask)
+            keep = tf.cast(m, tf.bool)
+            features.append(tf.boolean_mask(x, keep))
+            labels.append(tf.boolean_mask(y, keep))
+            seen += int(tf.shape(labels[-1])[0])
+            if max_examples is not None and seen >= max_examples:
+                break
+        features_all, labels_all = tf.concat(features, 0), tf.concat(labels, 0)
+        if max_examples is not None:
+            features_all, labels_all = features_all[:max_examples], labels_all[:max_examples]
+        return features_all, labels_all
 
     def evaluate(self) -> float:
         """One kNN pass with the current weights; returns top-1 accuracy in [0, 1]."""
-        bank_ds = self.bank_dataset_fn()
-        eval_ds = self.eval_dataset_fn()
-        bank_x, bank_y = extract_features(self._encoder_for(bank_ds), bank_ds, self.bank_size)
-        query_x, query_y = extract_features(self._encoder_for(eval_ds), eval_ds)
+        bank_x, bank_y = self._features(self.bank_dataset_fn(), self.bank_size)
+        query_x, query_y = self._features(self.eval_dataset_fn())
         scores = knn_predict(query_x, bank_x, bank_y, self.num_classes, self.k, self.temperature)
         hits = tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), query_y)
-        return float(tf.reduce_mean(tf.cast(hits, tf.float64)))
+        return float(np.mean(hits.numpy()))
 
     def _step(self, epoch: int) -> int:
         optimizer = getattr(self.model, "optimizer", None)

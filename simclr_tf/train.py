@@ -9,12 +9,13 @@ One function per piece so a newcomer can follow a run top to bottom: the model
 from __future__ import annotations
 
 import functools
+import math
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, evaluate, model_dir, optim
+from simclr_tf import checkpoints, distribute, evaluate, loss_scale, model_dir, optim, plots
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import pipeline, sources
@@ -35,7 +36,7 @@ def build_optimizer_for(cfg: Config, schedule: Schedule) -> keras.optimizers.Opt
     )
     opt = optim.build_optimizer(cfg.optimizer, lr, cfg.momentum, cfg.weight_decay)
     if cfg.mixed_precision == "float16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt = loss_scale.AgreedLossScaleOptimizer(opt)
     return opt
 
 
@@ -43,7 +44,8 @@ def compile_model(
     cfg: Config, model: SimCLRModel, optimizer: keras.optimizers.Optimizer | None
 ) -> None:
     """Compiles and creates every variable; the supervised head skips LARS adaptation."""
-    model.compile(optimizer=optimizer, jit_compile=cfg.jit_compile)
+    jit = distribute.keras_jit_compile(tf.distribute.get_strategy(), cfg.jit_compile)
+    model.compile(optimizer=optimizer, jit_compile=jit)
     model.build_all(cfg.image_size)
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if isinstance(inner, optim.LARS) and model.supervised_head is not None:
@@ -93,6 +95,8 @@ def train_dataset(
                 color_jitter_strength=cfg.color_jitter_strength,
                 use_blur=cfg.use_blur,
                 augment_on=cfg.augment_on,
+                augmentations=cfg.augmentations,
+                augment_views=cfg.augment_views,
                 **common,
             )
         return pipeline.finetune_dataset(ds, **common)
@@ -151,6 +155,34 @@ def build_for_run(
     return model
 
 
+# Auto steps_per_execution on a TPU: at most this many steps per host round trip.
+TPU_STEPS_PER_EXECUTION = 1000
+
+
+def steps_per_execution(
+    requested: int, tpu: bool, start_step: int, steps_per_epoch: int, checkpoint_steps: int,
+    total_steps: int,
+) -> int:
+    """Steps per device call that keep every step-counting event on an exact step.
+
+    Keras runs whole executions (it would overrun an epoch that is not a multiple), and the
+    callbacks see the step only between executions: so the count must divide the start step,
+    the epoch, the checkpoint interval and the total. The largest such divisor not above the
+    request (auto: 1 on CPU/GPU, where a step is long anyway; up to 1000 on a TPU, where a host
+    round trip per step would cost most of its speed).
+    """
+    limit = requested or (TPU_STEPS_PER_EXECUTION if tpu else 1)
+    common = math.gcd(start_step, steps_per_epoch, checkpoint_steps, total_steps)
+    return max(d for d in range(1, min(limit, common) + 1) if common % d == 0)
+
+
+def _set_steps_per_execution(model: SimCLRModel, steps: int) -> None:
+    """Keras builds its train function once per value: drop it when the value changes."""
+    if model.steps_per_execution != steps:
+        model.steps_per_execution = steps
+        model.train_function = None
+
+
 def train(
     cfg: Config,
     strategy: tf.distribute.Strategy,
@@ -188,6 +220,19 @@ def train(
         checkpointer, schedule.checkpoint_steps, schedule.total_steps, extra
     )
     dataset = train_dataset(cfg, strategy, step)
+    # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
+    spe = min(schedule.steps_per_epoch, schedule.total_steps)
+    per_call = steps_per_execution(
+        cfg.steps_per_execution, distribute.is_tpu(strategy), step, spe,
+        schedule.checkpoint_steps, schedule.total_steps,
+    )
+    if cfg.steps_per_execution and per_call != cfg.steps_per_execution:
+        logging.info(
+            "--steps_per_execution=%d lowered to %d, which divides the epoch (%d steps), the "
+            "checkpoint interval (%d) and the start step (%d).",
+            cfg.steps_per_execution, per_call, spe, schedule.checkpoint_steps, step,
+        )
+    _set_steps_per_execution(model, per_call)
     for span in checkpoints.fit_spans(step, schedule.steps_per_epoch, schedule.total_steps):
         if int(model.optimizer.iterations.numpy()) >= schedule.total_steps:
             break  # StopAtStep ended the run inside the previous span
@@ -200,4 +245,5 @@ def train(
             verbose=cfg.verbose,
             shuffle=False,  # the input pipeline shuffles (seeded)
         )
+    plots.write_curves_safely(write_dir)  # model_dir/curves.png, when matplotlib is installed
     return model

@@ -15,8 +15,6 @@ import json
 import math
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -201,18 +199,19 @@ def _tiny_folder(cifar10_dir, root, per_class: dict[str, int]):
 
 
 @pytest.mark.slow
-def test_run_py_with_device_augmentation_bfloat16_and_gradient_caching(cifar10_dir, tmp_path):
+def test_run_py_with_device_augmentation_bfloat16_and_gradient_caching(cifar10_dir, tmp_path,
+                                                                       run_cli):
     data = tmp_path / "data"
     _tiny_folder(cifar10_dir, data, {"train": 4, "test": 2})
     model_dir = tmp_path / "run"
     cmd = [
-        sys.executable, str(REPO / "run.py"), "--mode=train_then_eval", "--dataset=image_folder",
+        "--mode=train_then_eval", "--dataset=image_folder",
         f"--data_dir={data}", f"--model_dir={model_dir}", "--resnet_depth=18",
         "--width_multiplier=0.125", "--train_batch_size=16", "--train_steps=2",
         "--eval_batch_size=20", "--augment_on=device", "--mixed_precision=bfloat16",
         "--micro_batch_size=8", "--export_saved_model=false", "--verbose=0",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = run_cli(*cmd, expect=None, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     flags = json.loads((model_dir / "flags.json").read_text())
     assert flags["augment_on"] == "device" and flags["micro_batch_size"] == 8

@@ -262,3 +262,30 @@ def test_micro_batch_must_divide_the_per_replica_batch():
     model = _model("nobn", micro=4)
     with pytest.raises(ValueError, match="multiple of --micro_batch_size=4"):
         _fit_one_step(model, v1, v2, labels, 6)
+
+
+def _conv_count(model: SimCLRModel, n: int, xla: bool) -> tuple[int, bool]:
+    """Convolutions in the traced (or XLA-compiled) train step, and whether it has a loop."""
+    spec = ((tf.TensorSpec([n, SIZE, SIZE, 3]),) * 2, tf.TensorSpec([n], tf.int32))
+    if xla:
+        v1, v2, labels = _batch(n)
+        hlo = tf.function(model.train_step, jit_compile=True).experimental_get_compiler_ir(
+            ((v1, v2), labels)
+        )(stage="hlo")
+        return hlo.count(" convolution("), " while(" in hlo
+    graph_def = tf.function(model.train_step).get_concrete_function(spec).graph.as_graph_def()
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    return sum(node.op == "Conv2D" for node in nodes), any(
+        node.op in ("While", "StatelessWhile") for node in nodes
+    )
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_chunk_loop_is_kept_a_loop_so_memory_is_bounded(xla):
+    """The program holds one chunk's forward/backward whatever the number of chunks: the loop
+    is not unrolled (by the graph or by XLA), so one chunk's activations are alive at a time."""
+    n = 8
+    two_chunks, loop2 = _conv_count(_model("nobn", micro=4), n, xla)
+    four_chunks, loop4 = _conv_count(_model("nobn", micro=2), n, xla)
+    assert loop2 and loop4
+    assert two_chunks == four_chunks > 0

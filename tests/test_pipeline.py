@@ -293,3 +293,19 @@ def test_cifar10_folder_pipelines(cifar10_dir):
     assert collections.Counter(labels.tolist()) == {k: 8 for k in range(10)}
     (v1, v2), _ = batches[0]
     assert v1.shape == (16, 32, 32, 3) and v1.min() >= 0.0 and v2.max() <= 1.0
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_pretrain_row_i_views_and_label_come_from_one_image(variable):
+    """Grey constant images with colour strength 0: crops, flips, grayscale and blur keep each
+    image's value, so view 1, view 2 and the label of every row must name the same image."""
+    ds = pretrain_dataset(
+        _constant_ds(variable=variable), batch_size=4, image_size=8, color_jitter_strength=0.0,
+        use_blur=True, seed=3,
+    )
+    seen = []
+    for (v1, v2), y in _take(ds, 2 * N // 4):  # two epochs
+        ids1, ids2 = _check_aligned(v1, y), _check_aligned(v2, y)
+        assert ids1 == ids2
+        seen += ids1
+    assert sorted(seen) == sorted(2 * list(range(N)))  # every image, each once per epoch

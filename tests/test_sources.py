@@ -387,19 +387,3 @@ def test_cifar10_folder_small_fraction(cifar10_dir):
     first = sorted((cifar10_dir / "train" / "airplane").iterdir())[0]
     ref = np.asarray(Image.open(first).convert("RGB"), np.int32)
     assert label == 0 and np.abs(img.astype(np.int32) - ref).mean() < 1.0
-
-
-def test_file_list_is_data_not_a_graph_constant(monkeypatch):
-    # 20,000 paths (~900 KB of strings): the serialized dataset graph must not hold a copy.
-    paths = [f"n{i % 100:08d}/n{i % 100:08d}_{i:06d}.JPEG" for i in range(20_000)]
-    labels = [i % 100 for i in range(len(paths))]
-    ds = image_folder._decode_files("/nowhere/train", paths, labels, (8, 8, 3))
-    policy = tf.data.experimental.ExternalStatePolicy.WARN
-    graph_bytes = len(ds._as_serialized_graph(external_state_policy=policy).numpy())
-    assert graph_bytes < 100_000 < sum(len(p) for p in paths)
-    # The list arrives whole and in order across chunk boundaries.
-    monkeypatch.setattr(image_folder, "_LIST_CHUNK", 3)
-    items = list(image_folder._file_list(paths[:7], labels[:7]).as_numpy_iterator())
-    assert [(p.decode(), int(y), int(i)) for p, y, i in items] == [
-        (paths[k], labels[k], k) for k in range(7)
-    ]

@@ -1,8 +1,10 @@
 """Image-folder datasets: ``ROOT/<split>/<class>/*.jpg`` (also .jpeg, .png), any case.
 
 Labels are the sorted class folders of ``train``; the file list is read once per split (and
-cached until a class folder changes), handed to tf.data as data (:func:`_file_list`), decoded in
-parallel, and every unreadable or odd-sized file is named with its path. See
+cached until a class folder changes), decoded in parallel, and every unreadable or odd-sized
+file is named with its path. The list is a tensor captured by the tf.data functions (about
+80 MB for an ImageNet-size folder); handing it over from Python (``from_generator``) avoided
+that but hung at interpreter exit after a data error (1 run in 4), so it is not done that way. See
 :mod:`simclr_tf.data.sources` for the choices shared with TFDS (fractions, sharding, shapes).
 """
 
@@ -13,7 +15,6 @@ import os
 import struct
 from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -44,8 +45,9 @@ def _check_root(data_dir: str | None) -> str:
             "--dataset=image_folder needs --data_dir=ROOT, where ROOT holds one folder per split "
             "with one sub-folder per class: ROOT/train/<class>/*.jpg (also .jpeg, .png)."
         )
-    root = os.path.abspath(os.path.expanduser(data_dir))
-    if not os.path.isdir(root):
+    # Any path tf.io.gfile reads (gs:// on TPU VMs, hdfs://, ...); local paths made absolute.
+    root = data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
+    if not tf.io.gfile.isdir(root):
         raise DataError(
             f"Image folder data_dir '{data_dir}' does not exist or is not a folder. Point "
             "--data_dir at ROOT with ROOT/<split>/<class>/*.jpg."
@@ -55,8 +57,11 @@ def _check_root(data_dir: str | None) -> str:
 
 def _subdirs(path: str) -> list[str]:
     """Sorted names of visible sub-folders (hidden ones like .ipynb_checkpoints are skipped)."""
-    with os.scandir(path) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    return sorted(
+        name.rstrip("/")
+        for name in tf.io.gfile.listdir(path)
+        if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(path, name))
+    )
 
 
 def _is_image_name(name: str) -> bool:
@@ -75,10 +80,9 @@ def _folder_splits(root: str) -> list[str]:
 def _no_splits_error(root: str) -> DataError:
     looks_like_split = False
     for name in _subdirs(root):
-        with os.scandir(os.path.join(root, name)) as it:
-            if any(_is_image_name(e.name) for e in it):
-                looks_like_split = True
-                break
+        if any(_is_image_name(f) for f in tf.io.gfile.listdir(os.path.join(root, name))):
+            looks_like_split = True
+            break
     hint = (
         f" '{root}' itself looks like a split folder (its sub-folders hold images): pass its "
         f"parent '{os.path.dirname(root)}' as --data_dir."
@@ -104,20 +108,19 @@ _LISTING_CACHE: dict[str, tuple[tuple, dict[str, list[str]]]] = {}
 
 def _list_split(split_dir: str) -> dict[str, list[str]]:
     """``{class: sorted image file names}`` for every class folder of ``split_dir``."""
-    with os.scandir(split_dir) as it:
-        class_entries = sorted(
-            (e.name, e.stat().st_mtime_ns)
-            for e in it
-            if e.is_dir() and not e.name.startswith(".")
-        )
+    class_entries = sorted(
+        (name, tf.io.gfile.stat(os.path.join(split_dir, name)).mtime_nsec)
+        for name in _subdirs(split_dir)
+    )
     key = tuple(class_entries)
     cached = _LISTING_CACHE.get(split_dir)
     if cached is not None and cached[0] == key:
         return cached[1]
     listing = {}
     for name, _ in class_entries:
-        with os.scandir(os.path.join(split_dir, name)) as it:
-            listing[name] = sorted(e.name for e in it if _is_image_name(e.name) and e.is_file())
+        # Listing by name, without a stat per file (a round trip each on GCS).
+        names = tf.io.gfile.listdir(os.path.join(split_dir, name))
+        listing[name] = sorted(f for f in names if _is_image_name(f) and not f.endswith("/"))
     _LISTING_CACHE[split_dir] = (key, listing)
     return listing
 
@@ -148,7 +151,7 @@ def load_folder_split(
         raise _no_splits_error(root)
     split_dir = os.path.join(root, split)
     if split not in splits:
-        what = "has no class sub-folders" if os.path.isdir(split_dir) else "does not exist"
+        what = "has no class sub-folders" if tf.io.gfile.isdir(split_dir) else "does not exist"
         raise DataError(
             f"Split folder '{split_dir}' {what}. Splits found in '{root}': {splits}. Pass one "
             "of them (--train_split / --eval_split) or create ROOT/<split>/<class>/."
@@ -212,37 +215,6 @@ def load_folder_split(
     return _decode_files(split_dir, rel_paths, labels, shape), info
 
 
-# Files per chunk handed from Python to tf.data by _file_list.
-_LIST_CHUNK = 4096
-
-
-def _file_list(rel_paths: list[str], labels: list[int]) -> tf.data.Dataset:
-    """``(relative path, label, index)`` of every file, as data rather than a graph constant.
-
-    A ``tf.constant`` (or ``from_tensor_slices``) of the list would be copied into every
-    serialized dataset graph (~80 MB for an ImageNet-size folder); here Python hands the list
-    over in chunks, and the graph holds no copy. The price: such a dataset cannot be sent to a
-    remote host (tf.data service, TPU workers that are not this machine).
-    """
-    n = len(rel_paths)
-
-    def chunks():
-        for start in range(0, n, _LIST_CHUNK):
-            stop = min(start + _LIST_CHUNK, n)
-            yield (
-                np.asarray(rel_paths[start:stop], dtype=object),
-                np.asarray(labels[start:stop], np.int32),
-                np.arange(start, stop, dtype=np.int64),
-            )
-
-    spec = (
-        tf.TensorSpec([None], tf.string),
-        tf.TensorSpec([None], tf.int32),
-        tf.TensorSpec([None], tf.int64),
-    )
-    return tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
-
-
 def _decode_files(
     split_dir: str,
     rel_paths: list[str],
@@ -256,24 +228,26 @@ def _decode_files(
     """
     n = len(rel_paths)
     prefix = split_dir.rstrip(os.sep) + os.sep
+    paths_t = tf.constant(rel_paths)
+    labels_t = tf.constant(labels, tf.int32)
     fixed = shape is not None
 
-    def load(rel_path, label, i):
-        path = tf.strings.join([prefix, rel_path])
+    def load(i):
+        path = tf.strings.join([prefix, tf.gather(paths_t, i)])
         img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         ok = tf.constant(True)
         if fixed:
             ok = tf.reduce_all(tf.equal(tf.shape(img), shape))
             img = tf.cond(ok, lambda: img, lambda: tf.zeros(shape, tf.uint8))
             img = tf.ensure_shape(img, shape)
-        return img, label, i, ok
+        return img, tf.gather(labels_t, i), i, ok
 
     sentinel_img = tf.zeros(shape if fixed else (1, 1, 3), tf.uint8)
     sentinel = tf.data.Dataset.from_tensors(
         (sentinel_img, tf.constant(-1, tf.int32), tf.constant(n, tf.int64), tf.constant(True))
     )
     decoded = (
-        _file_list(rel_paths, labels)
+        tf.data.Dataset.range(n)
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .ignore_errors()
         .concatenate(sentinel)
@@ -283,14 +257,8 @@ def _decode_files(
         "batches before cropping); resize or remove it." if fixed else ""
     )
 
-    def path_of(index: tf.Tensor) -> tf.Tensor:
-        """The path of file ``index``, looked up in Python: only ever run to report a failure."""
-        return tf.py_function(
-            lambda k: prefix + rel_paths[min(int(k), n - 1)], [index], tf.string
-        )
-
     def fail(message: list, path_index: tf.Tensor) -> tf.Tensor:
-        path = path_of(path_index)
+        path = tf.strings.join([prefix, tf.gather(paths_t, tf.minimum(path_index, n - 1))])
         message = [message[0], path, *message[1:]]
         with tf.control_dependencies([tf.debugging.Assert(False, message)]):
             return tf.constant(False)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from simclr_tf.config import AUGMENT_PLACES
-from simclr_tf.data import augment
+from simclr_tf.data import augment, study_ops
 from simclr_tf.data.sources import DataError
 
 _PRETRAIN, _FINETUNE = 1, 2  # seed "purposes"
@@ -57,6 +57,8 @@ def pretrain_dataset(
     cache: bool = False,
     shuffle_buffer: int | None = None,
     device_image_size: int | None = None,
+    augmentations: str | None = None,
+    augment_views: str = "both",
 ) -> tf.data.Dataset:
     """Endless two-view batches for contrastive pretraining.
 
@@ -66,7 +68,8 @@ def pretrain_dataset(
     decoded; the model augments inside its train step. ``S0`` is the images' own size when it is
     fixed, else ``device_image_size`` (default ``ceil(image_size / 0.875)``) after a plain
     resize. ``batch_size`` is per replica; the remainder is dropped; the stream repeats forever.
-    Labels are passed through for the live linear probe.
+    Labels are passed through for the live linear probe. ``augmentations`` / ``augment_views``
+    choose the view operations (:mod:`simclr_tf.data.study_ops`; default: the paper recipe).
     """
     _check_common(dataset, batch_size, image_size)
     if augment_on not in AUGMENT_PLACES:
@@ -92,8 +95,12 @@ def pretrain_dataset(
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
         return _finish(ds)
 
+    two_views = study_ops.two_views_fn(
+        image_size, color_jitter_strength, use_blur, augmentations, augment_views
+    )
+
     def views(x):
-        return lambda s: augment.two_views(x, s, image_size, color_jitter_strength, use_blur)
+        return lambda s: two_views(x, s)
 
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = _augment(ds, fixed is not None, batch_size, seed, _PRETRAIN, views)

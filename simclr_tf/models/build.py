@@ -9,15 +9,14 @@ distribution wrappers are dropped), so consumers get float32 outputs and choose 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import keras
 import tensorflow as tf
 
-from simclr_tf import checkpoints
+from simclr_tf import checkpoints, losses
 from simclr_tf import model_dir as model_dir_lib
 from simclr_tf.config import Config
-from simclr_tf.data import augment, sources
+from simclr_tf.data import sources, study_ops
 from simclr_tf.errors import ExportError, UserError
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
@@ -47,11 +46,12 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
     )
     augment_fn = None
     if cfg.train_mode == "pretrain" and cfg.augment_on == "device":
-        augment_fn = functools.partial(
-            augment.two_views,
-            size=cfg.image_size,
-            color_jitter_strength=cfg.color_jitter_strength,
-            use_blur=cfg.use_blur,
+        augment_fn = study_ops.two_views_fn(
+            cfg.image_size,
+            cfg.color_jitter_strength,
+            cfg.use_blur,
+            cfg.augmentations,
+            cfg.augment_views,
         )
     return SimCLRModel(
         encoder,
@@ -68,6 +68,9 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
         augment_fn=augment_fn,
         seed=cfg.seed,
         micro_batch_size=cfg.micro_batch_size,
+        contrastive_loss=losses.make_contrastive_loss(
+            cfg.loss, cfg.temperature, cfg.hidden_norm, cfg.margin, cfg.semi_hard_negatives
+        ),
         name="simclr",
     )
 

@@ -20,6 +20,9 @@ The channel axis is always the last one (NHWC images, [batch, features] vectors)
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -62,6 +65,34 @@ def set_trainable(layer: keras.layers.Layer, value: bool) -> None:
     after sub-layers were built (they start trainable) would silently do nothing.
     """
     keras.layers.Layer.trainable.fset(layer, bool(value))
+
+
+# Active deferred_moving_updates() recorders (innermost last), per thread: MirroredStrategy
+# traces each replica in its own thread.
+_DEFERRED = threading.local()
+
+
+def _recorders() -> list[list[tuple[Any, tf.Tensor, tf.Tensor]]]:
+    if not hasattr(_DEFERRED, "stack"):
+        _DEFERRED.stack = []
+    return _DEFERRED.stack
+
+
+@contextlib.contextmanager
+def deferred_moving_updates() -> Iterator[list[tuple[Any, tf.Tensor, tf.Tensor]]]:
+    """Inside: batch-norm layers record ``(layer, batch_mean, batch_variance)`` instead of
+    assigning their moving statistics.
+
+    Why: gradient caching runs its chunks in a ``tf.while_loop``; assigning a distributed
+    variable inside the loop is a synchronisation point TF refuses there. The recorded moments
+    are carried through the loop and assigned once after it (or dropped).
+    """
+    records: list[tuple[Any, tf.Tensor, tf.Tensor]] = []
+    _recorders().append(records)
+    try:
+        yield records
+    finally:
+        _recorders().pop()
 
 
 def _global_replica_context() -> tf.distribute.ReplicaContext | None:
@@ -154,7 +185,21 @@ class BatchNorm(keras.layers.Layer):
         return tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
 
     def _update_moving(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
-        """Keras' update rule: moving = momentum * moving + (1 - momentum) * batch."""
+        """Keras' update rule: moving = momentum * moving + (1 - momentum) * batch.
+
+        Per-replica BN (``synchronized=False``) on several replicas averages the replicas'
+        batch moments first (one small all-reduce): the replicas' moving statistics stay
+        identical, and the saved ones are those of every replica, not replica 0's alone.
+        """
+        mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+        ctx = _global_replica_context()
+        if ctx is not None and not self.synchronized:
+            channels = int(mean.shape[-1])
+            both = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, tf.concat([mean, variance], 0))
+            mean, variance = both[:channels], both[channels:]
+        if _recorders():
+            _recorders()[-1].append((self, mean, variance))
+            return
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
         self.moving_variance.assign(

@@ -17,8 +17,8 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import distribute, losses, optim
-from simclr_tf.config import check_micro_batch
-from simclr_tf.metrics import TopKAccuracy
+from simclr_tf.metrics import ExampleCount, TopKAccuracy
+from simclr_tf.models import gradient_cache
 from simclr_tf.models.heads import LinearHead, ProjectionHead
 from simclr_tf.models.layers import set_trainable
 from simclr_tf.models.resnet import ResNet
@@ -45,6 +45,8 @@ class SimCLRModel(keras.Model):
         set, pretraining batches hold decoded images instead of two views.
       seed: base seed of the device-side augmentation.
       micro_batch_size: gradient caching chunk (images per view per replica); 0 = off.
+      contrastive_loss: ``(z1, z2) -> ContrastiveOutput`` (``losses.make_contrastive_loss``);
+        default NT-Xent with ``temperature`` and ``hidden_norm``.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class SimCLRModel(keras.Model):
         augment_fn: AugmentFn | None = None,
         seed: int = 0,
         micro_batch_size: int = 0,
+        contrastive_loss: losses.ContrastiveLossFn | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +83,9 @@ class SimCLRModel(keras.Model):
         self.augment_fn = augment_fn
         self.augment_seed = seed
         self.micro_batch_size = micro_batch_size
+        self.contrastive_loss = contrastive_loss or losses.make_contrastive_loss(
+            "nt_xent", temperature, hidden_norm
+        )
         self.num_classes = num_classes
         wants_head = train_mode == "finetune" or lineareval_while_pretraining
         self.supervised_head = (
@@ -104,7 +110,7 @@ class SimCLRModel(keras.Model):
             self.supervised_acc = TopKAccuracy(k=1, name="supervised_acc")
             self.top1 = TopKAccuracy(k=1, name="label_top_1_accuracy")
             self.top5 = TopKAccuracy(k=5, name="label_top_5_accuracy")
-            self.num_examples = keras.metrics.Sum("num_examples", dtype="float64")
+            self.num_examples = ExampleCount("num_examples")
 
     def _freeze(self) -> None:
         """Freezes the first ``frozen_stages`` encoder stages (and the head for linear eval).
@@ -219,12 +225,12 @@ class SimCLRModel(keras.Model):
         else:
             view1, view2 = images
         if self.micro_batch_size:
-            return self._cached_train_step(view1, view2, labels)
+            return gradient_cache.cached_train_step(self, view1, view2, labels)
         n = tf.shape(view1)[0]
         with tf.GradientTape() as tape:
             _, hiddens, _ = self._features(tf.concat([view1, view2], 0), training=True)
             z = hiddens[-1]
-            con = losses.nt_xent(z[:n], z[n:], self.temperature, hidden_norm=self.hidden_norm)
+            con = self.contrastive_loss(z[:n], z[n:])
             loss = con.loss
             if self.supervised_head is not None:
                 both_labels = tf.concat([labels, labels], 0)
@@ -244,146 +250,30 @@ class SimCLRModel(keras.Model):
         self.contrast_entropy.update_state(con.entropy)
         self._report_common(loss)
 
-    def _cached_train_step(self, view1: tf.Tensor, view2: tf.Tensor, labels: tf.Tensor):
-        """Gradient caching (Gao et al. 2021): the whole batch's NT-Xent on bounded memory.
-
-        1. Project every chunk (``micro_batch_size`` images, both views) without a tape.
-        2. NT-Xent (cross-replica) on the full batch; its gradient w.r.t. every projection.
-        3. Re-run each chunk under a tape and back-propagate the cached projection gradients,
-           summing parameter gradients; apply once.
-        A chunk holds the *same* images, both views, in both passes, so batch norm sees the same
-        batch statistics and the cached gradients belong to exactly the function re-run in 3.
-        Batch-norm statistics are per chunk (like per-replica BN), and moving statistics are
-        updated only in step 3, so once per example (once per chunk). Chunks run one at a time:
-        in flight together, they would bring back the memory they are meant to save.
-        """
-        m = int(self.micro_batch_size)
-        n_static = view1.shape[0]
-        if n_static is not None:
-            check_micro_batch(n_static, m, "The per-replica batch")
-        replicas = self._replicas()
-        if replicas > 1 and n_static is None:
-            raise ValueError(
-                "--micro_batch_size with several replicas needs a static per-replica batch "
-                "size: batch the input with drop_remainder=True."
-            )
-        n = tf.shape(view1)[0]
-        chunks = n // m if n_static is None else n_static // m
-        variables = self.trainable_variables
-
-        def for_each_chunk(body, state):
-            """state = body(i, state) for i < chunks, strictly one chunk after the other."""
-            if replicas == 1:
-                return tf.while_loop(
-                    lambda i, _: i < chunks,
-                    lambda i, s: (i + 1, body(i, s)),
-                    (tf.constant(0), state),
-                    parallel_iterations=1,
-                )[1]
-            # Mirrored batch-norm averages are updated through merge_call, which TF does not
-            # allow inside a while loop: unroll, each chunk depending on the previous one's
-            # result so that only one chunk's activations are alive at a time.
-            for i in range(chunks):
-                flat = tf.nest.flatten(state, expand_composites=True)
-                with tf.control_dependencies([t for t in flat if isinstance(t, tf.Tensor)]):
-                    state = body(tf.constant(i), state)
-            return state
-
-        # [chunks, 2m, H, W, C]: chunk i = (view 1 of images i*m..(i+1)*m, then their view 2).
-        def by_chunk(x: tf.Tensor) -> tf.Tensor:
-            return tf.reshape(x, tf.concat([[chunks, m], tf.shape(x)[1:]], 0))
-
-        both = tf.concat([by_chunk(view1), by_chunk(view2)], axis=1)
-        both = tf.ensure_shape(both, [n_static and n_static // m, 2 * m, *view1.shape[1:]])
-
-        def unchunk(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            """[chunks, 2m, d] -> (z1 [n, d], z2 [n, d]) in the batch's row order."""
-            d = tf.shape(z)[-1]
-            return tf.reshape(z[:, :m], [-1, d]), tf.reshape(z[:, m:], [-1, d])
-
-        # The projection pass must not move the batch-norm averages: snapshot and restore them,
-        # so they are updated once per example (in the re-run), not twice.
-        moving = self.non_trainable_variables
-        snapshot = [tf.identity(v) for v in moving]
-
-        def project(i, zs):
-            # training=True: batch-norm uses the batch statistics of the re-run below.
-            _, hiddens, _ = self._features(both[i], training=True)
-            return zs.write(i, tf.cast(hiddens[-1], tf.float32))
-
-        zs = for_each_chunk(project, tf.TensorArray(tf.float32, size=chunks))
-        z1, z2 = unchunk(tf.stop_gradient(zs.stack()))
-        with tf.control_dependencies([z1, z2]):
-            for v, old in zip(moving, snapshot, strict=True):
-                v.assign(old)
-
-        with tf.GradientTape() as tape:
-            tape.watch([z1, z2])
-            con = losses.nt_xent(z1, z2, self.temperature, hidden_norm=self.hidden_norm)
-            scaled = con.loss / tf.cast(replicas, tf.float32)
-        g1, g2 = tape.gradient(scaled, [z1, z2])
-        cached = tf.concat([by_chunk(g1), by_chunk(g2)], axis=1)  # [chunks, 2m, d]
-
-        sup = self.supervised_head is not None
-        if sup:
-            chunk_labels = by_chunk(labels)
-            chunk_labels = tf.concat([chunk_labels, chunk_labels], axis=1)  # [chunks, 2m]
-        # Each chunk's mean supervised loss, weighted so the sum is the batch mean per replica.
-        sup_weight = 1.0 / tf.cast(chunks * replicas, tf.float32)
-
-        def rerun(i, state):
-            grads, logits_acc = state
-            with tf.GradientTape() as chunk_tape:
-                _, hiddens, _ = self._features(both[i], training=True)
-                z = tf.cast(hiddens[-1], tf.float32)
-                # sum(z * dL/dz) has the parameter gradient dL/dz . dz/dparams (chain rule).
-                surrogate = tf.reduce_sum(z * cached[i])
-                if sup:
-                    logits = self._supervised_logits(hiddens, training=True)
-                    surrogate += self._sup_loss(chunk_labels[i], logits) * sup_weight
-                    logits_acc = logits_acc.write(i, tf.stop_gradient(logits))
-                surrogate = self.optimizer.scale_loss(surrogate)
-            step_grads = chunk_tape.gradient(surrogate, variables)
-            grads = [
-                g if sg is None else g + tf.convert_to_tensor(sg)
-                for g, sg in zip(grads, step_grads, strict=True)
-            ]
-            return grads, logits_acc
-
-        grads, logits_acc = for_each_chunk(
-            rerun,
-            (
-                [tf.zeros_like(v) for v in variables],
-                tf.TensorArray(tf.float32, size=chunks if sup else 0),
-            ),
-        )
-        self.optimizer.apply(grads, variables)
-        total = con.loss
-        if sup:
-            all_labels = tf.reshape(chunk_labels, [-1])
-            all_logits = tf.reshape(logits_acc.stack(), [2 * n, -1])
-            sup_loss = self._sup_loss(all_labels, all_logits)
-            total = total + sup_loss
-        self._report_contrast(con, total)
-        if sup:
-            self._update_supervised(all_labels, all_logits, sup_loss)
-        return self._results()
-
     def test_step(self, data):
+        """Loss, top-1/top-5 and the example count of one evaluation batch.
+
+        ``data`` is ``(images, labels)`` or ``(images, labels, mask)``: evaluation pads its last
+        batch to a static, replica-divisible size (``distribute.pad_batches``) and the 0/1 mask
+        keeps the padding out of every number, so each example counts exactly once.
+        """
         images, labels = data[0], data[1]
         if self.supervised_head is None:
             raise ValueError(
                 "This model has no supervised head to evaluate: pretrain with "
                 "--lineareval_while_pretraining, or fine-tune / linear-evaluate it first."
             )
+        mask = data[2] if len(data) > 2 else tf.ones_like(labels, tf.float32)
+        mask = tf.cast(mask, tf.float32)
         _, hiddens, _ = self._features(images, training=False)
         logits = self._supervised_logits(hiddens, training=False)
-        self.loss_tracker.update_state(
-            self._sup_loss(labels, logits), sample_weight=tf.shape(labels)[0]
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True
         )
-        self.top1.update_state(labels, logits)
-        self.top5.update_state(labels, logits)
-        self.num_examples.update_state(tf.cast(tf.shape(labels)[0], tf.float64))
+        self.loss_tracker.update_state(per_example, sample_weight=mask)
+        self.top1.update_state(labels, logits, sample_weight=mask)
+        self.top5.update_state(labels, logits, sample_weight=mask)
+        self.num_examples.update_state(mask)
         # Per-replica values for the progress bar; evaluate.py reads the global numbers from
         # the trackers (distribute.global_results).
         return distribute.step_outputs(
@@ -391,7 +281,7 @@ class SimCLRModel(keras.Model):
                 "eval_loss": self.loss_tracker.result(),
                 "label_top_1_accuracy": self.top1.result(),
                 "label_top_5_accuracy": self.top5.result(),
-                "num_examples": self.num_examples.result(),
+                "num_examples": tf.cast(self.num_examples.result(), tf.float32),
             }
         )
 
