@@ -80,7 +80,7 @@ def ref_jitter_op(img: np.ndarray, op: int, factor: float) -> np.ndarray:
 
 @pytest.mark.parametrize("height,width", [(64, 64), (48, 80)])
 def test_crop_boxes_in_range(height, width):
-    boxes = aug.sample_crop_boxes(seed(1), height, width, 3000).numpy()
+    boxes = aug.sample_crop_boxes(seed(1), height, width, 3000, sampler="uniform_area").numpy()
     y0, x0, h, w = boxes.T.astype(np.float64)
     assert (y0 >= 0).all() and (x0 >= 0).all()
     assert (y0 + h <= height).all() and (x0 + w <= width).all()
@@ -100,7 +100,8 @@ def test_crop_boxes_in_range(height, width):
 
 def test_crop_box_distribution_matches_numpy_reference():
     height, width, n = 48, 80, 4000
-    boxes = aug.sample_crop_boxes(seed(2), height, width, n).numpy().astype(np.float64)
+    boxes = aug.sample_crop_boxes(seed(2), height, width, n, sampler="uniform_area")
+    boxes = boxes.numpy().astype(np.float64)
     area = boxes[:, 2] * boxes[:, 3] / (height * width)
     log_ratio = np.log(boxes[:, 3] / boxes[:, 2])
     rh, rw, found = np_crop_boxes(np.random.default_rng(0), height, width, 100_000)
@@ -125,7 +126,7 @@ def test_crop_box_distribution_matches_numpy_reference():
 def test_crop_fallback_is_clamped_center_crop(height, width, expected):
     # No 8%-area box with aspect in [3/4, 4/3] fits: torchvision's fallback, a centred box
     # with the image's aspect ratio clamped into range (4 * 4/3 = 5.33 -> 5).
-    boxes = aug.sample_crop_boxes(seed(3), height, width, 16).numpy()
+    boxes = aug.sample_crop_boxes(seed(3), height, width, 16, sampler="uniform_area").numpy()
     np.testing.assert_array_equal(boxes, np.tile(expected, (16, 1)))
 
 
