@@ -28,6 +28,7 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("none", "bfloat16", "float16")
 AUGMENT_PLACES = ("host", "device")
+CROP_SAMPLERS = ("reference", "uniform_area")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
 # Flags that define the network's variables: a model_dir written with other values holds a
@@ -76,7 +77,17 @@ def define_flags() -> None:
                    "Colour distortion strength s (default 0.5 for images <= 32 px, else 1.0).")
     d.DEFINE_bool("use_blur", None, "Gaussian blur in pretraining (default: on above 32 px).")
     d.DEFINE_enum("augment_on", "host", AUGMENT_PLACES, "Where the two-view augmentation runs: "
-                  "host (tf.data) or device (batched, inside the train step).")
+                  "host (tf.data) or device (batched, inside the train step). Same recipe and "
+                  "distributions either way. Fixed-size images (CIFAR): the host only decodes, "
+                  "the device does everything. Variable-size images: the host still draws both "
+                  "crop boxes from each image's true size, decodes (JPEG: only the boxes) and "
+                  "resizes them to --image_size, and sends them rounded to uint8; the device "
+                  "does flip, colour, grayscale and blur.")
+    d.DEFINE_enum("crop_sampler", "reference", CROP_SAMPLERS, "Random crop distribution: "
+                  "reference = tf.image.sample_distorted_bounding_box as in the SimCLR code "
+                  "(area 8-100%, uniform aspect 3/4-4/3, >= 10% of the image, 100 attempts, "
+                  "else the whole image); uniform_area = torchvision-style (uniform area, "
+                  "log-uniform aspect, clamped centre crop fallback).")
     # Schedule and optimizer.
     d.DEFINE_integer("train_batch_size", 512, "Global training batch size (all replicas).")
     d.DEFINE_integer("train_epochs", 100, "Training epochs (used when --train_steps is 0).")
@@ -158,6 +169,7 @@ class Config:
     color_jitter_strength: float | None = None
     use_blur: bool | None = None
     augment_on: str = "host"
+    crop_sampler: str = "reference"
     train_batch_size: int = 512
     train_epochs: int = 100
     train_steps: int = 0
@@ -285,6 +297,8 @@ class Config:
             err.append(f"--use_tpu contradicts --strategy={self.strategy}: pass only one.")
         if self.train_mode == "finetune" and self.augment_on == "device":
             err.append("--augment_on=device is for pretraining (fine-tuning only crops and flips).")
+        if self.crop_sampler not in CROP_SAMPLERS:
+            err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))
         return self

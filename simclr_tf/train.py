@@ -61,6 +61,7 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
             size=cfg.image_size,
             color_jitter_strength=cfg.color_jitter_strength,
             use_blur=cfg.use_blur,
+            crop_sampler=cfg.crop_sampler,
         )
     return SimCLRModel(
         encoder,
@@ -140,6 +141,7 @@ def train_dataset(
                 seed=shard_seed,
                 augment_on=cfg.augment_on,
                 cache=cfg.cache_dataset,
+                crop_sampler=cfg.crop_sampler,
             )
         return pipeline.finetune_dataset(
             ds,
@@ -147,6 +149,7 @@ def train_dataset(
             image_size=cfg.image_size,
             seed=shard_seed,
             cache=cfg.cache_dataset,
+            crop_sampler=cfg.crop_sampler,
         )
 
     return pipeline.distribute(strategy, dataset_fn)
