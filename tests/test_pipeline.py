@@ -8,7 +8,6 @@ and must agree with the label the pipeline paired it with.
 from __future__ import annotations
 
 import collections
-import math
 
 import numpy as np
 import pytest

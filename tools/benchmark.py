@@ -384,6 +384,14 @@ def _profile_ops_table(tf, aug, size: int, strength: float, ref) -> list[tuple[s
         params = aug._jitter_params(s_jitter, 2, strength)
         return aug._jitter_step(tf.unstack(views), params, aug._bernoulli(s_apply, 2, 0.8), True)
 
+    def new_jitter_no_xla(views, seed):
+        compiled = aug._VIEW_JITTER_OPS
+        aug._VIEW_JITTER_OPS = tuple(getattr(f, "python_function", f) for f in compiled)
+        try:
+            return new_jitter(views, seed)
+        finally:
+            aug._VIEW_JITTER_OPS = compiled
+
     def blur(per_view):
         def fn(views, seed):
             apply, sigma = aug._blur_params(seed, 2, 0.5, (0.1, 2.0))
@@ -424,7 +432,9 @@ def _profile_ops_table(tf, aug, size: int, strength: float, ref) -> list[tuple[s
         ("flip, batched gather (before)", "views", flip(False)),
         ("flip, per view (after)", "views", flip(True)),
         ("colour jitter p=0.8, 15-slot schedule (before)", "views", old_jitter),
-        ("colour jitter p=0.8, each op once (after)", "views", new_jitter),
+        ("colour jitter p=0.8, each op once, XLA per op (after)", "views", new_jitter),
+        ("colour jitter p=0.8, each op once, plain TF ops (not used)", "views",
+         new_jitter_no_xla),
         ("hue only, HSV round trip batched (before)", "views",
          lambda views, seed: aug._hue(views, tf.fill([2], 0.1))),
         ("hue only, tf.image.adjust_hue per view (after)", "views",

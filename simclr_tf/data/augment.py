@@ -811,7 +811,7 @@ def _jitter_step(x: Views, params: dict, active: tf.Tensor, per_view: bool) -> V
     factors = tf.stack([params[k] for k in names], axis=1)  # [n, 4]
     order = params["order"]
     return [
-        _cond(active[i], lambda v=v, i=i: _jitter_one_compiled(v, factors[i], order[i]), v)
+        _cond(active[i], lambda v=v, i=i: _jitter_one(v, factors[i], order[i]), v)
         for i, v in enumerate(x)
     ]
 
@@ -819,23 +819,44 @@ def _jitter_step(x: Views, params: dict, active: tf.Tensor, per_view: bool) -> V
 def _jitter_one(v: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
     """The four jitter ops on one view [S, S, 3], each once, in ``order`` (clipped after each).
 
-    ``factors``: brightness, contrast, saturation factors and hue delta.
+    ``factors``: brightness, contrast, saturation factors and hue delta. A while loop over the
+    4 stages traces the 4 ops once instead of once per stage.
     """
-    brightness, contrast, saturation, hue = tf.unstack(factors)
-    ops = (
-        lambda t: tf.minimum(t * brightness, 1.0),  # factor >= 0
-        lambda t: tf.clip_by_value(tf.image.adjust_contrast(t, contrast), 0.0, 1.0),
-        lambda t: _saturation(t[tf.newaxis], saturation[tf.newaxis])[0],
-        lambda t: tf.clip_by_value(tf.image.adjust_hue(t, hue), 0.0, 1.0),
-    )
-    for k in range(4):
-        v = tf.switch_case(order[k], [lambda op=op, v=v: op(v) for op in ops])
-    return v
+
+    def stage(k, v):
+        op = order[k]
+        f = tf.gather(factors, op)
+        v = tf.switch_case(op, [lambda fn=fn, v=v, f=f: fn(v, f) for fn in _VIEW_JITTER_OPS])
+        return k + 1, tf.ensure_shape(v, v_shape)
+
+    v_shape = v.shape
+    return tf.while_loop(lambda k, _: k < 4, stage, (tf.constant(0), v))[1]
 
 
-# XLA fuses the ~20 elementwise passes of one view's jitter into a few loops: about 2.5x faster
-# on a CPU host than op by op (tools/benchmark.py --what=ops). Same values to ~1e-6.
-_jitter_one_compiled = tf.function(_jitter_one, jit_compile=True, reduce_retracing=True)
+def _view_brightness(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
+    return tf.minimum(v * f, 1.0)  # factor >= 0
+
+
+def _view_contrast(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(tf.image.adjust_contrast(v, f), 0.0, 1.0)
+
+
+def _view_saturation(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
+    return _saturation(v[tf.newaxis], f[tf.newaxis])[0]
+
+
+def _view_hue(v: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(tf.image.adjust_hue(v, delta), 0.0, 1.0)
+
+
+# Each op of one view is XLA-compiled on its own: XLA fuses its elementwise passes into one
+# loop (1.3-3x faster on a CPU host than op by op, tools/benchmark.py --what=ops; same values
+# to ~1e-6) and compiles in about a second. (Compiling the whole switch of 4 x 4 ops as one
+# XLA function took a minute at 224 px.)
+_VIEW_JITTER_OPS = tuple(
+    tf.function(op, jit_compile=True, reduce_retracing=True)
+    for op in (_view_brightness, _view_contrast, _view_saturation, _view_hue)
+)
 
 
 def _gray_step(x: Views, gray: tf.Tensor, per_view: bool) -> Views:
