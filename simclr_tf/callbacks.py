@@ -7,15 +7,18 @@ saver, so a non-finite step never reaches a checkpoint.
 from __future__ import annotations
 
 import csv
+import io
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from simclr_tf.checkpoints import Checkpointer
+from simclr_tf.errors import UserError
+from simclr_tf.model_dir import write_text_atomic
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss (or the weights) became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -123,12 +126,11 @@ class MetricsCSV(keras.callbacks.Callback):
                 old = list(reader.fieldnames or [])
                 fields = old + [k for k in row if k not in old]
         rows.append(row)
-        tmp = self.path + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.path, text.getvalue())
 
 
 def training_callbacks(

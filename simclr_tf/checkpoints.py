@@ -20,8 +20,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf.errors import UserError
+from simclr_tf.model_dir import CHECKPOINT_NAME
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used as asked; the message names the fix."""
 
 
@@ -67,7 +70,7 @@ class Checkpointer:
         self.model = model
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, directory, max_to_keep=max_to_keep, checkpoint_name="ckpt"
+            self.checkpoint, directory, max_to_keep=max_to_keep, checkpoint_name=CHECKPOINT_NAME
         )
         missing = untracked_variables(model)
         if missing:

@@ -13,41 +13,59 @@ import sys
 from absl import app, flags, logging
 
 from simclr_tf import config
+from simclr_tf.errors import UserError
 
 config.define_flags()
 FLAGS = flags.FLAGS
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The error types whose message is the whole story for the user (imported lazily)."""
-    from simclr_tf.callbacks import NonFiniteLossError
-    from simclr_tf.checkpoints import CheckpointError
-    from simclr_tf.data.sources import DataError
-    from simclr_tf.distribute import StrategyError
-    from simclr_tf.model_dir import ModelDirError
-
-    return (
-        config.ConfigError,
-        DataError,
-        CheckpointError,
-        ModelDirError,
-        StrategyError,
-        NonFiniteLossError,
-    )
+# The TensorFlow modules are imported inside the steps below: ``--help`` and flag errors stay
+# fast, and the strategy (which may split the CPU) is made before anything touches TF.
 
 
 def run_config(cfg: config.Config) -> dict | None:
-    """Runs one configured job; returns the evaluation result when the mode evaluates."""
-    # The strategy comes first: splitting the CPU must happen before TF initialises devices.
+    """Runs one configured job; returns the evaluation result when the mode evaluates.
+
+    The steps, in order: :func:`pick_strategy`, :func:`read_dataset`, then in the run's folder
+    :func:`train_model`, :func:`model_to_evaluate`, :func:`evaluate_model`, :func:`export_model`.
+    """
+    strategy = pick_strategy(cfg)
+    cfg, info = read_dataset(cfg, strategy)
+    from simclr_tf import distribute, model_dir
+
+    location = distribute.WriteLocation(cfg.model_dir, distribute.is_chief(strategy))
+    try:
+        if not location.chief:
+            # Every worker refuses an incompatible model_dir, not only the chief (which would
+            # otherwise leave the others waiting in a collective).
+            model_dir.check_compatible(cfg, location.read_path)
+        model_dir.prepare(cfg, location.path, write_flags=cfg.trains, num_classes=info.num_classes)
+        model = train_model(cfg, strategy, info, location.path) if cfg.trains else None
+        if not cfg.evaluates:
+            return None
+        model, source = model_to_evaluate(cfg, strategy, info, location, model)
+        result, step = evaluate_model(cfg, model, source, location.path)
+        if cfg.export_saved_model and location.chief:
+            export_model(cfg, model, location.path, step, result, info.class_names)
+        return result
+    finally:
+        location.cleanup()
+
+
+def pick_strategy(cfg: config.Config):
+    """The tf.distribute strategy; first, because splitting the CPU must precede TF's start."""
     from simclr_tf import distribute
 
-    strategy = distribute.make_strategy(
-        cfg.strategy if not cfg.use_tpu else "tpu",
+    return distribute.make_strategy(
+        cfg.strategy_name,
         tpu_name=cfg.tpu_name,
         tpu_zone=cfg.tpu_zone,
         gcp_project=cfg.gcp_project,
         num_cpu_devices=cfg.num_cpu_devices,
     )
-    from simclr_tf import checkpoints, evaluate, model_dir, train
+
+
+def read_dataset(cfg: config.Config, strategy):
+    """The dataset's metadata, and the config resolved and checked against it and the replicas."""
     from simclr_tf.data import pipeline, sources
 
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
@@ -55,57 +73,57 @@ def run_config(cfg: config.Config) -> dict | None:
     if info.image_shape and info.image_shape[0] and info.image_shape[0] == info.image_shape[1]:
         side = info.image_shape[0]
     cfg = config.resolve(cfg, side, tuple(info.split_sizes)).validate()
-    trains = cfg.mode in ("train", "train_then_eval")
-    evaluates = cfg.mode in ("eval", "train_then_eval")
-    for split, needed in ((cfg.train_split, trains), (cfg.eval_split, evaluates)):
+    for split, needed in ((cfg.train_split, cfg.trains), (cfg.eval_split, cfg.evaluates)):
         if needed and split not in info.split_sizes:
             raise sources.DataError(
                 f"Split {split!r} not found in {cfg.dataset}; it has {sorted(info.split_sizes)}. "
                 "Pass --train_split / --eval_split."
             )
-    if trains:
-        per_replica = pipeline.per_replica_batch_size(
-            cfg.train_batch_size, strategy.num_replicas_in_sync
+    if cfg.trains:
+        replicas = strategy.num_replicas_in_sync
+        per_replica = pipeline.per_replica_batch_size(cfg.train_batch_size, replicas)
+        config.check_micro_batch(
+            per_replica,
+            cfg.micro_batch_size,
+            f"The per-replica batch of --train_batch_size={cfg.train_batch_size} over {replicas} "
+            "replicas",
         )
-        if cfg.micro_batch_size and per_replica % cfg.micro_batch_size:
-            raise config.ConfigError(
-                f"--micro_batch_size={cfg.micro_batch_size} must divide the per-replica batch "
-                f"{per_replica} (--train_batch_size={cfg.train_batch_size} over "
-                f"{strategy.num_replicas_in_sync} replicas)."
-            )
-    location = distribute.WriteLocation(cfg.model_dir, distribute.is_chief(strategy))
-    try:
-        if not location.chief:
-            # Every worker refuses an incompatible model_dir, not only the chief (which would
-            # otherwise leave the others waiting in a collective).
-            model_dir.check_compatible(cfg, location.read_path)
-        model_dir.prepare(cfg, location.path, write_flags=trains)
-        model = None
-        if trains:
-            model = train.train(cfg, strategy, info, location.path)
-        if not evaluates:
-            return None
-        if model is None:
-            train_size = max(1, info.split_sizes.get(cfg.train_split, 1))
-            schedule = train.make_schedule_for(cfg, train_size)
-            model = train.build_for_run(cfg, strategy, info, schedule)
-            source = evaluate.restore_for_eval(cfg, model, location.read_path)
-        else:
-            source = checkpoints.resolve_checkpoint_path(location.path)
-        step = checkpoints.checkpoint_step(source)
-        result = evaluate.evaluate(cfg, model, source, step, location.path)
-        if cfg.export_saved_model and location.chief:
-            _export(cfg, model, location.path, step, result, info.class_names)
-        return result
-    finally:
-        location.cleanup()
+    return cfg, info
 
 
-def _export(cfg, model, run_dir: str, step: int, result: dict, class_names) -> None:
+def train_model(cfg: config.Config, strategy, info, write_dir: str):
+    """Trains (or resumes) to the configured step; returns the trained model."""
+    from simclr_tf import train
+
+    return train.train(cfg, strategy, info, write_dir)
+
+
+def model_to_evaluate(cfg: config.Config, strategy, info, location, trained):
+    """The model to evaluate and its checkpoint: the one just trained, or rebuilt and restored
+    (newest checkpoint of model_dir, else ``--checkpoint``) in eval mode."""
+    from simclr_tf import checkpoints, evaluate, train
+
+    if trained is not None:
+        return trained, checkpoints.resolve_checkpoint_path(location.path)
+    # The optimizer is only built for checkpoint compatibility; its schedule is never stepped.
+    train_size = max(1, info.split_sizes.get(cfg.train_split, 1))
+    model = train.build_for_run(cfg, strategy, info, train.make_schedule_for(cfg, train_size))
+    return model, evaluate.restore_for_eval(cfg, model, location.read_path)
+
+
+def evaluate_model(cfg: config.Config, model, source: str, write_dir: str) -> tuple[dict, int]:
+    """Evaluates on ``--eval_split``, writes result.json; returns the result and its step."""
+    from simclr_tf import checkpoints, evaluate
+
+    step = checkpoints.checkpoint_step(source)
+    return evaluate.evaluate(cfg, model, source, step, write_dir), step
+
+
+def export_model(cfg, model, run_dir: str, step: int, result: dict, class_names) -> None:
     """Exports the evaluated weights; an export of the same step is kept (same weights)."""
-    from simclr_tf import export
+    from simclr_tf import export, model_dir
 
-    existing = os.path.join(run_dir, "saved_model", str(step))
+    existing = model_dir.export_path(run_dir, step)
     if os.path.isdir(existing) and not cfg.overwrite:
         logging.info("Export %s exists (same step, same weights): kept.", existing)
         return
@@ -140,11 +158,10 @@ def _fail(message: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    errors = _user_errors()
     try:
         cfg = config.Config.from_flags(FLAGS).validate()
         run_config(cfg)
-    except errors as e:
+    except UserError as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - only data-check failures are turned into one line
         message = _data_problem(e)

@@ -1,9 +1,16 @@
-"""Every flag of simclr_tf in one place, turned into a frozen, validated :class:`Config`.
+"""Every setting of simclr_tf in one place: the fields of the frozen, validated :class:`Config`.
+
+How to add a flag: add one field to :class:`Config` with ``setting(default, help)`` (plus
+``choices=`` for an enum; the flag kind follows the field's type: str, int, float or bool), and,
+if some values cannot work, a check in :meth:`Config.validate`. :func:`define_flags` generates
+the absl flag from the field; nothing else needs to change.
 
 Flag names and meanings follow the reference SimCLR TF2 code (google-research/simclr, ``tf2/``)
 wherever it has them, so its commands and the papers' recipes carry over. Defaults that depend on
 the dataset (image size, colour strength, blur, eval split) are ``None`` here and resolved once the
 dataset is known (:func:`resolve`), so one command works for CIFAR-10 and for ImageNet.
+The derived rules (head depth, micro-batch divisibility, the ``--use_tpu`` alias, the
+small-image colour/blur defaults) are written here once and imported by the modules using them.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from typing import Any
 
 from absl import flags
 
+from simclr_tf.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A flag value or combination that cannot work; the message names the fix."""
 
 
@@ -45,177 +54,234 @@ ARCHITECTURE_KEYS = (
 )
 
 
-def define_flags() -> None:
-    """Registers the flags with absl (idempotent, so tests can import twice)."""
-    if "train_mode" in flags.FLAGS:
+# Images up to this side get the paper's CIFAR-10 settings: colour strength 0.5, no blur, the
+# 3x3 stem.
+SMALL_IMAGE_SIDE = 32
+
+
+def default_color_strength(image_size: int) -> float:
+    """SimCLR colour strength: 0.5 for CIFAR-sized images (<= 32 px), else 1.0."""
+    return 0.5 if image_size <= SMALL_IMAGE_SIDE else 1.0
+
+
+def default_use_blur(image_size: int) -> bool:
+    """SimCLR uses Gaussian blur on ImageNet-sized images but not on CIFAR (<= 32 px)."""
+    return image_size > SMALL_IMAGE_SIDE
+
+
+def head_depth(proj_head_mode: str, num_proj_layers: int) -> int:
+    """Dense+BN layers of the projection head: 0 for "none", 1 for "linear", else the count."""
+    return {"none": 0, "linear": 1, "nonlinear": int(num_proj_layers)}[proj_head_mode]
+
+
+def check_micro_batch(batch: int, micro_batch_size: int, what: str) -> None:
+    """Gradient caching cuts ``batch`` images into chunks of ``micro_batch_size``: it must divide.
+
+    ``what`` names the batch in the message ("--train_batch_size", "The per-replica batch").
+    """
+    if micro_batch_size and batch % micro_batch_size:
+        raise ConfigError(
+            f"{what} ({batch} images) is not a multiple of --micro_batch_size={micro_batch_size}"
+            " (images per view per replica): pick a micro batch that divides "
+            "--train_batch_size / the number of replicas."
+        )
+
+
+_FLAG_DEFINERS = {
+    "str": flags.DEFINE_string,
+    "int": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "bool": flags.DEFINE_bool,
+}
+
+
+def setting(default: Any, help_text: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A :class:`Config` field that is also a flag: its default, help text and enum choices."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+def define_flags(flag_values: flags.FlagValues | None = None) -> None:
+    """Registers one absl flag per :class:`Config` field (idempotent, so tests can import twice)."""
+    fv = flags.FLAGS if flag_values is None else flag_values
+    if "train_mode" in fv:
         return
-    d = flags
-    # What to run.
-    d.DEFINE_enum("mode", "train", MODES, "train, eval, or train then evaluate the final weights.")
-    d.DEFINE_enum("train_mode", "pretrain", TRAIN_MODES,
-                  "pretrain: contrastive SimCLR; finetune: supervised head on a (pretrained) "
-                  "encoder, including the linear evaluation protocol.")
-    d.DEFINE_string("model_dir", None, "Folder holding everything of one run: checkpoints, "
-                    "flags.json, metrics.csv, TensorBoard logs, result.json, saved_model/.")
-    d.DEFINE_string("checkpoint", None, "Checkpoint (file prefix or folder) to start from: the "
-                    "pretrained model for finetune, or the weights to evaluate in eval mode.")
-    d.DEFINE_integer("seed", 0, "Seed for augmentations, shuffling and initial weights.")
-    # Data.
-    d.DEFINE_string("dataset", "imagenet2012", "A TFDS image classification dataset name "
-                    "(cifar10, cifar100, stl10, imagenet2012, imagenet2012_subset/1pct, ...) or "
-                    "image_folder (with --data_dir=ROOT holding ROOT/<split>/<class>/*.jpg).")
-    d.DEFINE_string("data_dir", None, "TFDS data dir, or the image folder root for image_folder.")
-    d.DEFINE_string("train_split", "train", "Split to train on.")
-    d.DEFINE_string("eval_split", None, "Split to evaluate on (default: validation if the "
-                    "dataset has one, else test).")
-    d.DEFINE_float("train_data_fraction", 1.0, "Class-balanced, seeded fraction of the training "
-                   "labels to use (0.01, 0.1 for the semi-supervised protocol).")
-    d.DEFINE_bool("cache_dataset", False, "Cache decoded images in memory (small datasets).")
-    d.DEFINE_integer("image_size", None, "Side of the square training images (default: the "
-                     "dataset's own side when it is <= 64, else 224).")
-    d.DEFINE_float("color_jitter_strength", None,
-                   "Colour distortion strength s (default 0.5 for images <= 32 px, else 1.0).")
-    d.DEFINE_bool("use_blur", None, "Gaussian blur in pretraining (default: on above 32 px).")
-    d.DEFINE_enum("augment_on", "host", AUGMENT_PLACES, "Where the two-view augmentation runs: "
-                  "host (tf.data) or device (batched, inside the train step). Same recipe and "
-                  "distributions either way. Fixed-size images (CIFAR): the host only decodes, "
-                  "the device does everything. Variable-size images: the host still draws both "
-                  "crop boxes from each image's true size, decodes (JPEG: only the boxes) and "
-                  "resizes them to --image_size, and sends them rounded to uint8; the device "
-                  "does flip, colour, grayscale and blur.")
-    d.DEFINE_enum("crop_sampler", "reference", CROP_SAMPLERS, "Random crop distribution: "
-                  "reference = tf.image.sample_distorted_bounding_box as in the SimCLR code "
-                  "(area 8-100%, uniform aspect 3/4-4/3, >= 10% of the image, 100 attempts, "
-                  "else the whole image); uniform_area = torchvision-style (uniform area, "
-                  "log-uniform aspect, clamped centre crop fallback).")
-    # Schedule and optimizer.
-    d.DEFINE_integer("train_batch_size", 512, "Global training batch size (all replicas).")
-    d.DEFINE_integer("train_epochs", 100, "Training epochs (used when --train_steps is 0).")
-    d.DEFINE_integer("train_steps", 0, "Training steps; overrides --train_epochs when > 0.")
-    d.DEFINE_float("warmup_epochs", 10, "Linear warmup epochs before the cosine decay.")
-    d.DEFINE_float("learning_rate", 0.3, "Learning rate per 256 images (see scaling).")
-    d.DEFINE_enum("learning_rate_scaling", "linear", LR_SCALINGS,
-                  "linear: lr * batch / 256; sqrt: lr * sqrt(batch).")
-    d.DEFINE_enum("optimizer", "lars", OPTIMIZERS, "Optimizer.")
-    d.DEFINE_float("momentum", 0.9, "Momentum of LARS / SGD.")
-    d.DEFINE_float("weight_decay", 1e-6, "Weight decay (not on batch-norm parameters or biases).")
-    d.DEFINE_float("temperature", 0.1, "NT-Xent temperature.")
-    d.DEFINE_bool("hidden_norm", True, "L2-normalise projections before the contrastive loss.")
-    # Network.
-    d.DEFINE_integer("resnet_depth", 50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
-    d.DEFINE_float("width_multiplier", 1.0, "Width multiplier of the ResNet (fractions allowed).")
-    d.DEFINE_float("sk_ratio", 0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625); 0 = off.")
-    d.DEFINE_float("se_ratio", 0.0, "Squeeze-excitation ratio; 0 = off.")
-    d.DEFINE_bool("cifar_stem", None, "3x3 stride-1 stem without max pool (default: on for "
-                  "images <= 32 px).")
-    d.DEFINE_float("batch_norm_decay", 0.9, "Batch-norm moving-average momentum.")
-    d.DEFINE_bool("global_bn", True, "Synchronise batch-norm statistics across replicas.")
-    d.DEFINE_enum("proj_head_mode", "nonlinear", PROJ_HEAD_MODES, "Projection head type.")
-    d.DEFINE_integer("num_proj_layers", 3, "Layers of the nonlinear head (2 = SimCLR v1).")
-    d.DEFINE_integer("proj_out_dim", 128, "Projection output dimension.")
-    d.DEFINE_integer("ft_proj_selector", 0, "Which projection-head layer feeds the supervised "
-                     "head (0 = the encoder output h).")
-    d.DEFINE_bool("lineareval_while_pretraining", True,
-                  "Train a linear probe on stop_gradient(h) during pretraining.")
-    d.DEFINE_integer("fine_tune_after_block", -1, "finetune: train only after this block "
-                     "(-1 everything, 0 after the stem, 4 only the linear head = linear eval).")
-    d.DEFINE_bool("zero_init_logits_layer", False, "Zero-initialise the supervised head.")
-    # Checkpoints, evaluation, monitoring.
-    d.DEFINE_integer("checkpoint_epochs", 1, "Save a checkpoint every this many epochs.")
-    d.DEFINE_integer("checkpoint_steps", 0, "Save every this many steps (overrides epochs).")
-    d.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints to keep.")
-    d.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch size.")
-    d.DEFINE_integer("eval_steps", 0, "Evaluation batches (0 = the whole split).")
-    d.DEFINE_integer("knn_every_epochs", 0, "Pretraining: kNN monitor on --eval_split every "
-                     "this many epochs (0 = off).")
-    d.DEFINE_integer("knn_bank_size", 10000, "Training examples in the kNN bank.")
-    d.DEFINE_integer("knn_k", 200, "Neighbours of the kNN monitor.")
-    d.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 one line/epoch.")
-    # Export.
-    d.DEFINE_bool("export_saved_model", True, "Export a SavedModel after train_then_eval/eval.")
-    d.DEFINE_integer("keep_hub_module_max", 1, "Exported SavedModels to keep.")
-    d.DEFINE_bool("overwrite", False, "Allow replacing an existing export of the same step.")
-    # Distribution and speed.
-    d.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy; auto picks a TPU if "
-                  "one resolves, MirroredStrategy with several GPUs, else the default.")
-    d.DEFINE_bool("use_tpu", None, "Alias of --strategy=tpu (reference flag).")
-    d.DEFINE_string("tpu_name", None, "TPU name or grpc address.")
-    d.DEFINE_string("tpu_zone", None, "TPU zone.")
-    d.DEFINE_string("gcp_project", None, "GCP project of the TPU.")
-    d.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices "
-                     "(development: lets --strategy=mirrored run on one CPU).")
-    d.DEFINE_enum("mixed_precision", "none", PRECISIONS, "Mixed-precision compute dtype.")
-    d.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
-    d.DEFINE_integer("micro_batch_size", 0, "Gradient caching: compute the batch in chunks of "
-                     "this many images per replica (0 = off).")
+    for field in dataclasses.fields(Config):
+        kind = str(field.type).replace(" | None", "")
+        help_text, choices = field.metadata["help"], field.metadata["choices"]
+        if choices is not None:
+            flags.DEFINE_enum(field.name, field.default, choices, help_text, flag_values=fv)
+        else:
+            _FLAG_DEFINERS[kind](field.name, field.default, help_text, flag_values=fv)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The validated settings of one run (flag names, resolved defaults)."""
 
-    mode: str = "train"
-    train_mode: str = "pretrain"
-    model_dir: str | None = None
-    checkpoint: str | None = None
-    seed: int = 0
-    dataset: str = "imagenet2012"
-    data_dir: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = None
-    train_data_fraction: float = 1.0
-    cache_dataset: bool = False
-    image_size: int | None = None
-    color_jitter_strength: float | None = None
-    use_blur: bool | None = None
-    augment_on: str = "host"
-    crop_sampler: str = "reference"
-    train_batch_size: int = 512
-    train_epochs: int = 100
-    train_steps: int = 0
-    warmup_epochs: float = 10
-    learning_rate: float = 0.3
-    learning_rate_scaling: str = "linear"
-    optimizer: str = "lars"
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    temperature: float = 0.1
-    hidden_norm: bool = True
-    resnet_depth: int = 50
-    width_multiplier: float = 1.0
-    sk_ratio: float = 0.0
-    se_ratio: float = 0.0
-    cifar_stem: bool | None = None
-    batch_norm_decay: float = 0.9
-    global_bn: bool = True
-    proj_head_mode: str = "nonlinear"
-    num_proj_layers: int = 3
-    proj_out_dim: int = 128
-    ft_proj_selector: int = 0
-    lineareval_while_pretraining: bool = True
-    fine_tune_after_block: int = -1
-    zero_init_logits_layer: bool = False
-    checkpoint_epochs: int = 1
-    checkpoint_steps: int = 0
-    keep_checkpoint_max: int = 5
-    eval_batch_size: int = 256
-    eval_steps: int = 0
-    knn_every_epochs: int = 0
-    knn_bank_size: int = 10000
-    knn_k: int = 200
-    verbose: int = 1
-    export_saved_model: bool = True
-    keep_hub_module_max: int = 1
-    overwrite: bool = False
-    strategy: str = "auto"
-    use_tpu: bool | None = None
-    tpu_name: str | None = None
-    tpu_zone: str | None = None
-    gcp_project: str | None = None
-    num_cpu_devices: int = 1
-    mixed_precision: str = "none"
-    jit_compile: bool = False
-    micro_batch_size: int = 0
+    # What to run.
+    mode: str = setting(
+        "train",
+        "train, eval, or train then evaluate the final weights.",
+        choices=MODES,
+    )
+    train_mode: str = setting(
+        "pretrain",
+        "pretrain: contrastive SimCLR; finetune: supervised head on a (pretrained) encoder, "
+        "including the linear evaluation protocol.",
+        choices=TRAIN_MODES,
+    )
+    model_dir: str | None = setting(
+        None,
+        "Folder holding everything of one run: checkpoints, flags.json, metrics.csv, "
+        "TensorBoard logs, result.json, saved_model/.",
+    )
+    checkpoint: str | None = setting(
+        None,
+        "Checkpoint (file prefix or folder) to start from: the pretrained model for finetune, "
+        "or the weights to evaluate in eval mode.",
+    )
+    seed: int = setting(0, "Seed for augmentations, shuffling and initial weights.")
+
+    # Data.
+    dataset: str = setting(
+        "imagenet2012",
+        "A TFDS image classification dataset name (cifar10, cifar100, stl10, imagenet2012, "
+        "imagenet2012_subset/1pct, ...) or image_folder (with --data_dir=ROOT holding "
+        "ROOT/<split>/<class>/*.jpg).",
+    )
+    data_dir: str | None = setting(
+        None,
+        "TFDS data dir, or the image folder root for image_folder.",
+    )
+    train_split: str = setting("train", "Split to train on.")
+    eval_split: str | None = setting(
+        None,
+        "Split to evaluate on (default: validation if the dataset has one, else test).",
+    )
+    train_data_fraction: float = setting(
+        1.0,
+        "Class-balanced, seeded fraction of the training labels to use (0.01, 0.1 for the semi-"
+        "supervised protocol).",
+    )
+    cache_dataset: bool = setting(False, "Cache decoded images in memory (small datasets).")
+    image_size: int | None = setting(
+        None,
+        "Side of the square training images (default: the dataset's own side when it is <= 64, "
+        "else 224).",
+    )
+    color_jitter_strength: float | None = setting(
+        None,
+        "Colour distortion strength s (default 0.5 for images <= 32 px, else 1.0).",
+    )
+    use_blur: bool | None = setting(None, "Gaussian blur in pretraining (default: on above 32 px).")
+    augment_on: str = setting(
+        "host",
+        "Where the two-view augmentation runs: host (tf.data) or device (batched, inside the "
+        "train step). Same recipe and distributions either way. Fixed-size images (CIFAR): the "
+        "host only decodes, the device does everything. Variable-size images: the host still "
+        "draws both crop boxes from each image's true size, crops and resizes them to "
+        "--image_size and sends them rounded to uint8; the device does flip, colour, grayscale "
+        "and blur.",
+        choices=AUGMENT_PLACES,
+    )
+    crop_sampler: str = setting(
+        "reference",
+        "Random crop distribution: reference = tf.image.sample_distorted_bounding_box as in the "
+        "SimCLR code (area 8-100%, uniform aspect 3/4-4/3, at least 10% of the image, 100 "
+        "attempts, else the whole image); uniform_area = torchvision-style (uniform area, "
+        "log-uniform aspect, clamped centre-crop fallback).",
+        choices=CROP_SAMPLERS,
+    )
+
+    # Schedule and optimizer.
+    train_batch_size: int = setting(512, "Global training batch size (all replicas).")
+    train_epochs: int = setting(100, "Training epochs (used when --train_steps is 0).")
+    train_steps: int = setting(0, "Training steps; overrides --train_epochs when > 0.")
+    warmup_epochs: float = setting(10, "Linear warmup epochs before the cosine decay.")
+    learning_rate: float = setting(0.3, "Learning rate per 256 images (see scaling).")
+    learning_rate_scaling: str = setting(
+        "linear",
+        "linear: lr * batch / 256; sqrt: lr * sqrt(batch).",
+        choices=LR_SCALINGS,
+    )
+    optimizer: str = setting("lars", "Optimizer.", choices=OPTIMIZERS)
+    momentum: float = setting(0.9, "Momentum of LARS / SGD.")
+    weight_decay: float = setting(1e-06, "Weight decay (not on batch-norm parameters or biases).")
+    temperature: float = setting(0.1, "NT-Xent temperature.")
+    hidden_norm: bool = setting(True, "L2-normalise projections before the contrastive loss.")
+
+    # Network.
+    resnet_depth: int = setting(50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
+    width_multiplier: float = setting(1.0, "Width multiplier of the ResNet (fractions allowed).")
+    sk_ratio: float = setting(0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625); 0 = off.")
+    se_ratio: float = setting(0.0, "Squeeze-excitation ratio; 0 = off.")
+    cifar_stem: bool | None = setting(
+        None,
+        "3x3 stride-1 stem without max pool (default: on for images <= 32 px).",
+    )
+    batch_norm_decay: float = setting(0.9, "Batch-norm moving-average momentum.")
+    global_bn: bool = setting(True, "Synchronise batch-norm statistics across replicas.")
+    proj_head_mode: str = setting("nonlinear", "Projection head type.", choices=PROJ_HEAD_MODES)
+    num_proj_layers: int = setting(3, "Layers of the nonlinear head (2 = SimCLR v1).")
+    proj_out_dim: int = setting(128, "Projection output dimension.")
+    ft_proj_selector: int = setting(
+        0,
+        "Which projection-head layer feeds the supervised head (0 = the encoder output h).",
+    )
+    lineareval_while_pretraining: bool = setting(
+        True,
+        "Train a linear probe on stop_gradient(h) during pretraining.",
+    )
+    fine_tune_after_block: int = setting(
+        -1,
+        "finetune: train only after this block (-1 everything, 0 after the stem, 4 only the "
+        "linear head = linear eval).",
+    )
+    zero_init_logits_layer: bool = setting(False, "Zero-initialise the supervised head.")
+
+    # Checkpoints, evaluation, monitoring.
+    checkpoint_epochs: int = setting(1, "Save a checkpoint every this many epochs.")
+    checkpoint_steps: int = setting(0, "Save every this many steps (overrides epochs).")
+    keep_checkpoint_max: int = setting(5, "Checkpoints to keep.")
+    eval_batch_size: int = setting(256, "Global evaluation batch size.")
+    eval_steps: int = setting(0, "Evaluation batches (0 = the whole split).")
+    knn_every_epochs: int = setting(
+        0,
+        "Pretraining: kNN monitor on --eval_split every this many epochs (0 = off).",
+    )
+    knn_bank_size: int = setting(10000, "Training examples in the kNN bank.")
+    knn_k: int = setting(200, "Neighbours of the kNN monitor.")
+    verbose: int = setting(1, "Keras progress output: 0 silent, 1 bar, 2 one line/epoch.")
+
+    # Export.
+    export_saved_model: bool = setting(True, "Export a SavedModel after train_then_eval/eval.")
+    keep_hub_module_max: int = setting(1, "Exported SavedModels to keep.")
+    overwrite: bool = setting(False, "Allow replacing an existing export of the same step.")
+
+    # Distribution and speed.
+    strategy: str = setting(
+        "auto",
+        "tf.distribute strategy; auto picks a TPU if one resolves, MirroredStrategy with "
+        "several GPUs, else the default.",
+        choices=STRATEGIES,
+    )
+    use_tpu: bool | None = setting(None, "Alias of --strategy=tpu (reference flag).")
+    tpu_name: str | None = setting(None, "TPU name or grpc address.")
+    tpu_zone: str | None = setting(None, "TPU zone.")
+    gcp_project: str | None = setting(None, "GCP project of the TPU.")
+    num_cpu_devices: int = setting(
+        1,
+        "Split the CPU into this many logical devices (development: lets --strategy=mirrored "
+        "run on one CPU).",
+    )
+    mixed_precision: str = setting("none", "Mixed-precision compute dtype.", choices=PRECISIONS)
+    jit_compile: bool = setting(False, "XLA-compile the train step.")
+    micro_batch_size: int = setting(
+        0,
+        "Gradient caching: compute the batch in chunks of this many images per replica (0 = "
+        "off).",
+    )
+
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues | None = None) -> Config:
@@ -237,6 +303,21 @@ class Config:
         return self.fine_tune_after_block + 1
 
     @property
+    def trains(self) -> bool:
+        """The mode trains (train, train_then_eval)."""
+        return self.mode in ("train", "train_then_eval")
+
+    @property
+    def evaluates(self) -> bool:
+        """The mode evaluates (eval, train_then_eval)."""
+        return self.mode in ("eval", "train_then_eval")
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy to build, ``--use_tpu`` read as ``--strategy=tpu``."""
+        return "tpu" if self.use_tpu else self.strategy
+
+    @property
     def is_linear_eval(self) -> bool:
         return self.train_mode == "finetune" and self.fine_tune_after_block >= 4
 
@@ -245,7 +326,7 @@ class Config:
         err = []
         if not self.model_dir:
             err.append("--model_dir is required: the folder for checkpoints, logs and results.")
-        if self.mode in ("train", "train_then_eval"):
+        if self.trains:
             if self.train_steps <= 0 and self.train_epochs <= 0:
                 err.append("Both --train_steps and --train_epochs are 0: set one of them > 0.")
             if self.train_batch_size <= 0:
@@ -268,8 +349,7 @@ class Config:
             err.append("--fine_tune_after_block must be in [-1, 4] (4 = linear evaluation).")
         if self.proj_head_mode == "nonlinear" and self.num_proj_layers < 1:
             err.append("--num_proj_layers must be >= 1 for --proj_head_mode=nonlinear.")
-        head_layers = {"none": 0, "linear": 1, "nonlinear": self.num_proj_layers}
-        n_head = head_layers[self.proj_head_mode]
+        n_head = head_depth(self.proj_head_mode, self.num_proj_layers)
         if not 0 <= self.ft_proj_selector <= n_head:
             err.append(
                 f"--ft_proj_selector={self.ft_proj_selector} must be in [0, {n_head}] for "
@@ -281,12 +361,13 @@ class Config:
             err.append("--micro_batch_size is for pretraining; drop it with finetune.")
         if self.micro_batch_size < 0:
             err.append("--micro_batch_size must be >= 0.")
-        trains = self.mode in ("train", "train_then_eval")
-        if trains and self.micro_batch_size and self.train_batch_size % self.micro_batch_size:
-            err.append(
-                f"--train_batch_size={self.train_batch_size} is not a multiple of "
-                f"--micro_batch_size={self.micro_batch_size}."
-            )
+        if self.trains:
+            try:
+                check_micro_batch(
+                    self.train_batch_size, self.micro_batch_size, "--train_batch_size"
+                )
+            except ConfigError as e:
+                err.append(str(e))
         if self.checkpoint_steps < 0 or self.checkpoint_epochs < 0:
             err.append("--checkpoint_steps and --checkpoint_epochs must be >= 0.")
         if self.keep_checkpoint_max < 1:
@@ -348,7 +429,7 @@ def resolve(cfg: Config, image_side: int | None, splits: tuple[str, ...]) -> Con
     image_size = cfg.image_size
     if image_size is None:
         image_size = image_side if image_side is not None and image_side <= 64 else 224
-    small = image_size <= 32
+    small = image_size <= SMALL_IMAGE_SIDE
     eval_split = cfg.eval_split
     if eval_split is None:
         eval_split = next((s for s in ("validation", "test") if s in splits), None)
@@ -357,14 +438,13 @@ def resolve(cfg: Config, image_side: int | None, splits: tuple[str, ...]) -> Con
                 f"The dataset has no validation or test split (splits: {sorted(splits)}): "
                 "pass --eval_split."
             )
-    strategy = "tpu" if cfg.use_tpu else cfg.strategy
     return cfg.replace(
         image_size=image_size,
         cifar_stem=small if cfg.cifar_stem is None else cfg.cifar_stem,
-        color_jitter_strength=(0.5 if small else 1.0)
+        color_jitter_strength=default_color_strength(image_size)
         if cfg.color_jitter_strength is None
         else cfg.color_jitter_strength,
-        use_blur=(not small) if cfg.use_blur is None else cfg.use_blur,
+        use_blur=default_use_blur(image_size) if cfg.use_blur is None else cfg.use_blur,
         eval_split=eval_split,
-        strategy=strategy,
+        strategy=cfg.strategy_name,
     )

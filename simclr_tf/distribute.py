@@ -33,8 +33,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf.errors import UserError
 
-class StrategyError(RuntimeError):
+
+class StrategyError(UserError, RuntimeError):
     """A strategy that cannot be built here; the message names the fix."""
 
 

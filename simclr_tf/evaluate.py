@@ -6,7 +6,6 @@ and never repeats, and the accuracy counters are exact integers.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import tensorflow as tf
@@ -73,7 +72,7 @@ def evaluate(
     logging.info("Eval at step %d: %s", step, result)
     if write_dir is not None:
         model_dir.write_result(write_dir, result)
-        writer = tf.summary.create_file_writer(os.path.join(write_dir, "eval"))
+        writer = tf.summary.create_file_writer(model_dir.eval_summaries_dir(write_dir))
         with writer.as_default():
             for key in ("label_top_1_accuracy", "label_top_5_accuracy", "eval_loss"):
                 tf.summary.scalar(key, result[key], step=step)

@@ -38,7 +38,6 @@ and an existing export is replaced only with ``overwrite=True`` (``--overwrite``
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -54,8 +53,8 @@ from absl import logging
 from simclr_tf import checkpoints
 from simclr_tf import model_dir as model_dir_lib
 from simclr_tf.config import Config
-from simclr_tf.data import augment
-from simclr_tf.model_dir import ModelDirError
+from simclr_tf.data import augment, sources
+from simclr_tf.errors import UserError
 
 __all__ = [
     "ENDPOINTS",
@@ -76,7 +75,7 @@ __all__ = [
 
 SERVING_BYTES = "serving_default"
 SERVING_IMAGES = "serving_images"
-EXPORT_SUBDIR = "saved_model"
+EXPORT_SUBDIR = model_dir_lib.EXPORT_SUBDIR
 MODEL_CARD = "README.md"
 LABELS_FILE = "labels.txt"
 TOP_K = 5
@@ -94,11 +93,8 @@ ENDPOINTS = (
 _RANGE_TOLERANCE = 1e-3
 
 
-class ExportError(ModelDirError):
-    """An export that cannot be written or used as asked; the message names the fix.
-
-    A ModelDirError, so the command line reports it as one line (exit code 2).
-    """
+class ExportError(UserError, RuntimeError):
+    """An export that cannot be written or used as asked; the message names the fix."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,10 +358,6 @@ def serving_copy(model: keras.Model, cfg: Config) -> keras.Model:
     return copy
 
 
-def _step_dir(export_root: str, step: int) -> str:
-    return os.path.join(export_root, str(int(step)))
-
-
 def export_run(
     model: keras.Model,
     cfg: Config,
@@ -379,8 +371,8 @@ def export_run(
     Keeps at most ``cfg.keep_hub_module_max`` exports; refuses to replace an existing export of
     the same step unless ``cfg.overwrite``. Returns the export path.
     """
-    root = os.path.join(model_dir, EXPORT_SUBDIR)
-    path = _step_dir(root, step)
+    root = model_dir_lib.export_root(model_dir)
+    path = model_dir_lib.export_path(model_dir, step)
     _refuse_existing(path, cfg.overwrite)  # fail before any work
     copy = serving_copy(model, cfg)
     card = model_card(copy, cfg, step=step, result=result, class_names=class_names)
@@ -396,57 +388,11 @@ def export_run(
     return path
 
 
-def _num_classes_in_checkpoint(prefix: str) -> int:
-    """Classes of the supervised head stored in a checkpoint (0 when it has none).
-
-    Walks the checkpoint's object graph (root -> model -> supervised_head): variable *names*
-    cannot be used, because a variable reachable from both the model and the optimizer is stored
-    under its shortest path (``optimizer/_trainable_variables/N``).
-    """
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    reader = tf.train.load_checkpoint(prefix)
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-
-    def child(node_id: int, name: str) -> int | None:
-        for ref in graph.nodes[node_id].children:
-            if ref.local_name == name:
-                return ref.node_id
-        return None
-
-    model_id = child(0, "model")
-    head_id = None if model_id is None else child(model_id, "supervised_head")
-    if head_id is None:
-        return 0
-    shapes = reader.get_variable_to_shape_map()
-    stack, seen = [head_id], set()
-    while stack:
-        node_id = stack.pop()
-        if node_id in seen:
-            continue
-        seen.add(node_id)
-        node = graph.nodes[node_id]
-        for attr in node.attributes:
-            shape = shapes.get(attr.checkpoint_key)
-            if attr.name == "VARIABLE_VALUE" and shape is not None and len(shape) == 2:
-                return int(shape[-1])
-        stack.extend(ref.node_id for ref in node.children)
-    return 0
-
-
-def _config_from_flags(flags_dict: dict[str, Any]) -> Config:
-    names = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in flags_dict.items() if k in names})
-
-
 def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...] | None:
     """The dataset's class names if its metadata is reachable; else None (export still works)."""
     if not num_classes:
         return None
     try:
-        from simclr_tf.data import sources
-
         names = tuple(sources.dataset_info(cfg.dataset, cfg.data_dir).class_names)
     except Exception as e:  # noqa: BLE001 - the names are a convenience, never a reason to fail
         logging.warning("Class names unavailable (%s); labels.txt will not be written.", e)
@@ -454,12 +400,23 @@ def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...] | None:
     return names if len(names) == num_classes else None
 
 
-def _read_result(model_dir: str, step: int) -> dict[str, Any] | None:
-    path = os.path.join(model_dir, f"result_{int(step)}.json")
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+def _num_classes(cfg: Config, flags_dict: dict[str, Any], model_dir: str) -> int:
+    """Classes of the run's supervised head (0 without one), as recorded in flags.json.
+
+    Runs recorded before flags.json held ``num_classes`` fall back to the dataset's metadata.
+    """
+    if cfg.train_mode == "pretrain" and not cfg.lineareval_while_pretraining:
+        return 0
+    recorded = flags_dict.get(model_dir_lib.NUM_CLASSES_KEY)
+    if recorded is not None:
+        return int(recorded)
+    try:
+        return int(sources.dataset_info(cfg.dataset, cfg.data_dir).num_classes)
+    except UserError as e:
+        raise ExportError(
+            f"{model_dir_lib.flags_path(model_dir)} does not record num_classes and the dataset "
+            f"is not readable here ({e}): add \"num_classes\": N to that flags.json."
+        ) from e
 
 
 def export_from_model_dir(
@@ -479,7 +436,7 @@ def export_from_model_dir(
             f"No {model_dir_lib.FLAGS_FILE} in {model_dir}: point --model_dir at the folder of a "
             "run started with run.py (it records the flags needed to rebuild the model)."
         )
-    cfg = _config_from_flags(flags_dict)
+    cfg = model_dir_lib.config_from_flags(flags_dict)
     if not cfg.image_size:
         raise ExportError(
             f"{model_dir}/{model_dir_lib.FLAGS_FILE} has no resolved image_size: it was not "
@@ -487,16 +444,9 @@ def export_from_model_dir(
         )
     prefix = checkpoints.resolve_checkpoint_path(checkpoint or model_dir)
     step = checkpoints.checkpoint_step(prefix)
-    path = (export_dir or _step_dir(os.path.join(model_dir, EXPORT_SUBDIR), step)).rstrip("/")
+    path = (export_dir or model_dir_lib.export_path(model_dir, step)).rstrip("/")
     _refuse_existing(path, overwrite)
-    num_classes = _num_classes_in_checkpoint(prefix)
-    if cfg.train_mode == "finetune" and not num_classes:
-        raise ExportError(
-            f"Checkpoint {prefix} has no supervised head but {model_dir} is a finetune run: "
-            "pass the --checkpoint that run wrote."
-        )
-    if cfg.train_mode == "pretrain" and not cfg.lineareval_while_pretraining:
-        num_classes = 0
+    num_classes = _num_classes(cfg, flags_dict, model_dir)
     model = _build_export_model(cfg, num_classes)
     untracked = checkpoints.untracked_variables(model)
     if untracked:
@@ -508,9 +458,8 @@ def export_from_model_dir(
         )
     checkpoints.restore_model_weights(model, prefix)
     class_names = _class_names(cfg, num_classes)
-    card = model_card(
-        model, cfg, step=step, result=_read_result(model_dir, step), class_names=class_names
-    )
+    result = model_dir_lib.read_result(model_dir, step)
+    card = model_card(model, cfg, step=step, result=result, class_names=class_names)
     return export_saved_model(
         model,
         path,

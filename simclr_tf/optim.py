@@ -19,6 +19,8 @@ from collections.abc import Iterable
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import LR_SCALINGS, OPTIMIZERS
+
 __all__ = [
     "LARS",
     "AdamWithL2",
@@ -30,8 +32,6 @@ __all__ = [
     "weight_decay_penalty",
 ]
 
-_SCALINGS = ("linear", "sqrt")
-_OPTIMIZERS = ("lars", "momentum", "adam")
 
 
 def is_weight_decay_exempt(variable) -> bool:
@@ -51,7 +51,7 @@ def scaled_learning_rate(learning_rate: float, batch_size: int, scaling: str) ->
     if scaling == "sqrt":
         return learning_rate * math.sqrt(batch_size)
     raise ValueError(
-        f"Unknown learning rate scaling {scaling!r}; use one of {', '.join(_SCALINGS)} "
+        f"Unknown learning rate scaling {scaling!r}; use one of {', '.join(LR_SCALINGS)} "
         "('linear': lr * batch_size / 256, 'sqrt': lr * sqrt(batch_size))."
     )
 
@@ -316,4 +316,4 @@ def build_optimizer(
         )
     if key == "adam":
         return AdamWithL2(learning_rate, weight_decay=weight_decay)
-    raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(_OPTIMIZERS)}.")
+    raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, evaluate, optim
+from simclr_tf import checkpoints, distribute, evaluate, model_dir, optim
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import augment, pipeline, sources
@@ -241,8 +240,8 @@ def train(
     if cfg.train_mode == "pretrain" and cfg.knn_every_epochs > 0:
         extra.append(knn_monitor(cfg, info))
     extra += [
-        MetricsCSV(os.path.join(write_dir, "metrics.csv")),
-        keras.callbacks.TensorBoard(log_dir=write_dir, write_graph=False),
+        MetricsCSV(model_dir.metrics_path(write_dir)),
+        keras.callbacks.TensorBoard(log_dir=model_dir.summaries_dir(write_dir), write_graph=False),
     ]
     callbacks = training_callbacks(
         checkpointer, schedule.checkpoint_steps, schedule.total_steps, extra

@@ -1,5 +1,6 @@
 """Flags -> Config: validation messages, dataset-dependent defaults, the step schedule."""
 
+import dataclasses
 import math
 
 import pytest
@@ -92,3 +93,41 @@ def test_frozen_stages_follow_fine_tune_after_block():
     ft = _cfg(train_mode="finetune", checkpoint="x")
     assert [ft.replace(fine_tune_after_block=b).frozen_stages for b in (-1, 0, 4)] == [0, 1, 5]
     assert ft.replace(fine_tune_after_block=4).is_linear_eval
+
+
+def test_every_flag_is_generated_from_its_config_field():
+    config.define_flags()
+    for field in dataclasses.fields(config.Config):
+        flag = flags.FLAGS[field.name]
+        assert flag.default == field.default, field.name
+        assert field.metadata["help"] in flag.help, field.name
+        choices = field.metadata["choices"]
+        if choices is not None:
+            assert list(flag.parser.enum_values) == list(choices), field.name
+    assert flags.FLAGS["mode"].parser.enum_values == list(config.MODES)
+    assert flags.FLAGS["resnet_depth"].parser.flag_type() == "int"
+    assert flags.FLAGS["use_blur"].parser.flag_type() == "bool"
+    assert flags.FLAGS["warmup_epochs"].parser.flag_type() == "float"
+
+
+def test_derived_rules_are_written_once():
+    assert [config.head_depth(m, 3) for m in config.PROJ_HEAD_MODES] == [0, 1, 3]
+    assert _cfg(use_tpu=True).strategy_name == "tpu"
+    assert _cfg(strategy="mirrored").strategy_name == "mirrored"
+    assert (config.default_color_strength(32), config.default_color_strength(33)) == (0.5, 1.0)
+    assert (config.default_use_blur(32), config.default_use_blur(33)) == (False, True)
+    config.check_micro_batch(12, 4, "x")
+    with pytest.raises(config.ConfigError, match="x \\(12 images\\) is not a multiple of "
+                       "--micro_batch_size=5"):
+        config.check_micro_batch(12, 5, "x")
+
+
+def test_user_errors_share_one_base():
+    from simclr_tf import callbacks, checkpoints, distribute, export, model_dir
+    from simclr_tf.data import sources
+    from simclr_tf.errors import UserError
+
+    for error in (config.ConfigError, sources.DataError, checkpoints.CheckpointError,
+                  model_dir.ModelDirError, distribute.StrategyError,
+                  callbacks.NonFiniteLossError, export.ExportError):
+        assert issubclass(error, UserError), error

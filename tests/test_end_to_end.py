@@ -202,6 +202,16 @@ def test_user_errors_are_one_line_with_the_fix(tiny_folder, tmp_path, args, need
     assert "Traceback" not in proc.stderr
 
 
+def test_model_dir_naming_a_file_is_one_line_and_keeps_the_file(tiny_folder, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    proc = run(f"--data_dir={tiny_folder}", f"--model_dir={notes}", "--train_steps=1", *COMMON,
+               expect=2)
+    assert "is a file, not a folder" in proc.stderr and str(notes) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert notes.read_text() == "my notes"
+
+
 def test_finetune_from_another_architecture_names_the_variables(pretrained, tiny_folder,
                                                                 tmp_path):
     proc = run(

@@ -7,6 +7,7 @@ NumPy softmax/argsort, PIL-encoded PNGs decoded back by PIL.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -394,6 +395,23 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == str(other)
     out = export.load_export(str(other)).serve_images(images)
     close(out["final_avg_pool"], ref["final_avg_pool"])
+
+
+def test_export_from_model_dir_reads_num_classes_from_flags_json(tmp_path):
+    # The dataset is gone: the supervised head's size comes from flags.json alone.
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(str(run_dir), data_dir=str(tmp_path / "deleted_data"))
+    model = perturbed_model(cfg, seed=5)
+    model_dir_lib.prepare(cfg, str(run_dir), write_flags=True, num_classes=len(CLASSES))
+    assert json.loads((run_dir / "flags.json").read_text())["num_classes"] == len(CLASSES)
+    train.compile_model(cfg, model, keras.optimizers.SGD(0.1))
+    model.optimizer.iterations.assign(2)
+    checkpoints.Checkpointer(model, str(run_dir), max_to_keep=1).save(2)
+
+    loaded = export.load_export(export.export_from_model_dir(str(run_dir)))
+    assert loaded.class_names is None  # names need the dataset; the head does not
+    images = random_images(2, seed=11)
+    close(loaded.serve_images(images)["logits"], model(images, training=False)["logits_sup"])
 
 
 def test_distributed_mixed_precision_linear_eval_model_exports_float32_trainable(tmp_path):

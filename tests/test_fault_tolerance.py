@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import callbacks, checkpoints, config, train
+from simclr_tf import callbacks, checkpoints, train
+from simclr_tf import model_dir as model_dir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES, PER_CLASS, SIDE, BATCH = 4, 8, 16, 8
@@ -91,7 +92,7 @@ def _rows(model_dir: pathlib.Path) -> list[dict[str, str]]:
 
 def _build_from_run(model_dir: pathlib.Path):
     """The run's model + optimizer, built in this process from its flags.json."""
-    cfg = config.Config(**json.loads((model_dir / "flags.json").read_text()))
+    cfg = model_dir_lib.config_from_flags(json.loads((model_dir / "flags.json").read_text()))
     schedule = train.make_schedule_for(cfg, CLASSES * PER_CLASS)
     return train.build_for_run(
         cfg, tf.distribute.get_strategy(), types.SimpleNamespace(num_classes=CLASSES), schedule

@@ -34,15 +34,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from simclr_tf import export
-    from simclr_tf.checkpoints import CheckpointError
-    from simclr_tf.config import ConfigError
-    from simclr_tf.model_dir import ModelDirError
+    from simclr_tf.errors import UserError
 
     try:
         path = export.export_from_model_dir(
             FLAGS.model_dir, FLAGS.checkpoint, FLAGS.export_dir, FLAGS.overwrite
         )
-    except (ModelDirError, CheckpointError, ConfigError) as e:
+    except UserError as e:
         logging.error("%s", e)
         print(f"export: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from simclr_tf.config import default_color_strength, default_use_blur  # re-exported
+
 __all__ = [
     "adjust_brightness",
     "adjust_contrast",
@@ -1060,13 +1062,3 @@ def eval_view(image, size: int) -> tf.Tensor:
     x, single = _to_batch(image)
     out = tf.image.resize(x, [size, size], method="bicubic")
     return _from_batch(tf.clip_by_value(out, 0.0, 1.0), single)
-
-
-def default_color_strength(image_size: int) -> float:
-    """SimCLR colour strength: 0.5 for CIFAR-sized images (<= 32 px), else 1.0."""
-    return 0.5 if image_size <= 32 else 1.0
-
-
-def default_use_blur(image_size: int) -> bool:
-    """SimCLR uses Gaussian blur on ImageNet-sized images but not on CIFAR (<= 32 px)."""
-    return image_size > 32

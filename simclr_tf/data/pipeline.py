@@ -30,10 +30,10 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from simclr_tf.config import AUGMENT_PLACES
 from simclr_tf.data import augment
 from simclr_tf.data.sources import DataError
 
-AUGMENT_PLACES = ("host", "device")
 _PRETRAIN, _FINETUNE = 1, 2  # seed "purposes"
 
 

@@ -38,6 +38,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf.errors import UserError
+
 IMAGE_FOLDER = "image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SHAPE_SAMPLE = 32
@@ -45,7 +47,7 @@ _SHAPE_SAMPLE = 32
 _FRACTION_KEY = 0x5EED_F4AC
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A user-facing data problem; the message names the fix."""
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import PROJ_HEAD_MODES, head_depth
 from simclr_tf.models.layers import BatchNorm, attach_layers
 
-PROJECTION_MODES = ("none", "linear", "nonlinear")
 BN_EPSILON = 1e-5
 _register = keras.saving.register_keras_serializable(package="simclr_tf")
 
@@ -39,9 +39,9 @@ class ProjectionHead(keras.layers.Layer):
     def __init__(self, mode: str = "nonlinear", num_layers: int = 3, out_dim: int = 128,
                  bn_momentum: float = 0.9, global_bn: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if mode not in PROJECTION_MODES:
+        if mode not in PROJ_HEAD_MODES:
             raise ValueError(
-                f"Unknown projection head mode {mode!r}; valid modes are {PROJECTION_MODES}."
+                f"Unknown projection head mode {mode!r}; valid modes are {PROJ_HEAD_MODES}."
             )
         if mode == "nonlinear" and int(num_layers) < 1:
             raise ValueError(f"A nonlinear head needs num_layers >= 1, got {num_layers}.")
@@ -63,7 +63,7 @@ class ProjectionHead(keras.layers.Layer):
     @property
     def depth(self) -> int:
         """Number of Dense+BN layers (0 for mode "none")."""
-        return {"none": 0, "linear": 1, "nonlinear": self.num_layers}[self.mode]
+        return head_depth(self.mode, self.num_layers)
 
     def build(self, input_shape: tuple) -> None:
         in_dim = input_shape[-1]

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import distribute, losses, optim
+from simclr_tf.config import check_micro_batch
 from simclr_tf.metrics import TopKAccuracy
 from simclr_tf.models.heads import LinearHead, ProjectionHead
 from simclr_tf.models.layers import set_trainable
@@ -258,12 +259,8 @@ class SimCLRModel(keras.Model):
         """
         m = int(self.micro_batch_size)
         n_static = view1.shape[0]
-        if n_static is not None and n_static % m:
-            raise ValueError(
-                f"The per-replica batch ({n_static} images) is not a multiple of "
-                f"--micro_batch_size={m} (images per view per replica): pick a micro batch that "
-                "divides train_batch_size / num_replicas."
-            )
+        if n_static is not None:
+            check_micro_batch(n_static, m, "The per-replica batch")
         replicas = self._replicas()
         if replicas > 1 and n_static is None:
             raise ValueError(

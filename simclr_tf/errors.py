@@ -1,0 +1,14 @@
+"""The one base of every user-facing error: a mistake the user can fix, told in one line.
+
+The command line (``simclr_tf.cli``, ``tools/export.py``) prints the message of a
+:class:`UserError` as one line naming the fix (exit code 2) instead of a stack trace. Each module
+defines its own subclass (``ConfigError``, ``DataError``, ``CheckpointError``, ...) next to the
+code that raises it; subclasses also keep a standard base (``ValueError``, ``RuntimeError``) so
+callers catching those still do.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A failure caused by the user's input; the message names the fix and nothing was lost."""
