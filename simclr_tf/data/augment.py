@@ -812,17 +812,18 @@ def _jitter_step(x: Views, params: dict, active: tf.Tensor, per_view: bool) -> V
     names = ("brightness", "contrast", "saturation", "hue")
     factors = tf.stack([params[k] for k in names], axis=1)  # [n, 4]
     order = params["order"]
-    return [
-        _cond(active[i], lambda v=v, i=i: _jitter_one(v, factors[i], order[i]), v)
+    out = [
+        _cond(active[i], lambda v=v, i=i: _jitter_one_compiled(v, factors[i], order[i]), v)
         for i, v in enumerate(x)
     ]
+    return [tf.ensure_shape(v, x[0].shape) for v in out]
 
 
 def _jitter_one(v: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
     """The four jitter ops on one view [S, S, 3], each once, in ``order`` (clipped after each).
 
     ``factors``: brightness, contrast, saturation factors and hue delta. A while loop over the
-    4 stages traces the 4 ops once instead of once per stage.
+    4 stages traces (and XLA compiles) the 4 ops once instead of once per stage.
     """
 
     def stage(k, v):
@@ -851,14 +852,11 @@ def _view_hue(v: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(tf.image.adjust_hue(v, delta), 0.0, 1.0)
 
 
-# Each op of one view is XLA-compiled on its own: XLA fuses its elementwise passes into one
-# loop (1.3-3x faster on a CPU host than op by op, tools/benchmark.py --what=ops; same values
-# to ~1e-6) and compiles in about a second. (Compiling the whole switch of 4 x 4 ops as one
-# XLA function took a minute at 224 px.)
-_VIEW_JITTER_OPS = tuple(
-    tf.function(op, jit_compile=True, reduce_retracing=True)
-    for op in (_view_brightness, _view_contrast, _view_saturation, _view_hue)
-)
+_VIEW_JITTER_OPS = (_view_brightness, _view_contrast, _view_saturation, _view_hue)
+# XLA fuses the elementwise passes of each op into one loop: 2.6x faster on a CPU host than op
+# by op (tools/benchmark.py --what=ops), same values to ~1e-6. It compiles in about 2 s once
+# per process and view size (unrolling the 4 stages instead of the while loop took a minute).
+_jitter_one_compiled = tf.function(_jitter_one, jit_compile=True)
 
 
 def _gray_step(x: Views, gray: tf.Tensor, per_view: bool) -> Views:
