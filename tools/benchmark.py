@@ -424,7 +424,7 @@ def _profile_ops_table(tf, aug, size: int, strength: float, ref) -> list[tuple[s
          lambda image, seed: tf.image.convert_image_dtype(image, tf.float32)),
         ("2 crop boxes (reference sampler)", "image", boxes),
         ("2 crops: slice", "image", slices),
-        ("2 crops: slice, float, bicubic resize (before)", "image", old_resize),
+        ("2 crops: slice, float, bicubic resize (before and after)", "image", old_resize),
         ("2 crops: slice, bicubic resize from uint8 (not used)", "image",
          lambda image, seed: [tf.image.resize(c, [size, size], "bicubic")
                               for c in slices(image, seed)]),
@@ -437,7 +437,7 @@ def _profile_ops_table(tf, aug, size: int, strength: float, ref) -> list[tuple[s
          new_jitter_no_xla),
         ("hue only, HSV round trip batched (before)", "views",
          lambda views, seed: aug._hue(views, tf.fill([2], 0.1))),
-        ("hue only, tf.image.adjust_hue per view (after)", "views",
+        ("hue only, tf.image.adjust_hue per view (now inside the XLA jitter)", "views",
          lambda views, seed: [tf.image.adjust_hue(v, 0.1) for v in tf.unstack(views)]),
         ("grayscale p=0.2, batched (before)", "views", gray(False)),
         ("grayscale p=0.2, per view (after)", "views", gray(True)),
