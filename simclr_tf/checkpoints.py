@@ -1,5 +1,9 @@
 """Checkpoints: save, resume, restore a pretrained model for fine-tuning, and refuse mismatches.
 
+Everything about resuming a run is in :func:`resume` (which checkpoint, start step,
+multi-worker agreement, pretrained start of fine-tuning), :func:`resumed_seed` (new views after a
+resume) and :func:`fit_spans` (finishing an interrupted epoch before whole ones).
+
 ``tf.train.Checkpoint`` is used (not Keras ``.keras`` files) because it saves model *and*
 optimizer state, writes atomically (the ``checkpoint`` index file is replaced only after the new
 files are complete, so a crash during a save leaves the previous checkpoint loadable), and works
@@ -13,6 +17,7 @@ model that has any.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
@@ -20,8 +25,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf import distribute
+from simclr_tf.config import Config
 from simclr_tf.errors import UserError
 from simclr_tf.model_dir import CHECKPOINT_NAME
+
+# Seeds of resumed runs are moved by this factor times the start step, so a resumed run sees
+# new views rather than replaying the first epoch's.
+RESUME_SEED_STRIDE = 1_000_003
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -170,3 +181,63 @@ def checkpoint_step(prefix: str) -> int:
         return int(reader.get_tensor(key))
     tail = prefix.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming a training run
+# --------------------------------------------------------------------------------------------
+
+
+def resume(
+    cfg: Config, model: keras.Model, strategy: tf.distribute.Strategy, write_dir: str
+) -> tuple[Checkpointer, int]:
+    """Where a training run starts; returns the checkpointer (saving to ``write_dir``) and the
+    start step (0 for a new run).
+
+    * The newest checkpoint of the run restores model *and* optimizer (step, schedule position,
+      momentum), so the same command after a crash continues where the last save left off.
+    * Multi-worker: every worker resumes from the chief's ``--model_dir`` (non-chiefs save to a
+      temporary ``write_dir``), and all must have resumed from the same step.
+    * A new fine-tuning run starts from the pretrained ``--checkpoint`` (encoder and projection
+      head only); a resumed one from its own checkpoint.
+    """
+    checkpointer = Checkpointer(model, write_dir, cfg.keep_checkpoint_max)
+    multi = distribute.is_multi_worker(strategy) and cfg.model_dir
+    step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
+    distribute.check_same_step(strategy, step)
+    if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
+        restore_pretrained(model, cfg.checkpoint)
+    return checkpointer, step
+
+
+def resumed_seed(seed: int, start_step: int) -> int:
+    """The data seed of a run (re)started at ``start_step``: new views after every resume."""
+    return seed + RESUME_SEED_STRIDE * start_step
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSpan:
+    """The epoch arguments of one ``model.fit`` call."""
+
+    initial_epoch: int
+    epochs: int
+    steps_per_epoch: int
+
+
+def fit_spans(start_step: int, steps_per_epoch: int, total_steps: int) -> list[FitSpan]:
+    """The ``fit`` calls that take a run from ``start_step`` to ``total_steps``.
+
+    A run resumed mid-epoch first finishes the interrupted epoch (a short ``fit``), so later
+    epochs stay aligned with the data size; then whole epochs. A run shorter than an epoch is
+    one "epoch" of exactly its steps (honest progress bars).
+    """
+    spe = min(steps_per_epoch, total_steps)
+    epochs = -(-total_steps // spe)  # ceil
+    first_epoch = start_step // spe
+    spans = []
+    if start_step % spe:
+        spans.append(FitSpan(first_epoch, first_epoch + 1, spe - start_step % spe))
+        first_epoch += 1
+    if first_epoch < epochs:
+        spans.append(FitSpan(first_epoch, epochs, spe))
+    return spans

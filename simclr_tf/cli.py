@@ -105,9 +105,7 @@ def model_to_evaluate(cfg: config.Config, strategy, info, location, trained):
 
     if trained is not None:
         return trained, checkpoints.resolve_checkpoint_path(location.path)
-    # The optimizer is only built for checkpoint compatibility; its schedule is never stepped.
-    train_size = max(1, info.split_sizes.get(cfg.train_split, 1))
-    model = train.build_for_run(cfg, strategy, info, train.make_schedule_for(cfg, train_size))
+    model = train.build_for_run(cfg, strategy, info, schedule=None)  # evaluation: no optimizer
     return model, evaluate.restore_for_eval(cfg, model, location.read_path)
 
 

@@ -39,6 +39,8 @@ PRECISIONS = ("none", "bfloat16", "float16")
 AUGMENT_PLACES = ("host", "device")
 CROP_SAMPLERS = ("reference", "uniform_area")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
+AUGMENT_VIEWS = ("both", "one")
 
 # Flags that define the network's variables: a model_dir written with other values holds a
 # different architecture and must not be silently reused.
@@ -106,7 +108,9 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
     if "train_mode" in fv:
         return
     for field in dataclasses.fields(Config):
-        kind = str(field.type).replace(" | None", "")
+        kind = str(field.type).replace(" | None", "")  # annotations are strings (__future__)
+        if kind not in _FLAG_DEFINERS:
+            raise TypeError(f"Config.{field.name}: type {field.type!r} has no absl flag kind.")
         help_text, choices = field.metadata["help"], field.metadata["choices"]
         if choices is not None:
             flags.DEFINE_enum(field.name, field.default, choices, help_text, flag_values=fv)
@@ -282,6 +286,35 @@ class Config:
         "off).",
     )
 
+    # Studies: the paper's loss and augmentation ablations (Tables 1, 2, 4; Figure 5).
+    loss: str = setting(
+        "nt_xent",
+        "Contrastive loss: nt_xent (SimCLR), nt_logistic (sigmoid of similarity / "
+        "--temperature) or margin_triplet (--margin).",
+        choices=LOSSES,
+    )
+    margin: float = setting(
+        0.4,
+        "Margin m of --loss=margin_triplet on cosine similarities (the paper tuned 0, 0.4, 0.8, "
+        "1.6); also bounds its semi-hard negatives.",
+    )
+    semi_hard_negatives: bool = setting(
+        False,
+        "nt_logistic / margin_triplet: use only semi-hard negatives (less similar than the "
+        "positive; for the margin loss also within --margin of it).",
+    )
+    augmentations: str | None = setting(
+        None,
+        "Comma list of view operations, applied in this order: crop, flip, color, grayscale, "
+        "blur, cutout, sobel, noise, rotate (default: the paper recipe crop,flip,color,"
+        "grayscale, plus blur with --use_blur; a given list overrides --use_blur).",
+    )
+    augment_views: str = setting(
+        "both",
+        "both: augment both views; one: the second view is only resized (the paper's "
+        "asymmetric study).",
+        choices=AUGMENT_VIEWS,
+    )
 
     @classmethod
     def from_flags(cls, flag_values: flags.FlagValues | None = None) -> Config:
@@ -380,9 +413,29 @@ class Config:
             err.append("--augment_on=device is for pretraining (fine-tuning only crops and flips).")
         if self.crop_sampler not in CROP_SAMPLERS:
             err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
+        err += self._study_errors()
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))
         return self
+
+    def _study_errors(self) -> list[str]:
+        """Checks of the loss and augmentation study flags."""
+        from simclr_tf.data import study_ops  # TensorFlow-level import, only when validating
+
+        err = []
+        if self.margin < 0:
+            err.append("--margin must be >= 0.")
+        if self.semi_hard_negatives and self.loss == "nt_xent":
+            err.append(
+                "--semi_hard_negatives is for --loss=nt_logistic or margin_triplet (NT-Xent "
+                "weighs negatives by hardness itself): drop it or change --loss."
+            )
+        if self.augmentations is not None:
+            try:
+                study_ops.parse_augmentations(self.augmentations)
+            except ValueError as e:
+                err.append(str(e))
+        return err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,13 +491,23 @@ def resolve(cfg: Config, image_side: int | None, splits: tuple[str, ...]) -> Con
                 f"The dataset has no validation or test split (splits: {sorted(splits)}): "
                 "pass --eval_split."
             )
+    from simclr_tf.data import study_ops
+
+    use_blur = default_use_blur(image_size) if cfg.use_blur is None else cfg.use_blur
+    try:
+        ops = study_ops.parse_augmentations(cfg.augmentations, use_blur)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.augmentations is not None:
+        use_blur = "blur" in ops  # an explicit list decides; --use_blur shapes only the default
     return cfg.replace(
         image_size=image_size,
         cifar_stem=small if cfg.cifar_stem is None else cfg.cifar_stem,
         color_jitter_strength=default_color_strength(image_size)
         if cfg.color_jitter_strength is None
         else cfg.color_jitter_strength,
-        use_blur=default_use_blur(image_size) if cfg.use_blur is None else cfg.use_blur,
+        use_blur=use_blur,
+        augmentations=",".join(ops),
         eval_split=eval_split,
         strategy=cfg.strategy_name,
     )

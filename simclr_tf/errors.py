@@ -12,3 +12,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A failure caused by the user's input; the message names the fix and nothing was lost."""
+
+
+class ExportError(UserError, RuntimeError):
+    """An export that cannot be written, or a run that cannot be rebuilt for one; names the fix.
+
+    Here rather than in export.py because rebuilding a run's model (``simclr_tf.models.build``)
+    raises it too.
+    """

@@ -1,19 +1,32 @@
-"""NT-Xent (normalised temperature-scaled cross entropy) with cross-replica negatives.
+"""SimCLR's contrastive losses with cross-replica negatives: NT-Xent, NT-Logistic, margin triplet.
 
 SimCLR's loss needs every view of the *global* batch as a candidate for every anchor: with
 per-replica negatives only, a batch of 4096 on 32 cores would see 255 negatives instead of 8190.
 `cross_replica_concat` gathers the projections of all replicas (with a gradient that flows back
 to the replica that produced each row) and `nt_xent` builds the 2n x 2N logits of this replica's
-anchors against all 2N candidates.
+anchors against all 2N candidates. `nt_logistic` and `margin_triplet` are the alternatives the
+paper compares (Tables 2 and 4), on the same candidates, optionally with semi-hard negatives.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import tensorflow as tf
 
-__all__ = ["ContrastiveOutput", "cross_replica_concat", "nt_xent"]
+from simclr_tf.config import LOSSES
+
+__all__ = [
+    "LOSSES",
+    "ContrastiveOutput",
+    "cross_replica_concat",
+    "make_contrastive_loss",
+    "margin_triplet",
+    "nt_logistic",
+    "nt_xent",
+]
 
 # Added to each anchor's similarity with itself so that softmax gives it (exactly) zero mass in
 # float32, while staying finite so that 0 * log(p) stays 0 rather than NaN.
@@ -90,6 +103,71 @@ def _replica_offset() -> tf.Tensor:
     return tf.cast(ctx.replica_id_in_sync_group, tf.int32)
 
 
+def _check_inputs(z1, z2, temperature: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """float32 copies of the projections after the checks every loss shares."""
+    if not temperature > 0:
+        raise ValueError(
+            f"temperature must be > 0, got {temperature}; the paper uses 0.1 (large batches) "
+            "or 0.5 (CIFAR-10, batch 512)."
+        )
+    z1 = tf.cast(tf.convert_to_tensor(z1), tf.float32)
+    z2 = tf.cast(tf.convert_to_tensor(z2), tf.float32)
+    if z1.shape.rank != 2 or z2.shape.rank != 2:
+        raise ValueError(
+            f"The contrastive loss expects z1 and z2 of shape [n, d], got {z1.shape} and "
+            f"{z2.shape} ([n, d] needed); flatten the projection head output first."
+        )
+    if not z1.shape.is_compatible_with(z2.shape):
+        raise ValueError(
+            f"z1 and z2 must have the same shape (row i of each is a positive pair), got "
+            f"{z1.shape} and {z2.shape}."
+        )
+    return z1, z2
+
+
+def _similarities(
+    z1: tf.Tensor, z2: tf.Tensor, hidden_norm: bool, cross_replica: bool
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """This replica's 2n anchors against the global 2N candidates.
+
+    Returns (similarities [2n, 2N] float32, unmasked; labels [2n] int32, the positive's index;
+    self_mask [2n, 2N] bool, True at each anchor's own column).
+    """
+    if hidden_norm:
+        z1 = tf.math.l2_normalize(z1, axis=1)
+        z2 = tf.math.l2_normalize(z2, axis=1)
+    n = tf.shape(z1)[0]
+    if cross_replica:
+        all1 = cross_replica_concat(z1)
+        all2 = cross_replica_concat(z2)
+        offset = _replica_offset() * n
+    else:
+        all1, all2 = z1, z2
+        offset = tf.constant(0, tf.int32)
+    big_n = tf.shape(all1)[0]  # N, the global number of images
+    candidates = tf.concat([all1, all2], axis=0)  # [2N, d]
+    anchors = tf.concat([z1, z2], axis=0)  # [2n, d]
+    sims = tf.matmul(anchors, candidates, transpose_b=True)  # [2n, 2N]
+    local = tf.range(n, dtype=tf.int32) + offset  # global image index of each local row
+    self_index = tf.concat([local, local + big_n], axis=0)  # [2n]
+    labels = tf.concat([local + big_n, local], axis=0)  # [2n]: the other view
+    self_mask = tf.one_hot(self_index, 2 * big_n, on_value=True, off_value=False)
+    return sims, labels, self_mask
+
+
+def _diagnostics(
+    logits: tf.Tensor, labels: tf.Tensor, self_mask: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(accuracy, entropy) of the softmax over each anchor's 2N-1 candidates (no gradient)."""
+    stopped = tf.stop_gradient(logits)
+    predicted = tf.argmax(stopped, axis=1, output_type=tf.int32)
+    accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
+    log_p = tf.nn.log_softmax(stopped, axis=1)
+    plogp = tf.where(self_mask, tf.zeros_like(log_p), tf.exp(log_p) * log_p)
+    entropy = -tf.reduce_mean(tf.reduce_sum(plogp, axis=1))
+    return accuracy, entropy
+
+
 def nt_xent(
     z1: tf.Tensor,
     z2: tf.Tensor,
@@ -127,60 +205,147 @@ def nt_xent(
     sum_r grad(loss_r / R) = grad(global mean loss): the applied gradient equals the
     single-device gradient on the full batch of N images.
     """
-    if not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0, got {temperature}; the paper uses 0.1 (large batches) "
-            "or 0.5 (CIFAR-10, batch 512)."
-        )
-    z1 = tf.cast(tf.convert_to_tensor(z1), tf.float32)
-    z2 = tf.cast(tf.convert_to_tensor(z2), tf.float32)
-    if z1.shape.rank != 2 or z2.shape.rank != 2:
-        raise ValueError(
-            f"nt_xent expects z1 and z2 of shape [n, d], got {z1.shape} and {z2.shape}; "
-            "flatten the projection head output first."
-        )
-    if not z1.shape.is_compatible_with(z2.shape):
-        raise ValueError(
-            f"z1 and z2 must have the same shape (row i of each is a positive pair), got "
-            f"{z1.shape} and {z2.shape}."
-        )
-
+    z1, z2 = _check_inputs(z1, z2, temperature)
     with tf.name_scope("nt_xent"):
-        if hidden_norm:
-            z1 = tf.math.l2_normalize(z1, axis=1)
-            z2 = tf.math.l2_normalize(z2, axis=1)
-
-        n = tf.shape(z1)[0]
-        if cross_replica:
-            all1 = cross_replica_concat(z1)
-            all2 = cross_replica_concat(z2)
-            offset = _replica_offset() * n
-        else:
-            all1, all2 = z1, z2
-            offset = tf.constant(0, tf.int32)
-        big_n = tf.shape(all1)[0]  # N, the global number of images
-        candidates = tf.concat([all1, all2], axis=0)  # [2N, d]
-        anchors = tf.concat([z1, z2], axis=0)  # [2n, d]
-
-        logits = tf.matmul(anchors, candidates, transpose_b=True) / temperature  # [2n, 2N]
-
-        local = tf.range(n, dtype=tf.int32) + offset  # global image index of each local row
-        self_index = tf.concat([local, local + big_n], axis=0)  # [2n]
-        labels = tf.concat([local + big_n, local], axis=0)  # [2n]: the other view
-
-        self_mask = tf.one_hot(self_index, 2 * big_n, on_value=True, off_value=False)
-        logits = tf.where(self_mask, tf.constant(_SELF_LOGIT, tf.float32), logits)
-
+        sims, labels, self_mask = _similarities(z1, z2, hidden_norm, cross_replica)
+        logits = tf.where(self_mask, tf.constant(_SELF_LOGIT, tf.float32), sims / temperature)
         per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         loss = tf.reduce_mean(per_anchor)
-
-        stopped = tf.stop_gradient(logits)
-        predicted = tf.argmax(stopped, axis=1, output_type=tf.int32)
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
-        log_p = tf.nn.log_softmax(stopped, axis=1)
-        plogp = tf.where(self_mask, tf.zeros_like(log_p), tf.exp(log_p) * log_p)
-        entropy = -tf.reduce_mean(tf.reduce_sum(plogp, axis=1))
+        accuracy, entropy = _diagnostics(logits, labels, self_mask)
 
     return ContrastiveOutput(
         loss=loss, accuracy=accuracy, entropy=entropy, logits=logits, labels=labels
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's other losses (Table 2) and semi-hard negatives (Table 4)
+# --------------------------------------------------------------------------------------------
+
+
+def _negatives(
+    sims: tf.Tensor,
+    labels: tf.Tensor,
+    self_mask: tf.Tensor,
+    semi_hard: bool,
+    margin: float | None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(positive similarity [2n], negative mask [2n, 2N] bool) of each anchor.
+
+    Negatives are the 2N-2 candidates that are neither the anchor nor its positive. Semi-hard
+    (Schroff et al. 2015, as the paper uses it): only negatives *less* similar than the positive
+    and, when ``margin`` is given, within it (``s+ - margin < s- < s+``). The selection is a
+    constant for the gradient.
+    """
+    width = tf.shape(sims)[1]
+    positive_mask = tf.one_hot(labels, width, on_value=True, off_value=False)
+    pos_sim = tf.reduce_sum(tf.where(positive_mask, sims, tf.zeros_like(sims)), axis=1)
+    negatives = ~(self_mask | positive_mask)
+    if semi_hard:
+        s = tf.stop_gradient(sims)
+        p = tf.stop_gradient(pos_sim)[:, tf.newaxis]
+        negatives &= s < p
+        if margin is not None:
+            negatives &= s > p - margin
+    return pos_sim, negatives
+
+
+def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Row means of ``values`` over ``mask`` (0 for a row without any True)."""
+    weights = tf.cast(mask, tf.float32)
+    total = tf.reduce_sum(tf.where(mask, values, tf.zeros_like(values)), axis=1)
+    return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+def nt_logistic(
+    z1: tf.Tensor,
+    z2: tf.Tensor,
+    temperature: float = 0.1,
+    hidden_norm: bool = True,
+    cross_replica: bool = True,
+    semi_hard_negatives: bool = False,
+) -> ContrastiveOutput:
+    """NT-Logistic (paper, Table 2): a sigmoid of the similarity / tau for every pair.
+
+    Per anchor u with positive v+ and its (semi-hard) negatives v-, the loss is
+    ``-log sigmoid(s(u, v+) / tau) - mean over v- of log sigmoid(-s(u, v-) / tau)``: the mean
+    over the anchor's (u, v+, v-) terms of the paper's objective, so the many negatives get the
+    same total weight as the one positive. Anchors without a semi-hard negative keep only their
+    positive term. Negatives, replicas and the returned diagnostics are as in :func:`nt_xent`
+    (accuracy and entropy of the softmax of similarity / tau).
+    """
+    z1, z2 = _check_inputs(z1, z2, temperature)
+    with tf.name_scope("nt_logistic"):
+        sims, labels, self_mask = _similarities(z1, z2, hidden_norm, cross_replica)
+        pos_sim, negatives = _negatives(sims, labels, self_mask, semi_hard_negatives, None)
+        positive_term = -tf.math.log_sigmoid(pos_sim / temperature)
+        negative_term = _masked_mean(-tf.math.log_sigmoid(-sims / temperature), negatives)
+        loss = tf.reduce_mean(positive_term + negative_term)
+        logits = tf.where(self_mask, tf.constant(_SELF_LOGIT, tf.float32), sims / temperature)
+        accuracy, entropy = _diagnostics(logits, labels, self_mask)
+    return ContrastiveOutput(
+        loss=loss, accuracy=accuracy, entropy=entropy, logits=logits, labels=labels
+    )
+
+
+def margin_triplet(
+    z1: tf.Tensor,
+    z2: tf.Tensor,
+    margin: float = 0.4,
+    hidden_norm: bool = True,
+    cross_replica: bool = True,
+    semi_hard_negatives: bool = False,
+    temperature: float = 0.1,
+) -> ContrastiveOutput:
+    """Margin triplet (paper, Table 2) on similarities: ``max(s(u, v-) - s(u, v+) + m, 0)``.
+
+    Per anchor, the mean over its (semi-hard) negatives; semi-hard here means
+    ``s+ - m < s- < s+`` (farther than the positive, within the margin). ``temperature`` only
+    scales the logits of the reported accuracy / entropy, not the loss.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}; the paper tuned 0, 0.4, 0.8, 1.6.")
+    z1, z2 = _check_inputs(z1, z2, temperature)
+    with tf.name_scope("margin_triplet"):
+        sims, labels, self_mask = _similarities(z1, z2, hidden_norm, cross_replica)
+        pos_sim, negatives = _negatives(sims, labels, self_mask, semi_hard_negatives, margin)
+        hinge = tf.nn.relu(sims - pos_sim[:, tf.newaxis] + margin)
+        loss = tf.reduce_mean(_masked_mean(hinge, negatives))
+        logits = tf.where(self_mask, tf.constant(_SELF_LOGIT, tf.float32), sims / temperature)
+        accuracy, entropy = _diagnostics(logits, labels, self_mask)
+    return ContrastiveOutput(
+        loss=loss, accuracy=accuracy, entropy=entropy, logits=logits, labels=labels
+    )
+
+
+ContrastiveLossFn = Callable[[tf.Tensor, tf.Tensor], ContrastiveOutput]
+
+
+def make_contrastive_loss(
+    loss: str = "nt_xent",
+    temperature: float = 0.1,
+    hidden_norm: bool = True,
+    margin: float = 0.4,
+    semi_hard_negatives: bool = False,
+) -> ContrastiveLossFn:
+    """``(z1, z2) -> ContrastiveOutput`` of a run's ``--loss`` and its settings."""
+    if loss == "nt_xent":
+        if semi_hard_negatives:
+            raise ValueError("semi_hard_negatives is for nt_logistic or margin_triplet.")
+        return functools.partial(nt_xent, temperature=temperature, hidden_norm=hidden_norm)
+    if loss == "nt_logistic":
+        return functools.partial(
+            nt_logistic,
+            temperature=temperature,
+            hidden_norm=hidden_norm,
+            semi_hard_negatives=semi_hard_negatives,
+        )
+    if loss == "margin_triplet":
+        return functools.partial(
+            margin_triplet,
+            margin=margin,
+            hidden_norm=hidden_norm,
+            semi_hard_negatives=semi_hard_negatives,
+            temperature=temperature,
+        )
+    raise ValueError(f"Unknown loss {loss!r}: choose one of {', '.join(LOSSES)}.")

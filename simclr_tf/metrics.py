@@ -364,17 +364,6 @@ def extract_features(
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_scalar(name: str, value: float, step: int) -> None:
-    """A TensorBoard scalar via core tf.summary.write.
-
-    tf.summary.scalar lives in the tensorboard package, which may be absent; this writes the same
-    record (float32 scalar tagged for the "scalars" plugin) with TensorFlow alone.
-    """
-    metadata = tf.compat.v1.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)
-
-
 class KNNMonitor(keras.callbacks.Callback):
     """Weighted-kNN top-1 of `model.encoder` features (before the projection head) during fit.
 
@@ -498,7 +487,7 @@ class KNNMonitor(keras.callbacks.Callback):
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.log_dir)
             with self._writer.as_default():
-                _write_scalar("knn_top1", top1, step)
+                tf.summary.scalar("knn_top1", top1, step=step)
             self._writer.flush()
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

@@ -73,16 +73,19 @@ def weight_decay_penalty(variables: Iterable, weight_decay: float) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     """Linear warmup from 0 to `peak_learning_rate`, then cosine decay to 0 at `total_steps`.
 
     step < warmup:  peak * step / warmup            (the reference warms up linearly from 0)
     otherwise:      peak * 0.5 * (1 + cos(pi * (step - warmup) / (total - warmup)))
     step >= total:  0
+
+    Keras's ``CosineDecay(warmup_target=..., warmup_steps=...)`` computes this curve; this class
+    only adds the argument check and the 0 from ``total_steps`` on (when the warmup covers the
+    whole run, Keras would return the peak at ``total_steps``).
     """
 
     def __init__(self, peak_learning_rate: float, warmup_steps: int, total_steps: int):
-        super().__init__()
         warmup_steps, total_steps = int(warmup_steps), int(total_steps)
         if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:
             raise ValueError(
@@ -90,23 +93,20 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
                 f"got warmup_steps={warmup_steps}, total_steps={total_steps}; check the "
                 "warmup_epochs / train_epochs (or train_steps) settings."
             )
+        super().__init__(
+            initial_learning_rate=0.0,
+            decay_steps=max(total_steps - warmup_steps, 1),
+            warmup_target=float(peak_learning_rate),
+            warmup_steps=warmup_steps,
+            name="WarmupCosineDecay",
+        )
         self.peak_learning_rate = float(peak_learning_rate)
-        self.warmup_steps = warmup_steps
         self.total_steps = total_steps
 
     def __call__(self, step):
-        with tf.name_scope("WarmupCosineDecay"):
-            step = tf.cast(step, tf.float32)
-            peak = tf.constant(self.peak_learning_rate, tf.float32)
-            warmup = float(self.warmup_steps)
-            decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
-            progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
-            cosine = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
-            if self.warmup_steps > 0:
-                lr = tf.where(step < warmup, peak * step / warmup, cosine)
-            else:
-                lr = cosine
-            return tf.where(step >= float(self.total_steps), tf.zeros_like(lr), lr)
+        lr = super().__call__(step)
+        done = tf.cast(step, tf.float32) >= float(self.total_steps)
+        return tf.where(done, tf.zeros_like(lr), lr)
 
     def get_config(self) -> dict:
         return {

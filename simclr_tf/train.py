@@ -1,84 +1,32 @@
 """Training: wires data -> augment -> model -> loss -> optimizer -> fit with callbacks.
 
-One function per piece so a newcomer can follow a run top to bottom: :func:`build_model`,
-:func:`build_optimizer_for`, :func:`train_dataset`, :func:`train`.
+One function per piece so a newcomer can follow a run top to bottom: the model
+(:func:`simclr_tf.models.build.build_model`), :func:`build_optimizer_for`, :func:`train_dataset`,
+:func:`train`. Resuming (start step, seed shift, the interrupted epoch) is
+:func:`simclr_tf.checkpoints.resume` and :func:`~simclr_tf.checkpoints.fit_spans`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, evaluate, model_dir, optim
+from simclr_tf import checkpoints, evaluate, model_dir, optim, plots
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
-from simclr_tf.data import augment, pipeline, sources
+from simclr_tf.data import pipeline, sources
 from simclr_tf.metrics import KNNMonitor
-from simclr_tf.models.heads import ProjectionHead
-from simclr_tf.models.resnet import ResNet
+from simclr_tf.models.build import build_model
 from simclr_tf.models.simclr import SimCLRModel
-
-# Seeds of resumed runs are moved by this factor times the start step, so a resumed run sees
-# new views rather than replaying the first epoch's.
-_RESUME_SEED_STRIDE = 1_000_003
 
 
 def set_precision(cfg: Config) -> None:
     """Mixed precision for encoder and heads (the loss is always computed in float32)."""
     policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     keras.mixed_precision.set_dtype_policy(policy[cfg.mixed_precision])
-
-
-def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
-    """The SimCLR model of the config (call inside the strategy scope)."""
-    encoder = ResNet(
-        depth=cfg.resnet_depth,
-        width_multiplier=cfg.width_multiplier,
-        cifar_stem=bool(cfg.cifar_stem),
-        sk_ratio=cfg.sk_ratio,
-        se_ratio=cfg.se_ratio,
-        bn_momentum=cfg.batch_norm_decay,
-        global_bn=cfg.global_bn,
-        name="encoder",
-    )
-    head = ProjectionHead(
-        mode=cfg.proj_head_mode,
-        num_layers=cfg.num_proj_layers,
-        out_dim=cfg.proj_out_dim,
-        bn_momentum=cfg.batch_norm_decay,
-        global_bn=cfg.global_bn,
-        name="projection_head",
-    )
-    augment_fn = None
-    if cfg.train_mode == "pretrain" and cfg.augment_on == "device":
-        augment_fn = functools.partial(
-            augment.two_views,
-            size=cfg.image_size,
-            color_jitter_strength=cfg.color_jitter_strength,
-            use_blur=cfg.use_blur,
-            crop_sampler=cfg.crop_sampler,
-        )
-    return SimCLRModel(
-        encoder,
-        head,
-        num_classes,
-        train_mode=cfg.train_mode,
-        temperature=cfg.temperature,
-        hidden_norm=cfg.hidden_norm,
-        lineareval_while_pretraining=cfg.lineareval_while_pretraining,
-        ft_proj_selector=cfg.ft_proj_selector,
-        frozen_stages=cfg.frozen_stages,
-        zero_init_logits_layer=cfg.zero_init_logits_layer,
-        weight_decay=cfg.weight_decay,
-        augment_fn=augment_fn,
-        seed=cfg.seed,
-        micro_batch_size=cfg.micro_batch_size,
-        name="simclr",
-    )
 
 
 def build_optimizer_for(cfg: Config, schedule: Schedule) -> keras.optimizers.Optimizer:
@@ -110,6 +58,18 @@ def make_schedule_for(cfg: Config, num_train_examples: int) -> Schedule:
     return make_schedule(cfg, num_train_examples, peak)
 
 
+def load_train_split(cfg: Config, **kwargs) -> tuple[tf.data.Dataset, sources.DatasetInfo]:
+    """The training split with the run's class-balanced label fraction (seeded by ``--seed``)."""
+    return sources.load_split(
+        cfg.dataset,
+        cfg.train_split,
+        data_dir=cfg.data_dir,
+        train_data_fraction=cfg.train_data_fraction,
+        fraction_seed=cfg.seed,
+        **kwargs,
+    )
+
+
 def train_dataset(
     cfg: Config, strategy: tf.distribute.Strategy, start_step: int
 ) -> tf.distribute.DistributedDataset:
@@ -117,39 +77,28 @@ def train_dataset(
     per_replica = pipeline.per_replica_batch_size(
         cfg.train_batch_size, strategy.num_replicas_in_sync
     )
-    seed = cfg.seed + _RESUME_SEED_STRIDE * start_step
+    seed = checkpoints.resumed_seed(cfg.seed, start_step)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        ds, _ = sources.load_split(
-            cfg.dataset,
-            cfg.train_split,
-            data_dir=cfg.data_dir,
-            train_data_fraction=cfg.train_data_fraction,
-            fraction_seed=cfg.seed,
-            shuffle_files=True,
-            input_context=ctx,
-        )
-        shard_seed = seed + 7919 * ctx.input_pipeline_id
-        if cfg.train_mode == "pretrain":
-            return pipeline.pretrain_dataset(
-                ds,
-                batch_size=per_replica,
-                image_size=cfg.image_size,
-                color_jitter_strength=cfg.color_jitter_strength,
-                use_blur=cfg.use_blur,
-                seed=shard_seed,
-                augment_on=cfg.augment_on,
-                cache=cfg.cache_dataset,
-                crop_sampler=cfg.crop_sampler,
-            )
-        return pipeline.finetune_dataset(
-            ds,
+        ds, _ = load_train_split(cfg, shuffle_files=True, input_context=ctx)
+        common = dict(
             batch_size=per_replica,
             image_size=cfg.image_size,
-            seed=shard_seed,
+            seed=seed + 7919 * ctx.input_pipeline_id,  # one stream of views per input pipeline
             cache=cfg.cache_dataset,
             crop_sampler=cfg.crop_sampler,
         )
+        if cfg.train_mode == "pretrain":
+            return pipeline.pretrain_dataset(
+                ds,
+                color_jitter_strength=cfg.color_jitter_strength,
+                use_blur=cfg.use_blur,
+                augment_on=cfg.augment_on,
+                augmentations=cfg.augmentations,
+                augment_views=cfg.augment_views,
+                **common,
+            )
+        return pipeline.finetune_dataset(ds, **common)
 
     return pipeline.distribute(strategy, dataset_fn)
 
@@ -182,25 +131,26 @@ def num_train_examples(cfg: Config) -> int:
     """Examples per training epoch, after ``--train_data_fraction`` (epochs are of the subset)."""
     if cfg.train_data_fraction >= 1.0:
         return sources.dataset_info(cfg.dataset, cfg.data_dir).split_sizes[cfg.train_split]
-    _, subset = sources.load_split(
-        cfg.dataset,
-        cfg.train_split,
-        data_dir=cfg.data_dir,
-        train_data_fraction=cfg.train_data_fraction,
-        fraction_seed=cfg.seed,
-    )
+    _, subset = load_train_split(cfg)
     return subset.split_sizes[cfg.train_split]
 
 
 def build_for_run(
-    cfg: Config, strategy: tf.distribute.Strategy, info: sources.DatasetInfo, schedule: Schedule
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    info: sources.DatasetInfo,
+    schedule: Schedule | None,
 ) -> SimCLRModel:
-    """Model + optimizer built and compiled inside the strategy scope."""
+    """Model + optimizer built and compiled inside the strategy scope.
+
+    ``schedule=None`` builds for evaluation only: no optimizer (nothing is trained).
+    """
     set_precision(cfg)
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = build_model(cfg, info.num_classes)
-        compile_model(cfg, model, build_optimizer_for(cfg, schedule))
+        optimizer = build_optimizer_for(cfg, schedule) if schedule is not None else None
+        compile_model(cfg, model, optimizer)
     return model
 
 
@@ -213,13 +163,7 @@ def train(
     """Trains to ``total_steps``, resuming from the newest checkpoint in ``write_dir``."""
     schedule = make_schedule_for(cfg, num_train_examples(cfg))
     model = build_for_run(cfg, strategy, info, schedule)
-    checkpointer = checkpoints.Checkpointer(model, write_dir, cfg.keep_checkpoint_max)
-    # Every worker resumes from the chief's model_dir (non-chiefs save to a temporary folder).
-    multi = distribute.is_multi_worker(strategy) and cfg.model_dir
-    step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
-    distribute.check_same_step(strategy, step)
-    if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
-        checkpoints.restore_pretrained(model, cfg.checkpoint)
+    checkpointer, step = checkpoints.resume(cfg, model, strategy, write_dir)
     logging.info(
         "Training %s from step %d to %d (%d steps/epoch, warmup %d, peak lr %.4g, "
         "global batch %d on %d replica(s)).",
@@ -247,30 +191,17 @@ def train(
         checkpointer, schedule.checkpoint_steps, schedule.total_steps, extra
     )
     dataset = train_dataset(cfg, strategy, step)
-    # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
-    spe = min(schedule.steps_per_epoch, schedule.total_steps)
-    epochs = math.ceil(schedule.total_steps / spe)
-    first_epoch = step // spe
-    if step % spe:
-        # Finish the interrupted epoch first, so later epochs stay aligned with the data size.
+    for span in checkpoints.fit_spans(step, schedule.steps_per_epoch, schedule.total_steps):
+        if int(model.optimizer.iterations.numpy()) >= schedule.total_steps:
+            break  # StopAtStep ended the run inside the previous span
         model.fit(
             dataset,
-            epochs=first_epoch + 1,
-            initial_epoch=first_epoch,
-            steps_per_epoch=spe - step % spe,
+            epochs=span.epochs,
+            initial_epoch=span.initial_epoch,
+            steps_per_epoch=span.steps_per_epoch,
             callbacks=callbacks,
             verbose=cfg.verbose,
             shuffle=False,  # the input pipeline shuffles (seeded)
         )
-        first_epoch += 1
-    if first_epoch < epochs and int(model.optimizer.iterations.numpy()) < schedule.total_steps:
-        model.fit(
-            dataset,
-            epochs=epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=spe,
-            callbacks=callbacks,
-            verbose=cfg.verbose,
-            shuffle=False,  # the input pipeline shuffles (seeded)
-        )
+    plots.write_curves_safely(write_dir)  # model_dir/curves.png, when matplotlib is installed
     return model

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from export_loader import load_export
 from PIL import Image
 
 from simclr_tf import checkpoints, export, train
@@ -328,7 +329,7 @@ def test_prune_exports_numeric_order_and_keep(tmp_path):
 
 def test_load_export_input_errors_name_the_fix(exported):
     model, _, _, path = exported
-    loaded = export.load_export(path)
+    loaded = load_export(path)
     assert loaded.image_size == SIZE and loaded.class_names == CLASSES
     images = random_images(2)
     close(
@@ -346,7 +347,7 @@ def test_load_export_input_errors_name_the_fix(exported):
     with pytest.raises(export.ExportError, match="tf.string"):
         loaded.serve_bytes(images)
     with pytest.raises(export.ExportError, match="saved_model.pb"):
-        export.load_export(os.path.dirname(path))
+        load_export(os.path.dirname(path))
     # The raw signature itself refuses 0-255 floats (TF Serving clients get the same message).
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"in \[0, 1\]"):
         loaded.module.signatures["serving_images"](images=tf.constant(images * 255))
@@ -371,7 +372,7 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
 
     path = export.export_from_model_dir(str(run_dir))
     assert path == str(run_dir / "saved_model" / "5")
-    loaded = export.load_export(path)
+    loaded = load_export(path)
     assert loaded.class_names == CLASSES
     images = random_images(3, seed=8)
     ref = model(images, training=False)
@@ -393,7 +394,7 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(other)
-    out = export.load_export(str(other)).serve_images(images)
+    out = load_export(str(other)).serve_images(images)
     close(out["final_avg_pool"], ref["final_avg_pool"])
 
 
@@ -408,7 +409,7 @@ def test_export_from_model_dir_reads_num_classes_from_flags_json(tmp_path):
     model.optimizer.iterations.assign(2)
     checkpoints.Checkpointer(model, str(run_dir), max_to_keep=1).save(2)
 
-    loaded = export.load_export(export.export_from_model_dir(str(run_dir)))
+    loaded = load_export(export.export_from_model_dir(str(run_dir)))
     assert loaded.class_names is None  # names need the dataset; the head does not
     images = random_images(2, seed=11)
     close(loaded.serve_images(images)["logits"], model(images, training=False)["logits_sup"])

@@ -322,3 +322,191 @@ def test_two_replicas_without_cross_replica_are_local(strategy):
     losses = _local(strategy, step(_split(strategy, z1), _split(strategy, z2)))
     np.testing.assert_allclose(losses[0], np_nt_xent(z1[:2], z2[:2], 0.5)[0], rtol=1e-5)
     np.testing.assert_allclose(losses[1], np_nt_xent(z1[2:], z2[2:], 0.5)[0], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- NT-Logistic, margin
+
+
+def _np_sigmoid_log(x):
+    """log sigmoid(x), stable."""
+    return -np.logaddexp(0.0, -x)
+
+
+def np_pair_loss(z1, z2, kind, tau=0.5, margin=0.4, semi_hard=False, hidden_norm=True):
+    """The paper's Table 2 objectives, one anchor at a time, over all 2N anchors (float64).
+
+    Per anchor i with positive p: negatives are every k other than i and p; semi-hard keeps
+    those with s_k < s_p (and, for the margin loss, s_k > s_p - margin). NT-Logistic:
+    -log sig(s_p/tau) - mean_k log sig(-s_k/tau); margin: mean_k max(s_k - s_p + margin, 0).
+    Also returns how many negatives semi-hard mining dropped (so tests can check it bites).
+    """
+    z1 = np.asarray(z1, np.float64)
+    z2 = np.asarray(z2, np.float64)
+    if hidden_norm:
+        z1, z2 = _np_normalise(z1), _np_normalise(z2)
+    n = len(z1)
+    z = np.concatenate([z1, z2])
+    total, dropped = 0.0, 0
+    for i in range(2 * n):
+        p = (i + n) % (2 * n)
+        s_p = z[i] @ z[p]
+        negs = []
+        for k in range(2 * n):
+            if k in (i, p):
+                continue
+            s_k = z[i] @ z[k]
+            keep = True
+            if semi_hard:
+                keep = s_k < s_p and (kind == "nt_logistic" or s_k > s_p - margin)
+            if keep:
+                negs.append(s_k)
+            else:
+                dropped += 1
+        if kind == "nt_logistic":
+            term = -_np_sigmoid_log(s_p / tau)
+            if negs:
+                term += np.mean([-_np_sigmoid_log(-s / tau) for s in negs])
+        else:
+            term = np.mean([max(s - s_p + margin, 0.0) for s in negs]) if negs else 0.0
+        total += term
+    return total / (2 * n), dropped
+
+
+def np_pair_grad_fd(z1, z2, h=1e-6, **kw):
+    """Central finite differences of np_pair_loss w.r.t. every entry of z1 and z2."""
+    grads = []
+    for which in (0, 1):
+        g = np.zeros_like(np.asarray((z1, z2)[which], np.float64))
+        for idx in np.ndindex(*g.shape):
+            plus = [np.array(z1, np.float64), np.array(z2, np.float64)]
+            minus = [np.array(z1, np.float64), np.array(z2, np.float64)]
+            plus[which][idx] += h
+            minus[which][idx] -= h
+            g[idx] = (np_pair_loss(*plus, **kw)[0] - np_pair_loss(*minus, **kw)[0]) / (2 * h)
+        grads.append(g)
+    return grads
+
+
+def _pair_tf(z1, z2, kind, tau, margin, semi_hard):
+    from simclr_tf.losses import make_contrastive_loss
+
+    fn = make_contrastive_loss(kind, tau, True, margin, semi_hard)
+    a = tf.constant(z1, tf.float32)
+    b = tf.constant(z2, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        out = fn(a, b)
+    ga, gb = tape.gradient(out.loss, [a, b])
+    return out, ga.numpy(), gb.numpy()
+
+
+def _pair_data(seed, n=5, d=4, noise=0.6):
+    rng = np.random.default_rng(seed)
+    z1 = rng.normal(size=(n, d))
+    return z1, z1 + noise * rng.normal(size=(n, d))  # correlated views: semi-hard is partial
+
+
+@pytest.mark.parametrize("kind", ["nt_logistic", "margin_triplet"])
+@pytest.mark.parametrize("semi_hard", [False, True])
+@pytest.mark.parametrize("tau_or_margin", [0.2, 1.0])
+def test_pair_losses_values_and_gradients_match_numpy(kind, semi_hard, tau_or_margin):
+    z1, z2 = _pair_data(11)
+    kw = {"kind": kind, "semi_hard": semi_hard}
+    kw["tau" if kind == "nt_logistic" else "margin"] = tau_or_margin
+    tau, margin = kw.get("tau", 0.5), kw.get("margin", 0.4)
+    out, ga, gb = _pair_tf(z1, z2, kind, tau, margin, semi_hard)
+    want, dropped = np_pair_loss(z1, z2, **kw)
+    if semi_hard:
+        assert 0 < dropped < 2 * len(z1) * (2 * len(z1) - 2)  # mining keeps some, drops some
+    assert want > 1e-3
+    np.testing.assert_allclose(out.loss.numpy(), want, rtol=2e-5, atol=1e-6)
+    fd1, fd2 = np_pair_grad_fd(z1, z2, **kw)
+    assert np.abs(fd1).max() > 1e-3
+    np.testing.assert_allclose(ga, fd1, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(gb, fd2, rtol=1e-3, atol=2e-5)
+    # The reported accuracy is that of the similarity ranking, whatever the loss.
+    np.testing.assert_allclose(out.accuracy.numpy(), np_nt_xent(z1, z2, tau)[1], atol=1e-7)
+
+
+def test_margin_triplet_is_zero_when_every_negative_is_beyond_the_margin():
+    from simclr_tf.losses import margin_triplet
+
+    # Orthogonal images, identical views: s+ = 1, every s- = 0, so s- - s+ + 0.9 < 0.
+    z = tf.eye(4, 8)
+    assert margin_triplet(z, z, margin=0.9).loss.numpy() == 0.0
+    np.testing.assert_allclose(margin_triplet(z, z, margin=1.5).loss.numpy(), 0.5, rtol=1e-6)
+
+
+def test_loss_factory_and_bad_arguments():
+    from simclr_tf.losses import make_contrastive_loss, margin_triplet
+
+    z1, z2 = _pair_data(12)
+    a, b = tf.constant(z1, tf.float32), tf.constant(z2, tf.float32)
+    np.testing.assert_allclose(
+        make_contrastive_loss("nt_xent", 0.5)(a, b).loss.numpy(), np_nt_xent(z1, z2, 0.5)[0],
+        rtol=2e-5,
+    )
+    with pytest.raises(ValueError, match="nt_logistic or margin_triplet"):
+        make_contrastive_loss("nt_xent", semi_hard_negatives=True)
+    with pytest.raises(ValueError, match="Unknown loss"):
+        make_contrastive_loss("hinge")
+    with pytest.raises(ValueError, match="margin"):
+        margin_triplet(a, b, margin=-0.1)
+
+
+@pytest.mark.parametrize(
+    "kind, semi_hard", [("nt_logistic", False), ("nt_logistic", True), ("margin_triplet", True)]
+)
+def test_pair_losses_two_replicas_match_numpy(strategy, kind, semi_hard):
+    """Per-replica losses / R sum to the global NumPy loss, and the gradients (negatives from the
+    other replica included) are the NumPy finite differences of the full-batch loss."""
+    from simclr_tf.losses import make_contrastive_loss
+
+    z1, z2 = _pair_data(13, n=6)
+    tau, margin = 0.5, 0.8
+    replicas = strategy.num_replicas_in_sync
+    fn = make_contrastive_loss(kind, tau, True, margin, semi_hard)
+
+    @tf.function
+    def step(a_local, b_local):
+        def body(a, b):
+            with tf.GradientTape() as tape:
+                tape.watch([a, b])
+                scaled = fn(a, b).loss / replicas
+            ga, gb = tape.gradient(scaled, [a, b])
+            return scaled, ga, gb
+
+        return strategy.run(body, args=(a_local, b_local))
+
+    scaled, ga, gb = (_local(strategy, v) for v in step(_split(strategy, z1), _split(strategy, z2)))
+    kw = {"kind": kind, "tau": tau, "margin": margin, "semi_hard": semi_hard}
+    np.testing.assert_allclose(sum(scaled), np_pair_loss(z1, z2, **kw)[0], rtol=2e-5, atol=1e-6)
+    fd1, fd2 = np_pair_grad_fd(z1, z2, **kw)
+    np.testing.assert_allclose(np.concatenate(ga), fd1, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(np.concatenate(gb), fd2, rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["nt_logistic", "margin_triplet"])
+def test_train_step_uses_the_configured_loss(kind):
+    """--loss reaches the model: the step reports the NumPy loss of its own projections."""
+    from simclr_tf import config, train
+
+    cfg = config.Config(
+        model_dir="/tmp/unused", resnet_depth=18, width_multiplier=0.125, image_size=16,
+        cifar_stem=True, color_jitter_strength=0.5, use_blur=False, train_batch_size=8,
+        temperature=0.5, optimizer="momentum", learning_rate=0.1, warmup_epochs=0,
+        num_proj_layers=2, proj_out_dim=16, lineareval_while_pretraining=False,
+        loss=kind, margin=0.8, semi_hard_negatives=True,
+    )  # fmt: skip
+    schedule = config.make_schedule(cfg.replace(train_steps=5), 64, cfg.learning_rate)
+    tf.keras.utils.set_random_seed(0)
+    model = train.build_model(cfg, 4)
+    train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
+    rng = np.random.default_rng(14)
+    v1 = tf.constant(rng.uniform(size=(8, 16, 16, 3)), tf.float32)
+    v2 = tf.constant(np.clip(v1.numpy() + 0.2 * rng.normal(size=v1.shape), 0, 1), tf.float32)
+    z = model(tf.concat([v1, v2], 0), training=True)["proj_head_output"].numpy()
+    want, _ = np_pair_loss(z[:8], z[8:], kind, tau=0.5, margin=0.8, semi_hard=True)
+    logs = model.train_step(((v1, v2), tf.zeros([8], tf.int32)))
+    assert float(logs["contrast_loss"]) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert float(logs["loss"]) == pytest.approx(want, rel=1e-4, abs=1e-6)

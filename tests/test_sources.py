@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf.data import sources
+from simclr_tf.data import image_folder
 from simclr_tf.data.sources import DataError, dataset_info, load_split
 
 # ------------------------------------------------------------------------------- helpers
@@ -128,7 +128,7 @@ def test_fixed_size_folder_has_static_shape(tmp_path):
 def test_odd_size_image_named(tmp_path, monkeypatch):
     _constant_folder(tmp_path, {"a": 3}, side=4)
     _save(tmp_path / "train/a/002.png", np.zeros((4, 6, 3), np.uint8))  # differs, not sampled
-    monkeypatch.setattr(sources, "_SHAPE_SAMPLE", 1)
+    monkeypatch.setattr(image_folder, "_SHAPE_SAMPLE", 1)
     ds, info = load_split("image_folder", "train", str(tmp_path))
     assert info.image_shape == (4, 4, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"002\.png.*another size"):
@@ -258,9 +258,9 @@ def test_header_size_reader(tmp_path):
     arr = np.zeros((13, 21, 3), np.uint8)
     for name, kwargs in [("a.png", {}), ("b.jpg", {}), ("c.jpg", {"progressive": True})]:
         Image.fromarray(arr).save(tmp_path / name, **kwargs)
-        assert sources._read_header_size(str(tmp_path / name)) == (13, 21)
+        assert image_folder._read_header_size(str(tmp_path / name)) == (13, 21)
     (tmp_path / "d.jpg").write_bytes(b"\xff\xd8\xff")
-    assert sources._read_header_size(str(tmp_path / "d.jpg")) is None
+    assert image_folder._read_header_size(str(tmp_path / "d.jpg")) is None
 
 
 # ------------------------------------------------------------------------------- TFDS

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from simclr_tf.config import AUGMENT_PLACES
-from simclr_tf.data import augment
+from simclr_tf.data import augment, study_ops
 from simclr_tf.data.sources import DataError
 
 _PRETRAIN, _FINETUNE = 1, 2  # seed "purposes"
@@ -54,6 +54,8 @@ def pretrain_dataset(
     cache: bool = False,
     shuffle_buffer: int | None = None,
     crop_sampler: str = "reference",
+    augmentations: str | None = None,
+    augment_views: str = "both",
 ) -> tf.data.Dataset:
     """Endless two-view batches for contrastive pretraining.
 
@@ -65,7 +67,8 @@ def pretrain_dataset(
     ``(crops uint8 [batch, 2, image_size, image_size, 3], labels)``, and the device runs the
     rest of the recipe (flip, colour, grayscale, blur). ``batch_size`` is per replica; the
     remainder is dropped; the stream repeats forever. Labels are passed through for the live
-    linear probe.
+    linear probe. ``augmentations`` / ``augment_views`` choose the view operations
+    (:mod:`simclr_tf.data.study_ops`; default: the paper recipe).
     """
     _check_common(dataset, batch_size, image_size)
     if augment_on not in AUGMENT_PLACES:
@@ -84,12 +87,22 @@ def pretrain_dataset(
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
         return _finish(ds)
 
+    two_views = study_ops.two_views_fn(
+        image_size, color_jitter_strength, use_blur, augmentations, augment_views
+    )
+
+    recipe = getattr(two_views, "func", None) is augment.two_views
+    if augment_on == "device" and not recipe:
+        raise DataError(
+            "--augment_on=device with variable-size images runs the paper recipe only (the host "
+            "crops, the device does the rest); use --augment_on=host for --augmentations / "
+            "--augment_views studies on such images."
+        )
+
     def views(x):
         if augment_on == "device":
             return lambda s: augment.two_crops(x, s, image_size, crop_sampler)
-        return lambda s: augment.two_views(
-            x, s, image_size, color_jitter_strength, use_blur, crop_sampler
-        )
+        return lambda s: two_views(x, s)
 
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = _augment(ds, fixed is not None, batch_size, seed, _PRETRAIN, views)

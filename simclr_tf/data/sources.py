@@ -28,47 +28,16 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
 import os
-import struct
-from collections.abc import Sequence
 
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf.errors import UserError
+from simclr_tf.data.dataset_info import FRACTION_KEY, DataError, DatasetInfo, subset_size
+from simclr_tf.data.image_folder import IMAGE_FOLDER, folder_info, load_folder_split
 
-IMAGE_FOLDER = "image_folder"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_SHAPE_SAMPLE = 32
-# Keyed-hash key for fraction selection; the seed is the other half.
-_FRACTION_KEY = 0x5EED_F4AC
-
-
-class DataError(UserError, ValueError):
-    """A user-facing data problem; the message names the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What a run needs to know about a dataset before reading it."""
-
-    name: str
-    num_classes: int
-    class_names: tuple[str, ...]
-    split_sizes: dict[str, int]  # examples per split (the subset size where a fraction applies)
-    image_shape: tuple[int | None, int | None, int] | None  # fixed (H, W, 3) when known
-
-    def num_examples(self, split: str) -> int:
-        """Examples in ``split``; DataError naming the known splits otherwise."""
-        if split not in self.split_sizes:
-            raise DataError(
-                f"Dataset '{self.name}' has no split '{split}'. Known splits: "
-                f"{sorted(self.split_sizes)}. Pass one of these (e.g. --eval_split=...)."
-            )
-        return self.split_sizes[split]
+__all__ = ["IMAGE_FOLDER", "DataError", "DatasetInfo", "dataset_info", "load_split", "subset_size"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,16 +48,7 @@ class DatasetInfo:
 def dataset_info(dataset: str, data_dir: str | None = None) -> DatasetInfo:
     """Describes ``dataset`` (all splits) without building a pipeline."""
     if dataset == IMAGE_FOLDER:
-        root = _check_root(data_dir)
-        splits = _folder_splits(root)
-        if not splits:
-            raise _no_splits_error(root)
-        classes = _folder_classes(root, splits)
-        listings = {s: _list_split(os.path.join(root, s)) for s in splits}
-        sizes = {s: sum(len(v) for v in lst.values()) for s, lst in listings.items()}
-        ref = "train" if "train" in listings else splits[0]
-        files = _flat_files(os.path.join(root, ref), listings[ref])
-        return DatasetInfo(IMAGE_FOLDER, len(classes), classes, sizes, _sample_shape(files))
+        return folder_info(data_dir)
     builder = _tfds_builder(dataset, data_dir)
     return _tfds_info(dataset, builder)
 
@@ -119,329 +79,12 @@ def load_split(
         size = dataset_info(dataset, data_dir).split_sizes.get(split, 0)
         train_data_fraction = min(train_data_fraction, max_examples / max(1, size))
     if dataset == IMAGE_FOLDER:
-        return _load_folder_split(
-            _check_root(data_dir), split, train_data_fraction, fraction_seed, shuffle_files,
-            input_context,
+        return load_folder_split(
+            data_dir, split, train_data_fraction, fraction_seed, shuffle_files, input_context
         )
     return _load_tfds_split(
         dataset, split, data_dir, train_data_fraction, fraction_seed, shuffle_files, input_context
     )
-
-
-def subset_size(class_counts: Sequence[int], fraction: float) -> list[int]:
-    """Per-class subset sizes: ``max(1, round(fraction * n))`` (0 for an absent class)."""
-    if fraction >= 1.0:
-        return list(class_counts)
-    return [max(1, round(fraction * n)) if n > 0 else 0 for n in class_counts]
-
-
-# --------------------------------------------------------------------------------------------
-# Image folders
-# --------------------------------------------------------------------------------------------
-
-
-def _check_root(data_dir: str | None) -> str:
-    if not data_dir:
-        raise DataError(
-            "--dataset=image_folder needs --data_dir=ROOT, where ROOT holds one folder per split "
-            "with one sub-folder per class: ROOT/train/<class>/*.jpg (also .jpeg, .png)."
-        )
-    root = os.path.abspath(os.path.expanduser(data_dir))
-    if not os.path.isdir(root):
-        raise DataError(
-            f"Image folder data_dir '{data_dir}' does not exist or is not a folder. Point "
-            "--data_dir at ROOT with ROOT/<split>/<class>/*.jpg."
-        )
-    return root
-
-
-def _subdirs(path: str) -> list[str]:
-    """Sorted names of visible sub-folders (hidden ones like .ipynb_checkpoints are skipped)."""
-    with os.scandir(path) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
-
-
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _folder_splits(root: str) -> list[str]:
-    """Sub-folders of ``root`` that look like splits (they contain class folders)."""
-    splits = []
-    for name in _subdirs(root):
-        if _subdirs(os.path.join(root, name)):
-            splits.append(name)
-    return splits
-
-
-def _no_splits_error(root: str) -> DataError:
-    looks_like_split = False
-    for name in _subdirs(root):
-        with os.scandir(os.path.join(root, name)) as it:
-            if any(_is_image_name(e.name) for e in it):
-                looks_like_split = True
-                break
-    hint = (
-        f" '{root}' itself looks like a split folder (its sub-folders hold images): pass its "
-        f"parent '{os.path.dirname(root)}' as --data_dir."
-        if looks_like_split
-        else ""
-    )
-    return DataError(
-        f"No images found under '{root}': expected ROOT/<split>/<class>/*.jpg "
-        f"(extensions {', '.join(IMAGE_EXTENSIONS)}, any case).{hint}"
-    )
-
-
-def _folder_classes(root: str, splits: Sequence[str], split: str | None = None) -> tuple[str, ...]:
-    """Class names: sorted class folders of ``train``, or of ``split`` when there is no train."""
-    ref = "train" if "train" in splits else (split if split is not None else splits[0])
-    return tuple(_subdirs(os.path.join(root, ref)))
-
-
-# Listing cache: (split dir) -> (validation key, listing). The key holds the mtimes of the class
-# folders, which change whenever a file is added, removed or renamed in them.
-_LISTING_CACHE: dict[str, tuple[tuple, dict[str, list[str]]]] = {}
-
-
-def _list_split(split_dir: str) -> dict[str, list[str]]:
-    """``{class: sorted image file names}`` for every class folder of ``split_dir``."""
-    with os.scandir(split_dir) as it:
-        class_entries = sorted(
-            (e.name, e.stat().st_mtime_ns)
-            for e in it
-            if e.is_dir() and not e.name.startswith(".")
-        )
-    key = tuple(class_entries)
-    cached = _LISTING_CACHE.get(split_dir)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    listing = {}
-    for name, _ in class_entries:
-        with os.scandir(os.path.join(split_dir, name)) as it:
-            listing[name] = sorted(e.name for e in it if _is_image_name(e.name) and e.is_file())
-    _LISTING_CACHE[split_dir] = (key, listing)
-    return listing
-
-
-def _flat_files(split_dir: str, listing: dict[str, list[str]]) -> list[str]:
-    return [os.path.join(split_dir, c, f) for c in sorted(listing) for f in listing[c]]
-
-
-def _fraction_rank(seed: int, identity: str) -> int:
-    """A keyed 64-bit hash: the same on every machine and Python version (unlike ``hash``)."""
-    key = struct.pack("<QQ", seed % 2**64, _FRACTION_KEY)
-    digest = hashlib.blake2b(identity.encode("utf-8"), digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "little")
-
-
-def _load_folder_split(
-    root: str,
-    split: str,
-    fraction: float,
-    seed: int,
-    shuffle_files: bool,
-    input_context: tf.distribute.InputContext | None,
-) -> tuple[tf.data.Dataset, DatasetInfo]:
-    splits = _folder_splits(root)
-    if not splits:
-        raise _no_splits_error(root)
-    split_dir = os.path.join(root, split)
-    if split not in splits:
-        what = "has no class sub-folders" if os.path.isdir(split_dir) else "does not exist"
-        raise DataError(
-            f"Split folder '{split_dir}' {what}. Splits found in '{root}': {splits}. Pass one "
-            "of them (--train_split / --eval_split) or create ROOT/<split>/<class>/."
-        )
-    classes = _folder_classes(root, splits, split)
-    listing = _list_split(split_dir)
-    unknown = sorted(set(listing) - set(classes))
-    if unknown:
-        raise DataError(
-            f"Split '{split}' has class folders {unknown} that the train split "
-            f"'{os.path.join(root, 'train')}' lacks; labels come from the train classes "
-            f"{list(classes)}. Rename or remove those folders, or add them to train."
-        )
-    empty = [c for c in sorted(listing) if not listing[c]]
-    if empty:
-        raise DataError(
-            f"Class folder(s) {[os.path.join(split_dir, c) for c in empty]} hold no images "
-            f"({', '.join(IMAGE_EXTENSIONS)}, any case). Add images or remove the folder(s)."
-        )
-
-    # (identity, label) for every selected file, in sorted class then file-name order.
-    label_of = {c: i for i, c in enumerate(classes)}
-    counts = [len(listing.get(c, ())) for c in classes]
-    keep = subset_size(counts, fraction)
-    rel_paths: list[str] = []
-    labels: list[int] = []
-    for c, k in zip(classes, keep, strict=True):
-        names = listing.get(c, [])
-        if k < len(names):
-            ranked = sorted(names, key=lambda n, c=c: (_fraction_rank(seed, f"{c}/{n}"), n))
-            names = sorted(ranked[:k])
-        rel_paths.extend(f"{c}/{n}" for n in names)
-        labels.extend([label_of[c]] * len(names))
-
-    sizes = {}
-    for s in splits:
-        if s == split:
-            sizes[s] = len(rel_paths)
-        else:
-            sizes[s] = sum(len(v) for v in _list_split(os.path.join(root, s)).values())
-    shape = _sample_shape([os.path.join(split_dir, p) for p in rel_paths])
-    info = DatasetInfo(IMAGE_FOLDER, len(classes), classes, sizes, shape)
-    logging.info(
-        "image_folder %s/%s: %d images, %d classes, image_shape %s",
-        root, split, len(rel_paths), len(classes), shape,
-    )
-
-    order = list(range(len(rel_paths)))
-    if shuffle_files:
-        order.sort(key=lambda i: _fraction_rank(seed + 1, rel_paths[i]))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        order = order[input_context.input_pipeline_id :: input_context.num_input_pipelines]
-        if not order:
-            raise DataError(
-                f"Split '{split}' has {len(rel_paths)} images, fewer than the "
-                f"{input_context.num_input_pipelines} input pipelines; use more data or fewer "
-                "workers."
-            )
-    rel_paths = [rel_paths[i] for i in order]
-    labels = [labels[i] for i in order]
-    return _decode_files(split_dir, rel_paths, labels, shape), info
-
-
-def _decode_files(
-    split_dir: str,
-    rel_paths: list[str],
-    labels: list[int],
-    shape: tuple[int, int, int] | None,
-) -> tf.data.Dataset:
-    """Parallel decode whose failures are reported with the failing file's path.
-
-    Decoding errors are dropped by ``ignore_errors`` and found by a cheap sequential scan over the
-    (order-preserving) running index; a sentinel element at the end catches trailing failures.
-    """
-    n = len(rel_paths)
-    prefix = split_dir.rstrip(os.sep) + os.sep
-    paths_t = tf.constant(rel_paths)
-    labels_t = tf.constant(labels, tf.int32)
-    fixed = shape is not None
-
-    def load(i):
-        path = tf.strings.join([prefix, tf.gather(paths_t, i)])
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        ok = tf.constant(True)
-        if fixed:
-            ok = tf.reduce_all(tf.equal(tf.shape(img), shape))
-            img = tf.cond(ok, lambda: img, lambda: tf.zeros(shape, tf.uint8))
-            img = tf.ensure_shape(img, shape)
-        return img, tf.gather(labels_t, i), i, ok
-
-    sentinel_img = tf.zeros(shape if fixed else (1, 1, 3), tf.uint8)
-    sentinel = tf.data.Dataset.from_tensors(
-        (sentinel_img, tf.constant(-1, tf.int32), tf.constant(n, tf.int64), tf.constant(True))
-    )
-    decoded = (
-        tf.data.Dataset.range(n)
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .ignore_errors()
-        .concatenate(sentinel)
-    )
-    size_note = (
-        f" It must be {shape[0]}x{shape[1]} like the sampled images of this folder (the pipeline "
-        "batches before cropping); resize or remove it." if fixed else ""
-    )
-
-    def fail(message: list, path_index: tf.Tensor) -> tf.Tensor:
-        path = tf.strings.join([prefix, tf.gather(paths_t, tf.minimum(path_index, n - 1))])
-        message = [message[0], path, *message[1:]]
-        with tf.control_dependencies([tf.debugging.Assert(False, message)]):
-            return tf.constant(False)
-
-    def check(expected, elem):
-        # The messages (gather + join) are built only in the failing branch: this runs per image.
-        img, label, i, ok = elem
-        decoded_ok = tf.cond(
-            tf.equal(i, expected),
-            lambda: tf.constant(True),
-            lambda: fail(
-                ["Could not read or decode image file",
-                 "(corrupt, truncated, unreadable or not a JPEG/PNG). Fix: replace or delete it."],
-                expected,
-            ),
-        )
-        with tf.control_dependencies([decoded_ok]):
-            size_ok = tf.cond(
-                ok,
-                lambda: tf.constant(True),
-                lambda: fail(["Image file", "has another size." + size_note], i),
-            )
-        with tf.control_dependencies([size_ok]):
-            nxt = i + 1
-        return nxt, (img, label)
-
-    # take(n) stops before the sentinel when nothing failed; after a failure the scan sees the
-    # gap (possibly at the sentinel) and raises first.
-    return (
-        decoded.scan(tf.constant(0, tf.int64), check)
-        .take(n)
-        .apply(tf.data.experimental.assert_cardinality(n))
-    )
-
-
-def _read_header_size(path: str) -> tuple[int, int] | None:
-    """(height, width) from a PNG or JPEG header without decoding; None if unparseable."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-                w, h = struct.unpack(">II", head[16:24])
-                return h, w
-            if head[:2] != b"\xff\xd8":
-                return None
-            f.seek(2)
-            while True:
-                byte = f.read(1)
-                while byte == b"\xff":  # fill bytes before a marker
-                    byte = f.read(1)
-                if not byte:
-                    return None
-                marker = byte[0]
-                if marker == 0x01 or 0xD0 <= marker <= 0xD8:
-                    continue  # markers without a length
-                if marker in (0xD9, 0xDA):
-                    return None  # end of image / start of scan before any frame header
-                length_bytes = f.read(2)
-                if len(length_bytes) < 2:
-                    return None
-                (length,) = struct.unpack(">H", length_bytes)
-                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                    frame = f.read(5)
-                    if len(frame) < 5:
-                        return None
-                    _, h, w = struct.unpack(">BHH", frame)
-                    return h, w
-                f.seek(length - 2, os.SEEK_CUR)
-                nxt = f.read(1)
-                if nxt != b"\xff":
-                    return None
-    except OSError:
-        return None
-
-
-def _sample_shape(files: Sequence[str]) -> tuple[int, int, int] | None:
-    """Common (H, W, 3) of a spread-out sample of ``files``, or None when sizes differ."""
-    if not files:
-        return None
-    count = min(len(files), _SHAPE_SAMPLE)
-    step = (len(files) - 1) / max(count - 1, 1)
-    sizes = {_read_header_size(files[round(k * step)]) for k in range(count)}
-    if len(sizes) != 1 or None in sizes:
-        return None
-    h, w = sizes.pop()
-    return (h, w, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,7 +229,7 @@ def _load_tfds_split(
 def _tfds_rank(tfds_id: tf.Tensor, seed: int) -> tf.Tensor:
     """Keyed SipHash of the example id: non-negative int64, machine independent."""
     return tf.strings.to_hash_bucket_strong(
-        tfds_id, num_buckets=2**63 - 1, key=[seed % 2**63, _FRACTION_KEY]
+        tfds_id, num_buckets=2**63 - 1, key=[seed % 2**63, FRACTION_KEY]
     )
 
 

@@ -45,6 +45,8 @@ class SimCLRModel(keras.Model):
         set, pretraining batches hold decoded images instead of two views.
       seed: base seed of the device-side augmentation.
       micro_batch_size: gradient caching chunk (images per view per replica); 0 = off.
+      contrastive_loss: ``(z1, z2) -> ContrastiveOutput`` (``losses.make_contrastive_loss``);
+        default NT-Xent with ``temperature`` and ``hidden_norm``.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class SimCLRModel(keras.Model):
         augment_fn: AugmentFn | None = None,
         seed: int = 0,
         micro_batch_size: int = 0,
+        contrastive_loss: losses.ContrastiveLossFn | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +83,9 @@ class SimCLRModel(keras.Model):
         self.augment_fn = augment_fn
         self.augment_seed = seed
         self.micro_batch_size = micro_batch_size
+        self.contrastive_loss = contrastive_loss or losses.make_contrastive_loss(
+            "nt_xent", temperature, hidden_norm
+        )
         self.num_classes = num_classes
         wants_head = train_mode == "finetune" or lineareval_while_pretraining
         self.supervised_head = (
@@ -224,7 +230,7 @@ class SimCLRModel(keras.Model):
         with tf.GradientTape() as tape:
             _, hiddens, _ = self._features(tf.concat([view1, view2], 0), training=True)
             z = hiddens[-1]
-            con = losses.nt_xent(z[:n], z[n:], self.temperature, hidden_norm=self.hidden_norm)
+            con = self.contrastive_loss(z[:n], z[n:])
             loss = con.loss
             if self.supervised_head is not None:
                 both_labels = tf.concat([labels, labels], 0)
@@ -319,7 +325,7 @@ class SimCLRModel(keras.Model):
 
         with tf.GradientTape() as tape:
             tape.watch([z1, z2])
-            con = losses.nt_xent(z1, z2, self.temperature, hidden_norm=self.hidden_norm)
+            con = self.contrastive_loss(z1, z2)
             scaled = con.loss / tf.cast(replicas, tf.float32)
         g1, g2 = tape.gradient(scaled, [z1, z2])
         cached = tf.concat([by_chunk(g1), by_chunk(g2)], axis=1)  # [chunks, 2m, d]
