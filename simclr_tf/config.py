@@ -37,6 +37,7 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("none", "bfloat16", "float16")
 AUGMENT_PLACES = ("host", "device")
+CROP_SAMPLERS = ("reference", "uniform_area")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 AUGMENT_VIEWS = ("both", "one")
@@ -181,8 +182,20 @@ class Config:
     augment_on: str = setting(
         "host",
         "Where the two-view augmentation runs: host (tf.data) or device (batched, inside the "
-        "train step).",
+        "train step). Same recipe and distributions either way. Fixed-size images (CIFAR): the "
+        "host only decodes, the device does everything. Variable-size images: the host still "
+        "draws both crop boxes from each image's true size, crops and resizes them to "
+        "--image_size and sends them rounded to uint8; the device does flip, colour, grayscale "
+        "and blur.",
         choices=AUGMENT_PLACES,
+    )
+    crop_sampler: str = setting(
+        "reference",
+        "Random crop distribution: reference = tf.image.sample_distorted_bounding_box as in the "
+        "SimCLR code (area 8-100%, uniform aspect 3/4-4/3, at least 10% of the image, 100 "
+        "attempts, else the whole image); uniform_area = torchvision-style (uniform area, "
+        "log-uniform aspect, clamped centre-crop fallback).",
+        choices=CROP_SAMPLERS,
     )
 
     # Schedule and optimizer.
@@ -421,6 +434,8 @@ class Config:
             err.append(f"--use_tpu contradicts --strategy={self.strategy}: pass only one.")
         if self.train_mode == "finetune" and self.augment_on == "device":
             err.append("--augment_on=device is for pretraining (fine-tuning only crops and flips).")
+        if self.crop_sampler not in CROP_SAMPLERS:
+            err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
         err += self._study_errors()
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))

@@ -52,6 +52,7 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
             cfg.use_blur,
             cfg.augmentations,
             cfg.augment_views,
+            crop_sampler=cfg.crop_sampler,
         )
     return SimCLRModel(
         encoder,
