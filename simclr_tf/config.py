@@ -53,6 +53,7 @@ ARCHITECTURE_KEYS = (
     "num_proj_layers",
     "proj_out_dim",
     "cifar_stem",
+    "first_block_projection",
 )
 
 
@@ -293,6 +294,17 @@ class Config:
         0,
         "Training steps per call into the device (one host round trip each); 0 = auto: 1 on "
         "CPU/GPU, up to 1000 on TPU. Lowered to divide the epoch and the checkpoint interval.",
+    )
+    # Official (reference) checkpoints: see simclr_tf/official.
+    first_block_projection: bool = setting(
+        False,
+        "Projection shortcut on the first block of every block group (the reference "
+        "ResNet-18/34 layout; set automatically when --checkpoint is an official checkpoint).",
+    )
+    checkpoint_ema: bool = setting(
+        False,
+        "Load the ema_model/ weights of an official TF1 SimCLRv2 --checkpoint instead of its "
+        "regular ones.",
     )
 
     # Studies: the paper's loss and augmentation ablations (Tables 1, 2, 4; Figure 5).

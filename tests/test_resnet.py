@@ -409,6 +409,23 @@ def test_tf_train_checkpoint_roundtrip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_first_block_projection_adds_only_group1_projection():
+    """The reference ResNet-18/34 layout: a projection on group 1's first block as well (the
+    other groups' first blocks change shape and have one anyway); the default has none there."""
+    shape = (None, 32, 32, 3)
+    plain = ResNet(18, 0.25, cifar_stem=True)
+    plain.build(shape)
+    reference = ResNet(18, 0.25, cifar_stem=True, first_block_projection=True)
+    reference.build(shape)
+    c = 16  # 64 * 0.25
+    assert _count(reference.trainable_weights) - _count(plain.trainable_weights) == (
+        _conv(1, c, c) + _bn(c))
+    assert plain.block_group1.block1.projection is None
+    assert reference.block_group1.block1.projection is not None
+    assert reference.block_group1.block2.projection is None
+    assert ResNet.from_config(reference.get_config()).first_block_projection
+
+
 # -- residual blocks with non-zero weights against a NumPy forward pass ------------------------
 
 

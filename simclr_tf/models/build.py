@@ -33,6 +33,7 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
         se_ratio=cfg.se_ratio,
         bn_momentum=cfg.batch_norm_decay,
         global_bn=cfg.global_bn,
+        first_block_projection=cfg.first_block_projection,
         name="encoder",
     )
     head = ProjectionHead(
