@@ -155,8 +155,27 @@ def describe_mismatch(root: tf.train.Checkpoint, path: str, limit: int = 12) -> 
     return "\n".join(lines[:limit] + ([f"  ... and {more} more"] if more > 0 else []))
 
 
-def restore_pretrained(model: keras.Model, path: str) -> str:
-    """Loads encoder and projection-head weights (not optimizer, not step) for fine-tuning."""
+def _restore_official(model: keras.Model, path: str, parts: tuple[str, ...],
+                      use_ema: bool) -> str | None:
+    """Loads an official (reference SimCLR) checkpoint's ``parts``; None if ``path`` is not one."""
+    from simclr_tf import official
+
+    if not official.is_official(path):
+        return None
+    info = official.restore_into(model, path, parts, use_ema=use_ema)
+    logging.info("Loaded official checkpoint: %s", info.describe())
+    return info.prefix
+
+
+def restore_pretrained(model: keras.Model, path: str, use_ema: bool = False) -> str:
+    """Loads encoder and projection-head weights (not optimizer, not step) for fine-tuning.
+
+    ``path`` may also be an official checkpoint (simclr_tf.official); ``use_ema`` then picks
+    the ``ema_model/`` weights of a TF1 SimCLRv2 checkpoint.
+    """
+    official_prefix = _restore_official(model, path, ("encoder", "projection_head"), use_ema)
+    if official_prefix is not None:
+        return official_prefix
     prefix = resolve_checkpoint_path(path)
     root = tf.train.Checkpoint(
         model=tf.train.Checkpoint(encoder=model.encoder, projection_head=model.projection_head)
@@ -166,8 +185,15 @@ def restore_pretrained(model: keras.Model, path: str) -> str:
     return prefix
 
 
-def restore_model_weights(model: keras.Model, path: str) -> str:
-    """Loads all model weights (for eval of another run's checkpoint); ignores the optimizer."""
+def restore_model_weights(model: keras.Model, path: str, use_ema: bool = False) -> str:
+    """Loads all model weights (for eval of another run's checkpoint); ignores the optimizer.
+
+    ``path`` may also be an official checkpoint (simclr_tf.official).
+    """
+    parts = ("encoder", "projection_head", "supervised_head")
+    official_prefix = _restore_official(model, path, parts, use_ema)
+    if official_prefix is not None:
+        return official_prefix
     prefix = resolve_checkpoint_path(path)
     restore_exactly(tf.train.Checkpoint(model=model), prefix, partial=True)
     return prefix
@@ -206,7 +232,7 @@ def resume(
     step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
     distribute.check_same_step(strategy, step)
     if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
-        restore_pretrained(model, cfg.checkpoint)
+        restore_pretrained(model, cfg.checkpoint, use_ema=cfg.checkpoint_ema)
     return checkpointer, step
 
 

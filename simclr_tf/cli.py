@@ -77,6 +77,9 @@ def read_dataset(cfg: config.Config, strategy):
     if info.image_shape and info.image_shape[0] and info.image_shape[0] == info.image_shape[1]:
         side = info.image_shape[0]
     cfg = config.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    from simclr_tf.official import convert as official_convert
+
+    cfg = official_convert.configure(cfg).validate()  # architecture of an official checkpoint
     for split, needed in ((cfg.train_split, cfg.trains), (cfg.eval_split, cfg.evaluates)):
         if needed and split not in info.split_sizes:
             raise sources.DataError(

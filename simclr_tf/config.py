@@ -37,6 +37,7 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("none", "bfloat16", "float16")
 AUGMENT_PLACES = ("host", "device")
+CROP_SAMPLERS = ("reference", "uniform_area")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 AUGMENT_VIEWS = ("both", "one")
@@ -52,6 +53,7 @@ ARCHITECTURE_KEYS = (
     "num_proj_layers",
     "proj_out_dim",
     "cifar_stem",
+    "first_block_projection",
 )
 
 
@@ -181,8 +183,20 @@ class Config:
     augment_on: str = setting(
         "host",
         "Where the two-view augmentation runs: host (tf.data) or device (batched, inside the "
-        "train step).",
+        "train step). Same recipe and distributions either way. Fixed-size images (CIFAR): the "
+        "host only decodes, the device does everything. Variable-size images: the host still "
+        "draws both crop boxes from each image's true size, crops and resizes them to "
+        "--image_size and sends them rounded to uint8; the device does flip, colour, grayscale "
+        "and blur.",
         choices=AUGMENT_PLACES,
+    )
+    crop_sampler: str = setting(
+        "reference",
+        "Random crop distribution: reference = tf.image.sample_distorted_bounding_box as in the "
+        "SimCLR code (area 8-100%, uniform aspect 3/4-4/3, at least 10% of the image, 100 "
+        "attempts, else the whole image); uniform_area = torchvision-style (uniform area, "
+        "log-uniform aspect, clamped centre-crop fallback).",
+        choices=CROP_SAMPLERS,
     )
 
     # Schedule and optimizer.
@@ -281,6 +295,17 @@ class Config:
         0,
         "Training steps per call into the device (one host round trip each); 0 = auto: 1 on "
         "CPU/GPU, up to 1000 on TPU. Lowered to divide the epoch and the checkpoint interval.",
+    )
+    # Official (reference) checkpoints: see simclr_tf/official.
+    first_block_projection: bool = setting(
+        False,
+        "Projection shortcut on the first block of every block group (the reference "
+        "ResNet-18/34 layout; set automatically when --checkpoint is an official checkpoint).",
+    )
+    checkpoint_ema: bool = setting(
+        False,
+        "Load the ema_model/ weights of an official TF1 SimCLRv2 --checkpoint instead of its "
+        "regular ones.",
     )
     # Distillation (--train_mode=distill; SimCLRv2 Section 2, step 3; models/distill.py).
     teacher_checkpoint: str | None = setting(
@@ -450,6 +475,8 @@ class Config:
                 "flips)."
             )
         err += self._distill_errors()
+        if self.crop_sampler not in CROP_SAMPLERS:
+            err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
         err += self._study_errors()
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))

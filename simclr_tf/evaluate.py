@@ -48,7 +48,7 @@ def restore_for_eval(cfg: Config, model: SimCLRModel, run_dir: str) -> str:
             f"No checkpoint in {run_dir} to evaluate: train first (--mode=train or "
             "train_then_eval) or pass --checkpoint=PATH."
         )
-    return checkpoints.restore_model_weights(model, source)
+    return checkpoints.restore_model_weights(model, source, use_ema=cfg.checkpoint_ema)
 
 
 def evaluate(

@@ -93,6 +93,7 @@ def train_dataset(
             image_size=cfg.image_size,
             seed=seed + 7919 * ctx.input_pipeline_id,  # one stream of views per input pipeline
             cache=cfg.cache_dataset,
+            crop_sampler=cfg.crop_sampler,
         )
         if cfg.train_mode == "pretrain":
             return pipeline.pretrain_dataset(

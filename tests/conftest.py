@@ -12,6 +12,8 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir-for-tests")
 
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -44,12 +46,53 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
 
 
+# CI sets this (.ci/run): a missing data folder then fails the tests that need it instead of
+# skipping them, so a green CI run never hides skipped checks.
+REQUIRE_DATA_ENV = "SIMCLR_REQUIRE_DATA"
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir() -> pathlib.Path:
-    """The shared CIFAR-10 image folder (read-only); skips when absent."""
+    """The shared CIFAR-10 image folder (read-only); skips when absent, fails under CI."""
     if not (CIFAR10_DIR / "train").is_dir():
-        pytest.skip(f"CIFAR-10 image folder not found at {CIFAR10_DIR}")
+        message = f"CIFAR-10 image folder not found at {CIFAR10_DIR}"
+        if os.environ.get(REQUIRE_DATA_ENV, "") not in ("", "0"):
+            pytest.fail(f"{message} ({REQUIRE_DATA_ENV} is set: data must be present)")
+        pytest.skip(message)
     return CIFAR10_DIR
+
+
+def _run_cli(
+    *args: str,
+    expect: int | None = 0,
+    script: str = "run.py",
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """``python <script> *args`` from the repository root, as a user runs it.
+
+    CPU only and quiet TF; ``expect`` (None: anything) is the exit code, and a mismatch shows
+    the end of stderr.
+    """
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+                **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if expect is not None:
+        assert proc.returncode == expect, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args, expect=0, script="run.py", timeout=300, env=None)`` -> CompletedProcess."""
+    return _run_cli
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +101,10 @@ def strategy() -> tf.distribute.MirroredStrategy:
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-def _write_png_folder(root: pathlib.Path, classes: int, counts: dict[str, int], side: int):
-    """An image folder ``root/<split>/classNN/i.png`` of random, seeded RGB images."""
+def _write_png_folder(
+    root: pathlib.Path, classes: int, counts: dict[str, int], side: int, ext: str = "png"
+):
+    """An image folder ``root/<split>/classNN/i.<ext>`` of random, seeded RGB images."""
     import numpy as np
     from PIL import Image
 
@@ -70,11 +115,11 @@ def _write_png_folder(root: pathlib.Path, classes: int, counts: dict[str, int], 
             folder.mkdir(parents=True)
             for i in range(count):
                 pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+                Image.fromarray(pixels).save(folder / f"{i}.{ext}")
     return root
 
 
 @pytest.fixture(scope="session")
 def write_png_folder():
-    """``write_png_folder(root, classes, {"train": n, "test": m}, side)`` -> root."""
+    """``write_png_folder(root, classes, {"train": n, "test": m}, side, ext="png")`` -> root."""
     return _write_png_folder

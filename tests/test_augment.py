@@ -80,7 +80,7 @@ def ref_jitter_op(img: np.ndarray, op: int, factor: float) -> np.ndarray:
 
 @pytest.mark.parametrize("height,width", [(64, 64), (48, 80)])
 def test_crop_boxes_in_range(height, width):
-    boxes = aug.sample_crop_boxes(seed(1), height, width, 3000).numpy()
+    boxes = aug.sample_crop_boxes(seed(1), height, width, 3000, sampler="uniform_area").numpy()
     y0, x0, h, w = boxes.T.astype(np.float64)
     assert (y0 >= 0).all() and (x0 >= 0).all()
     assert (y0 + h <= height).all() and (x0 + w <= width).all()
@@ -100,7 +100,8 @@ def test_crop_boxes_in_range(height, width):
 
 def test_crop_box_distribution_matches_numpy_reference():
     height, width, n = 48, 80, 4000
-    boxes = aug.sample_crop_boxes(seed(2), height, width, n).numpy().astype(np.float64)
+    boxes = aug.sample_crop_boxes(seed(2), height, width, n, sampler="uniform_area")
+    boxes = boxes.numpy().astype(np.float64)
     area = boxes[:, 2] * boxes[:, 3] / (height * width)
     log_ratio = np.log(boxes[:, 3] / boxes[:, 2])
     rh, rw, found = np_crop_boxes(np.random.default_rng(0), height, width, 100_000)
@@ -125,8 +126,81 @@ def test_crop_box_distribution_matches_numpy_reference():
 def test_crop_fallback_is_clamped_center_crop(height, width, expected):
     # No 8%-area box with aspect in [3/4, 4/3] fits: torchvision's fallback, a centred box
     # with the image's aspect ratio clamped into range (4 * 4/3 = 5.33 -> 5).
-    boxes = aug.sample_crop_boxes(seed(3), height, width, 16).numpy()
+    boxes = aug.sample_crop_boxes(seed(3), height, width, 16, sampler="uniform_area").numpy()
     np.testing.assert_array_equal(boxes, np.tile(expected, (16, 1)))
+
+
+def tf_sample_distorted_boxes(height: int, width: int, n: int) -> np.ndarray:
+    """n draws of the reference code's crop: TF's own sampler, one seed [77, i] per draw.
+
+    (Seeds [i, 77] for consecutive i gave visibly correlated draws: two such TF samples of
+    2,000 differed by KS distances up to 0.05, near the 1% critical value.)
+    """
+
+    def one(i):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            [height, width, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=tf.stack([tf.constant(77, tf.int64), i]), min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=100,
+            use_image_if_no_bounding_boxes=True,
+        )
+        return tf.concat([begin[:2], size[:2]], 0)
+
+    return tf.data.Dataset.range(n).map(one).batch(n).get_single_element().numpy()
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov distance (NumPy)."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / a.size
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / b.size
+    return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (224, 224), (375, 500)])
+def test_reference_sampler_matches_tf_sample_distorted_bounding_box(height, width):
+    n = 2000
+    ours = aug.sample_crop_boxes(seed(11), height, width, n).numpy().astype(np.float64)
+    ref = tf_sample_distorted_boxes(height, width, n).astype(np.float64)
+    critical = 1.628 * math.sqrt(2.0 / n)  # two-sample KS, alpha = 1%
+    for name, column in (
+        ("area", lambda b: b[:, 2] * b[:, 3] / (height * width)),
+        ("aspect", lambda b: b[:, 3] / b[:, 2]),
+    ):
+        assert ks_statistic(column(ours), column(ref)) < critical, name
+    # Boxes lie inside the image; TF never puts a smaller box flush with the far edge.
+    y0, x0, h, w = ours.T
+    assert (y0 >= 0).all() and (x0 >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert ((y0 + h < height) | (h == height)).all() and ((x0 + w < width) | (w == width)).all()
+    assert (h * w >= 0.1 * height * width).all()  # min_object_covered of the whole image
+
+
+def test_reference_sampler_falls_back_to_the_whole_image():
+    # No box of 10% area with aspect 3/4..4/3 fits a 4x100 image: TF returns the image.
+    ref = tf_sample_distorted_boxes(4, 100, 16)
+    ours = aug.sample_crop_boxes(seed(12), 4, 100, 16).numpy()
+    np.testing.assert_array_equal(ref, np.tile([0, 0, 4, 100], (16, 1)))
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_per_view_path_equals_batched_path_at_224_on_a_non_square_image():
+    """The host's per-view execution (coins skip ops, each colour op once, XLA-fused jitter,
+    tf.image's fused contrast/hue) draws the batched path's parameters and gives its values."""
+    image = (255 * rand_images(1, 150, 200, np.random.default_rng(5))[0]).astype(np.uint8)
+    image = tf.image.resize(image[None], [150, 200], "bicubic")[0]  # smooth, like photos
+    image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
+    per_view_fn = tf.function(lambda x, s: aug.two_views(x, s, 224, 1.0, True))
+    batched_fn = tf.function(lambda x, s: aug.two_views(x[tf.newaxis], s, 224, 1.0, True))
+    plain = []
+    for k in range(4):
+        s = seed(40 + k)
+        per_view = per_view_fn(image, s)
+        batched = batched_fn(image, s)
+        for a, b in zip(per_view, batched, strict=True):
+            np.testing.assert_allclose(a.numpy(), b[0].numpy(), atol=2e-4)
+        crop_only = aug.random_resized_crop(image, aug._split(s, 4)[0], 224)
+        plain.append(np.abs(per_view[0].numpy() - crop_only.numpy()).max())
+    assert max(plain) > 0.1  # the ops did change the views
 
 
 def crop_reference(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
@@ -534,3 +608,23 @@ def test_xla_compiled_views_equal_eager():
     compiled = tf.function(lambda x, s: aug.two_views(x, s, 32, 1.0, True), jit_compile=True)
     for got, ref in zip(compiled(x, s), aug.two_views(x, s, 32, 1.0, True), strict=True):
         np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_pretrain_view_is_crop_flip_colour_blur_in_that_order():
+    """pretrain_view equals the public ops composed in the paper's order (crop, flip, colour
+    distortion, blur, clip) with the sub-seeds it splits from its seed; blur is part of it."""
+    images = tf.constant(np.random.default_rng(5).uniform(0, 1, (8, 30, 26, 3)), tf.float32)
+    view_seed = tf.constant([11, 12], tf.int64)
+    size, strength = 24, 1.0  # 24 px: blur radius 1
+    s_crop, s_flip, s_color, s_blur = tf.unstack(
+        tf.random.experimental.stateless_split(view_seed, 4, alg="philox"))
+    x = aug.random_resized_crop(images, s_crop, size)
+    x = aug.random_flip(x, s_flip)
+    x = aug.color_distortion(x, s_color, strength)
+    x = tf.clip_by_value(aug.random_blur(x, s_blur), 0.0, 1.0)
+    got = aug.pretrain_view(images, view_seed, size, strength, use_blur=True)
+    np.testing.assert_allclose(got.numpy(), x.numpy(), atol=2e-5)
+    # Blur decides per image: without it some views are unchanged and the others differ.
+    unblurred = aug.pretrain_view(images, view_seed, size, strength, use_blur=False).numpy()
+    same = [np.allclose(a, b, atol=2e-5) for a, b in zip(got.numpy(), unblurred, strict=True)]
+    assert any(same) and not all(same)

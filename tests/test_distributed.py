@@ -8,10 +8,7 @@ evaluation must count every example once with the same accuracy.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 import types
 
 import keras
@@ -160,7 +157,8 @@ def test_mirrored_global_bn_steps_equal_single_device(single_device_run):
     moved, _ = _max_diff(expected, initial)
     assert moved > 1e-2, "the steps must move the weights far more than the tolerance"
     diff, name = _max_diff(got, expected)
-    assert diff < 2e-5, f"2 replicas differ from 1 device by {diff:.3g} at {name}"
+    # Measured: 6.1e-6 (README, Distribution); float32 reduction order is the only difference.
+    assert diff < 1e-5, f"2 replicas differ from 1 device by {diff:.3g} at {name}"
     # Both replicas hold the same copy of every variable.
     for v in model.weights:
         copies = [np.array(c) for c in v.value.values] if hasattr(v.value, "values") else []
@@ -258,25 +256,19 @@ def test_write_location_only_chief_writes_to_model_dir(tmp_path):
 
 
 def test_cli_mirrored_on_split_cpu_logs_replicas_and_refuses_uneven_batch(tmp_path,
-                                                                          write_png_folder):
+                                                                          write_png_folder,
+                                                                          run_cli):
     """run.py --strategy=mirrored --num_cpu_devices=2: 2 replicas, and 7 images do not split."""
     write_png_folder(tmp_path / "data", NUM_CLASSES, {"train": 1, "test": 1}, IMAGE)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "--strategy=mirrored",
-            "--num_cpu_devices=2",
-            "--dataset=image_folder",
-            f"--data_dir={tmp_path / 'data'}",
-            f"--model_dir={tmp_path / 'run'}",
-            "--train_batch_size=7",
-            "--train_steps=1",
-        ],
-        cwd=REPO,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "--strategy=mirrored",
+        "--num_cpu_devices=2",
+        "--dataset=image_folder",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--model_dir={tmp_path / 'run'}",
+        "--train_batch_size=7",
+        "--train_steps=1",
+        expect=None,
         timeout=120,
     )
     assert done.returncode == 2, done.stderr[-3000:]

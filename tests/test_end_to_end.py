@@ -11,8 +11,6 @@ import math
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -34,20 +32,6 @@ COMMON = [
 ]
 
 
-def run(*args: str, expect: int = 0, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == expect, proc.stderr[-3000:]
-    return proc
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, cifar10_dir) -> pathlib.Path:
     root = tmp_path_factory.mktemp("cifar_tiny")
@@ -60,9 +44,18 @@ def tiny_folder(tmp_path_factory, cifar10_dir) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_folder, tmp_path_factory) -> pathlib.Path:
+def generated_folder(tmp_path_factory, write_png_folder) -> pathlib.Path:
+    """Same layout as ``tiny_folder`` (10 classes, 8 + 3 images) from generated JPEGs: for the
+    tests that need image files but not CIFAR-10 itself."""
+    root = tmp_path_factory.mktemp("generated")
+    return write_png_folder(root, 10, {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, 32,
+                            ext="jpg")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_folder, tmp_path_factory, run_cli) -> pathlib.Path:
     model_dir = tmp_path_factory.mktemp("pretrain")
-    run(
+    run_cli(
         "--mode=train_then_eval",
         f"--data_dir={tiny_folder}",
         f"--model_dir={model_dir}",
@@ -122,20 +115,70 @@ def test_pretraining_writes_the_model_dir_contract(pretrained):
     assert 0.0 <= result["label_top_1_accuracy"] <= result["label_top_5_accuracy"] <= 1.0
 
 
-def test_rerun_resumes_and_eval_is_repeatable(pretrained):
+def _model_of_run(model_dir: pathlib.Path):
+    """The run's config and model, built in this process from flags.json and its checkpoint."""
+    from simclr_tf import checkpoints, train
+    from simclr_tf import model_dir as model_dir_lib
+    from simclr_tf.data import sources
+
+    cfg = model_dir_lib.config_from_flags(json.loads((model_dir / "flags.json").read_text()))
+    info = sources.dataset_info(cfg.dataset, cfg.data_dir)
+    schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
+    model = train.build_for_run(cfg, tf.distribute.get_strategy(), info, schedule)
+    checkpoints.restore_model_weights(model, str(model_dir))
+    return cfg, model
+
+
+def test_run_numbers_match_in_process_references(pretrained):
+    """The subprocess run against references computed here: the learning rate it logged against
+    the schedule in closed form, and result.json against a NumPy argmax over the logits of the
+    restored model on the evaluated images."""
+    from simclr_tf import evaluate
+
+    # --learning_rate=0.5 at batch 16 (linear scaling), default 10 warmup epochs of 5 steps,
+    # clipped to the 4 steps of the run; the logged value is the mean over the steps run.
+    peak, total, warmup = 0.5 * 16 / 256, 4, 4
+
+    def lr(k: int) -> float:
+        return 0.0 if k >= total else peak * k / warmup
+
+    logged = float(_csv_rows(pretrained / "metrics.csv")[0]["learning_rate"])
+    expected = [np.mean([lr(k) for k in range(1, total + 1)]),
+                np.mean([lr(k) for k in range(total)])]
+    assert min(abs(logged - e) for e in expected) < 1e-7, (logged, expected)
+
+    cfg, model = _model_of_run(pretrained)
+    logits, labels = [], []
+    for images, y in evaluate.eval_input(cfg):
+        logits.append(model(images, training=False)["logits_sup"].numpy().astype(np.float64))
+        labels.append(y.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    log_z = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    result = json.loads((pretrained / "result.json").read_text())
+    assert result["num_examples"] == len(labels) == 10 * TEST_PER_CLASS
+    assert result["label_top_1_accuracy"] == pytest.approx(
+        np.mean(logits.argmax(1) == labels), abs=1e-6)
+    assert result["label_top_5_accuracy"] == pytest.approx(
+        np.mean((top5 == labels[:, None]).any(1)), abs=1e-6)
+    assert result["eval_loss"] == pytest.approx(
+        np.mean(log_z - logits[np.arange(len(labels)), labels]), rel=1e-4)
+
+
+def test_rerun_resumes_and_eval_is_repeatable(pretrained, run_cli):
     before = json.loads((pretrained / "result.json").read_text())
     # Same command again: already at the last step, nothing trained; eval gives the same numbers.
-    run("--mode=eval", f"--data_dir={pretrained.parent}", f"--model_dir={pretrained}",
+    run_cli("--mode=eval", f"--data_dir={pretrained.parent}", f"--model_dir={pretrained}",
         *COMMON, expect=2)  # wrong data_dir: a one-line error, not a trace
     flags = json.loads((pretrained / "flags.json").read_text())
-    run("--mode=eval", f"--data_dir={flags['data_dir']}", f"--model_dir={pretrained}", *COMMON)
+    run_cli("--mode=eval", f"--data_dir={flags['data_dir']}", f"--model_dir={pretrained}", *COMMON)
     after = json.loads((pretrained / "result.json").read_text())
     assert after == before
 
 
-def test_linear_eval_then_finetune(pretrained, tiny_folder, tmp_path):
+def test_linear_eval_then_finetune(pretrained, tiny_folder, tmp_path, run_cli):
     linear = tmp_path / "linear"
-    run(
+    run_cli(
         "--mode=train_then_eval",
         "--train_mode=finetune",
         "--fine_tune_after_block=4",
@@ -160,7 +203,7 @@ def test_linear_eval_then_finetune(pretrained, tiny_folder, tmp_path):
     assert result["train_mode"] == "finetune" and result["num_examples"] == 30
 
     finetune = tmp_path / "finetune"
-    run(
+    run_cli(
         "--mode=train_then_eval",
         "--train_mode=finetune",
         "--fine_tune_after_block=-1",
@@ -194,27 +237,29 @@ def test_linear_eval_then_finetune(pretrained, tiny_folder, tmp_path):
         (["--image_size=4"], "at least 8"),
     ],
 )
-def test_user_errors_are_one_line_with_the_fix(tiny_folder, tmp_path, args, needle):
-    base = [f"--data_dir={tiny_folder}", f"--model_dir={tmp_path / 'm'}", "--train_steps=1",
+def test_user_errors_are_one_line_with_the_fix(generated_folder, tmp_path, args, needle,
+                                               run_cli):
+    base = [f"--data_dir={generated_folder}", f"--model_dir={tmp_path / 'm'}", "--train_steps=1",
             *COMMON]
-    proc = run(*base, *args, expect=2)
+    proc = run_cli(*base, *args, expect=2)
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_model_dir_naming_a_file_is_one_line_and_keeps_the_file(tiny_folder, tmp_path):
+def test_model_dir_naming_a_file_is_one_line_and_keeps_the_file(generated_folder, tmp_path,
+                                                                run_cli):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    proc = run(f"--data_dir={tiny_folder}", f"--model_dir={notes}", "--train_steps=1", *COMMON,
-               expect=2)
+    proc = run_cli(f"--data_dir={generated_folder}", f"--model_dir={notes}", "--train_steps=1",
+                   *COMMON, expect=2)
     assert "is a file, not a folder" in proc.stderr and str(notes) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert notes.read_text() == "my notes"
 
 
 def test_finetune_from_another_architecture_names_the_variables(pretrained, tiny_folder,
-                                                                tmp_path):
-    proc = run(
+                                                                tmp_path, run_cli):
+    proc = run_cli(
         "--mode=train",
         "--train_mode=finetune",
         f"--checkpoint={pretrained}",
@@ -229,21 +274,22 @@ def test_finetune_from_another_architecture_names_the_variables(pretrained, tiny
     assert "Traceback" not in proc.stderr
 
 
-def test_corrupt_image_is_named_without_a_trace(tiny_folder, tmp_path):
+def test_corrupt_image_is_named_without_a_trace(generated_folder, tmp_path, run_cli):
     data = tmp_path / "data"
-    shutil.copytree(tiny_folder, data)
-    victim = sorted((data / "train" / "cat").iterdir())[2]
+    shutil.copytree(generated_folder, data)
+    victim = sorted((data / "train" / "class03").iterdir())[2]
     victim.write_bytes(victim.read_bytes()[:300])  # truncated JPEG
-    proc = run(f"--data_dir={data}", f"--model_dir={tmp_path / 'm'}", "--train_steps=8",
+    proc = run_cli(f"--data_dir={data}", f"--model_dir={tmp_path / 'm'}", "--train_steps=8",
                *COMMON, expect=2)
     assert str(victim) in proc.stderr and "replace or delete it" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_eval_steps_take_a_class_balanced_part_of_a_sorted_split(tiny_folder):
+def test_eval_steps_take_a_class_balanced_part_of_a_sorted_split(generated_folder):
     from simclr_tf import config, evaluate
 
-    cfg = config.Config(model_dir="/unused", dataset="image_folder", data_dir=str(tiny_folder),
+    cfg = config.Config(model_dir="/unused", dataset="image_folder",
+                        data_dir=str(generated_folder),
                         eval_split="test", eval_batch_size=5, eval_steps=2, image_size=16)
     labels = np.concatenate([y.numpy() for _, y in evaluate.eval_input(cfg)])
     # 10 images of a 30-image split sorted by class: one per class, not the first 10 files.

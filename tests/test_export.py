@@ -11,8 +11,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -353,7 +351,7 @@ def test_load_export_input_errors_name_the_fix(exported):
         loaded.module.signatures["serving_images"](images=tf.constant(images * 255))
 
 
-def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
+def test_export_from_model_dir_rebuilds_from_flags(tmp_path, run_cli):
     # An image folder with the three classes, so the class names come from the dataset.
     data = tmp_path / "data"
     for split in ("train", "test"):
@@ -387,11 +385,9 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path):
         export.export_from_model_dir(str(tmp_path / "data"))
 
     # The command-line tool writes the same export elsewhere.
-    tool = [sys.executable, str(REPO / "tools" / "export.py"), f"--model_dir={run_dir}"]
     other = tmp_path / "other"
-    done = subprocess.run(
-        [*tool, f"--export_dir={other}"], capture_output=True, text=True, timeout=120
-    )
+    done = run_cli(f"--model_dir={run_dir}", f"--export_dir={other}", script="tools/export.py",
+                   expect=None, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(other)
     out = load_export(str(other)).serve_images(images)
@@ -450,3 +446,23 @@ def test_distributed_mixed_precision_linear_eval_model_exports_float32_trainable
     assert len(loaded.trainable_variables) == len(reference.weights) - len(
         [w for w in reference.weights if "moving_" in w.path]
     )
+
+
+def test_hub_call_with_training_true_uses_batch_statistics(exported):
+    """The Reusable SavedModel's ``training=True`` path is the model's training forward pass
+    (batch statistics in every BN), not the inference one."""
+    model, _, _, path = exported
+    weights = model.get_weights()  # the training pass moves BN averages: put them back after
+    images = random_images(6, seed=12)
+    images[:3] *= 0.5  # batch statistics differ from the stored averages
+    try:
+        want = model(images, training=True)
+    finally:
+        model.set_weights(weights)
+    loaded = tf.saved_model.load(path)
+    got = loaded(tf.constant(images), training=True)
+    inference = loaded(tf.constant(images), training=False)
+    for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
+        close(got[key], want[key], err_msg=key)
+        assert np.abs(got[key].numpy() - inference[key].numpy()).max() > 1e-3, key
+    close(got["default"], want["final_avg_pool"])

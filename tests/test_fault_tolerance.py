@@ -39,9 +39,8 @@ def data_dir(tmp_path_factory, write_png_folder) -> pathlib.Path:
 
 
 def _command(data_dir: pathlib.Path, model_dir: pathlib.Path, *extra: str) -> list[str]:
+    """The flags of a tiny run.py training run (for run_cli, or after ``python run.py``)."""
     return [
-        sys.executable,
-        "run.py",
         "--mode=train",
         "--dataset=image_folder",
         f"--data_dir={data_dir}",
@@ -58,12 +57,6 @@ def _command(data_dir: pathlib.Path, model_dir: pathlib.Path, *extra: str) -> li
 
 def _env() -> dict[str, str]:
     return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
-    )
 
 
 def _checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
@@ -99,7 +92,8 @@ def _build_from_run(model_dir: pathlib.Path):
     )
 
 
-def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, tmp_path):
+def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, tmp_path,
+                                                                      run_cli):
     total, warmup_epochs, lr = 40, 1, 0.4
     model_dir = tmp_path / "run"
     cmd = _command(
@@ -112,7 +106,8 @@ def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, 
         f"--learning_rate={lr}",
     )
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "run.py", *cmd], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -151,7 +146,7 @@ def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, 
     assert any(np.any(v.numpy() != 0) for _, v in slots), "momentum slots were never written"
 
     # The same command again resumes there and stops exactly at `total`.
-    done = _run(cmd)
+    done = run_cli(*cmd, expect=None, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"Resumed from {prefix} at step {resumed_at}" in done.stderr
     assert _checkpoint_steps(model_dir)[-1] == total
@@ -250,17 +245,20 @@ def test_checkpoint_saver_refuses_non_finite_weights(tmp_path):
     assert _checkpoint_steps(tmp_path) == []
 
 
-def test_cli_non_finite_loss_exits_2_with_one_line_and_no_later_checkpoint(data_dir, tmp_path):
+def test_cli_non_finite_loss_exits_2_with_one_line_and_no_later_checkpoint(data_dir, tmp_path,
+                                                                          run_cli):
     model_dir = tmp_path / "run"
-    done = _run(
-        _command(
+    done = run_cli(
+        *_command(
             data_dir,
             model_dir,
             "--train_steps=8",
             "--checkpoint_steps=1",
             "--warmup_epochs=0",
             "--learning_rate=1e30",
-        )
+        ),
+        expect=None,
+        timeout=RUN_TIMEOUT_S,
     )
     assert done.returncode == 2, done.stderr[-4000:]
     assert "Traceback" not in done.stderr
@@ -286,16 +284,19 @@ def _fingerprint(folder: pathlib.Path) -> dict[str, str]:
     }
 
 
-def test_model_dir_of_another_architecture_is_refused_untouched(data_dir, tmp_path):
+def test_model_dir_of_another_architecture_is_refused_untouched(data_dir, tmp_path, run_cli):
     model_dir = tmp_path / "run"
-    first = _run(_command(data_dir, model_dir, "--train_steps=1", "--warmup_epochs=0"))
+    first = run_cli(*_command(data_dir, model_dir, "--train_steps=1", "--warmup_epochs=0"),
+                    expect=None, timeout=RUN_TIMEOUT_S)
     assert first.returncode == 0, first.stderr[-4000:]
     before = _fingerprint(model_dir)
     assert "flags.json" in before and "checkpoint" in before
 
-    other = _run(
-        _command(data_dir, model_dir, "--train_steps=2", "--warmup_epochs=0")
-        + ["--width_multiplier=0.125"]
+    other = run_cli(
+        *_command(data_dir, model_dir, "--train_steps=2", "--warmup_epochs=0"),
+        "--width_multiplier=0.125",
+        expect=None,
+        timeout=RUN_TIMEOUT_S,
     )
     assert other.returncode == 2
     assert "Traceback" not in other.stderr

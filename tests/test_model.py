@@ -181,3 +181,137 @@ def test_restoring_another_architecture_names_the_mismatch(tmp_path):
         checkpoints.restore_pretrained(wider, path)
     msg = str(e.value)
     assert "shape differs" in msg and "--width_multiplier" in msg
+
+
+def _encoder_and_head_values(model) -> list[np.ndarray]:
+    return [v.numpy().copy() for v in model.encoder.variables + model.projection_head.variables]
+
+
+def test_live_linear_probe_leaves_the_representation_alone():
+    """Encoder and projection head end one pretraining step identically with the probe on and
+    off: the probe's loss must not reach them (stop_gradient on its input)."""
+    on = _model(_cfg(weight_decay=0.0))
+    off = _model(_cfg(weight_decay=0.0, lineareval_while_pretraining=False))
+    assert on.supervised_head is not None and off.supervised_head is None
+    for a, b in zip(off.encoder.variables + off.projection_head.variables,
+                    on.encoder.variables + on.projection_head.variables, strict=True):
+        a.assign(b)
+    v1, v2 = _views(8, 16, seed=3)
+    labels = tf.constant([0, 1, 2, 3, 0, 1, 2, 3])
+    start_values = _encoder_and_head_values(on)
+    logs = on.train_step(((v1, v2), labels))
+    off.train_step(((v1, v2), labels))
+    assert float(logs["supervised_loss"]) > 0.5  # the probe's loss is there, and large
+    moved = 0.0
+    for got, want, start in zip(_encoder_and_head_values(on), _encoder_and_head_values(off),
+                                start_values, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        moved = max(moved, float(np.abs(got - start).max()))
+    assert moved > 1e-4  # the step did train the encoder
+
+
+def test_checkpoint_restores_every_model_and_optimizer_variable(tmp_path):
+    """Save after a step (non-zero momentum, moved BN statistics), overwrite every variable,
+    restore: each model and optimizer variable holds its saved value again."""
+    model = _model(_cfg())
+    v1, v2 = _views(8, 16, seed=4)
+    model.train_step(((v1, v2), tf.constant([0, 1, 2, 3, 0, 1, 2, 3])))
+    variables = list(model.variables) + [
+        v for v in model.optimizer.variables if all(v is not m for m in model.variables)
+    ]
+    saved = [v.numpy().copy() for v in variables]
+    assert int(model.optimizer.iterations.numpy()) == 1
+    moving = [v for v in model.variables if "moving_" in v.path]
+    assert moving and all(np.any(v.numpy() != (1.0 if "variance" in v.path else 0.0))
+                          for v in moving)  # BN statistics moved by the step
+    ckpt = checkpoints.Checkpointer(model, str(tmp_path))
+    ckpt.save(1)
+    for v, value in zip(variables, saved, strict=True):
+        v.assign(np.full_like(value, 7 if np.issubdtype(value.dtype, np.integer) else 0.25))
+    assert ckpt.restore_latest() == 1
+    for v, value in zip(variables, saved, strict=True):
+        np.testing.assert_array_equal(v.numpy(), value, err_msg=v.path)
+
+
+def test_checkpointer_refuses_a_layer_held_only_in_a_list(tmp_path):
+    import keras
+
+    class Listed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.first = keras.layers.Dense(3, name="first")
+            self.in_list = [keras.layers.Dense(2, name="listed")]
+
+        def call(self, x):
+            return self.in_list[0](self.first(x))
+
+    model = Listed()
+    model(tf.zeros([1, 4]))
+    model.compile(optimizer="sgd")
+    with pytest.raises(checkpoints.CheckpointError, match="listed/kernel") as e:
+        checkpoints.Checkpointer(model, str(tmp_path))
+    assert "Assign every sub-layer to an attribute" in str(e.value)
+    assert "first/" not in str(e.value)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def _pretrained_checkpoint(tmp_path, **kw) -> tuple[str, object]:
+    """A pretraining model after one step (BN statistics moved), saved."""
+    src = _model(_cfg(num_proj_layers=2, **kw))
+    v1, v2 = _views(8, 16, seed=5)
+    src.train_step(((v1, v2), tf.constant([0, 1, 2, 3, 0, 1, 2, 3])))
+    return checkpoints.Checkpointer(src, str(tmp_path / "pre")).save(1), src
+
+
+def test_finetune_restore_brings_back_encoder_and_projection_head_values(tmp_path):
+    path, src = _pretrained_checkpoint(tmp_path)
+    tuned = _model(_cfg(train_mode="finetune", checkpoint=path, fine_tune_after_block=-1,
+                        optimizer="momentum", num_proj_layers=2, seed=9))
+    head_before = [v.numpy().copy() for v in tuned.supervised_head.variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        _encoder_and_head_values(tuned), _encoder_and_head_values(src), strict=True))
+    checkpoints.restore_pretrained(tuned, path)
+    pairs = list(zip(tuned.projection_head.variables, src.projection_head.variables,
+                     strict=True))
+    assert len(pairs) == 9  # 2 dense kernels, BN gamma + beta and gamma, 2 x 2 statistics
+    for got, want in pairs + list(zip(tuned.encoder.variables, src.encoder.variables,
+                                      strict=True)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.path)
+    for got, want in zip(tuned.supervised_head.variables, head_before, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)  # not in a pretraining checkpoint
+    assert int(tuned.optimizer.iterations.numpy()) == 0  # the step is not restored
+
+
+def test_ft_proj_selector_feeds_that_projection_layer_and_freezes_below_it():
+    images = tf.random.uniform([8, 16, 16, 3], seed=6)
+    labels = tf.constant([0, 1, 2, 3, 0, 1, 2, 3])
+
+    # Linear evaluation on projection layer 1: the head reads it; nothing below it trains.
+    linear = _model(_cfg(train_mode="finetune", checkpoint="none", fine_tune_after_block=4,
+                         ft_proj_selector=1, optimizer="momentum", num_proj_layers=2))
+    out = linear(images, training=False)
+    hiddens = linear.projection_head(linear.encoder(images, training=False), training=False)
+    np.testing.assert_allclose(out["logits_sup"], linear.supervised_head(hiddens[1]), atol=1e-5)
+    assert not np.allclose(out["logits_sup"], linear.supervised_head(hiddens[0]), atol=1e-3)
+    assert [v.path.split("/")[1] for v in linear.trainable_variables] == ["head_supervised"] * 2
+    before = _encoder_and_head_values(linear)
+    linear.train_step((images, labels))
+    for a, b in zip(_encoder_and_head_values(linear), before, strict=True):
+        np.testing.assert_array_equal(a, b)  # weights and BN statistics below the selector
+
+    # Full fine-tuning on layer 1: the encoder and projection layer 0 train, layer 1 (above the
+    # selector, unused) keeps its weights.
+    full = _model(_cfg(train_mode="finetune", checkpoint="none", fine_tune_after_block=-1,
+                       ft_proj_selector=1, optimizer="momentum", num_proj_layers=2))
+    head = full.projection_head
+    trainable_before = {v.path: v.numpy().copy() for v in full.trainable_variables}
+    full.train_step((images, labels))
+    changed = {v.path for v in full.trainable_variables
+               if not np.array_equal(v.numpy(), trainable_before[v.path])}
+    below = {v.path for v in head.dense_layers[0].trainable_variables
+             + head.bn_layers[0].trainable_variables}
+    above = {v.path for v in head.dense_layers[1].trainable_variables
+             + head.bn_layers[1].trainable_variables}
+    assert below <= changed
+    assert not above & changed
+    assert any("/encoder/" in p for p in changed)

@@ -175,3 +175,71 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
     assert chief_result["num_examples"] == worker_result["num_examples"] == CLASSES * TEST_PER_CLASS
     assert chief_result["label_top_1_accuracy"] == worker_result["label_top_1_accuracy"]
     assert chief_result["global_step"] == STEPS
+
+    # In-process reference: the chief's checkpoint restored here on one device, every test image
+    # classified by a NumPy argmax over its logits.
+    from simclr_tf import checkpoints, evaluate, train
+    from simclr_tf import model_dir as model_dir_lib
+    from simclr_tf.data import sources
+
+    cfg = model_dir_lib.config_from_flags(json.loads((model_dir / "flags.json").read_text()))
+    info = sources.dataset_info(cfg.dataset, cfg.data_dir)
+    schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
+    model = train.build_for_run(cfg, tf.distribute.get_strategy(), info, schedule)
+    checkpoints.restore_model_weights(model, chief_ckpt)
+    hits = []
+    for images, labels in evaluate.eval_input(cfg):
+        logits = model(images, training=False)["logits_sup"].numpy()
+        hits += list(logits.argmax(1) == labels.numpy())
+    assert len(hits) == CLASSES * TEST_PER_CLASS
+    assert chief_result["label_top_1_accuracy"] == pytest.approx(np.mean(hits), abs=1e-6)
+
+
+# Each worker checks the resume step it got (argv[1]) with the others: the same step passes,
+# different steps raise StrategyError on every worker (exit code 3 with the message).
+_STEP_CHECK = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+from simclr_tf import distribute
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+distribute.check_same_step(strategy, 7)
+print("same steps accepted", flush=True)
+try:
+    distribute.check_same_step(strategy, int(sys.argv[1]))
+except distribute.StrategyError as e:
+    print(f"refused: {e}", flush=True)
+    sys.exit(3)
+print("different steps accepted", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_workers_resuming_from_different_steps_stop_with_an_error(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    try:
+        for index, step in enumerate((4, 9)):
+            env = {
+                **os.environ,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                ),
+                "CUDA_VISIBLE_DEVICES": "",
+            }
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", _STEP_CHECK, str(step)], cwd=REPO, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ))
+        outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 3, out[-3000:]
+        assert "same steps accepted" in out
+        assert "refused: The workers resumed from different steps [4, 9]" in out
+        assert "--model_dir must be a folder every worker can read" in out

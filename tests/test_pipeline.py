@@ -8,7 +8,6 @@ and must agree with the label the pipeline paired it with.
 from __future__ import annotations
 
 import collections
-import math
 
 import numpy as np
 import pytest
@@ -131,21 +130,18 @@ def test_pretrain_on_device_fixed_size_keeps_pixels():
     assert sorted(ids) == list(range(N))  # one epoch: each image exactly once
 
 
-def test_pretrain_on_device_variable_size_resized():
+def test_pretrain_on_device_variable_size_sends_crops():
+    # Variable-size images: the host draws both crop boxes from each image's true size (no
+    # square resize that would change aspect ratios) and sends the resized crops as uint8.
     ds = pretrain_dataset(
         _constant_ds(variable=True), batch_size=3, image_size=14, color_jitter_strength=0.5,
         use_blur=False, seed=0, augment_on="device",
     )
-    side = math.ceil(14 / 0.875)
-    assert ds.element_spec[0].shape.as_list() == [3, side, side, 3]
+    assert ds.element_spec[0].shape.as_list() == [3, 2, 14, 14, 3]
     for x, y in _take(ds, N // 3):
         assert x.dtype == np.uint8
-        _check_aligned(x, y, tol=1)  # a resized constant image is the same constant
-    ds = pretrain_dataset(
-        _constant_ds(variable=True), batch_size=3, image_size=14, color_jitter_strength=0.5,
-        use_blur=False, seed=0, augment_on="device", device_image_size=10,
-    )
-    assert ds.element_spec[0].shape.as_list() == [3, 10, 10, 3]
+        for view in (0, 1):
+            _check_aligned(x[:, view], y, tol=1)  # a resized constant crop is the same constant
 
 
 # ------------------------------------------------------------------------------- fine-tuning
@@ -293,3 +289,19 @@ def test_cifar10_folder_pipelines(cifar10_dir):
     assert collections.Counter(labels.tolist()) == {k: 8 for k in range(10)}
     (v1, v2), _ = batches[0]
     assert v1.shape == (16, 32, 32, 3) and v1.min() >= 0.0 and v2.max() <= 1.0
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_pretrain_row_i_views_and_label_come_from_one_image(variable):
+    """Grey constant images with colour strength 0: crops, flips, grayscale and blur keep each
+    image's value, so view 1, view 2 and the label of every row must name the same image."""
+    ds = pretrain_dataset(
+        _constant_ds(variable=variable), batch_size=4, image_size=8, color_jitter_strength=0.0,
+        use_blur=True, seed=3,
+    )
+    seen = []
+    for (v1, v2), y in _take(ds, 2 * N // 4):  # two epochs
+        ids1, ids2 = _check_aligned(v1, y), _check_aligned(v2, y)
+        assert ids1 == ids2
+        seen += ids1
+    assert sorted(seen) == sorted(2 * list(range(N)))  # every image, each once per epoch

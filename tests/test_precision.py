@@ -69,10 +69,20 @@ def _all_float32(model) -> list[str]:
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_step_matches_float32(precision):
+    """Three applied steps against float32 on the same weights and batch, per variable group.
+
+    float16 steps whose scaled gradients overflow are skipped (weights unchanged, loss scale
+    halved): the model steps until three are applied, and the comparison is with three float32
+    steps. The tolerances per group sit well below the effect of a missing weight decay on the
+    encoder kernels (their LARS updates change by ~65% without it).
+    """
+    steps = 3
     views, labels = _batch()
     ref = _build(_cfg())
     w0 = ref.get_weights()
     ref_logs = _step(ref, views, labels)
+    for _ in range(steps - 1):
+        _step(ref, views, labels)
 
     model = _build(_cfg(mixed_precision=precision))
     model.set_weights(w0)
@@ -90,27 +100,53 @@ def test_mixed_precision_step_matches_float32(precision):
     # Loss close to the float32 loss on the same batch and weights (bf16 has ~3 digits).
     np.testing.assert_allclose(logs["contrast_loss"], ref_logs["contrast_loss"], rtol=2e-2)
     np.testing.assert_allclose(logs["supervised_loss"], ref_logs["supervised_loss"], rtol=2e-2)
+    calls = 1
+    while int(model.optimizer.iterations.numpy()) < steps and calls < steps + 5:
+        _step(model, views, labels)
+        calls += 1
+    assert int(model.optimizer.iterations.numpy()) == steps, "float16 steps kept overflowing"
+    skipped = calls - steps
+    if skipped:  # only float16 may skip, and a skip halves the loss scale
+        assert precision == "float16"
+        assert float(model.optimizer.dynamic_scale) < 2.0**15
+
     trainable = [i for i, w in enumerate(model.weights) if w.trainable]
     before = _flat(w0, trainable)
     want = _flat(ref.get_weights(), trainable) - before
     got = _flat(model.get_weights(), trainable) - before
     assert np.linalg.norm(want) > 0
+
     def same_direction(a, b) -> bool:
-        # bf16 gradients carry ~3 digits and sums of many small terms (e.g. the gradients of
-        # the zero-initialised last BN scale of each block) lose more: a loose agreement.
         cos = float(a @ b) / float(np.linalg.norm(a) * np.linalg.norm(b))
         return cos > 0.98 and np.linalg.norm(a - b) <= 0.25 * np.linalg.norm(b)
 
-    if precision == "bfloat16":
-        assert same_direction(got, want)
-    else:
-        # Dynamic loss scaling starts at 2**15: a first step whose scaled gradients overflow
-        # float16 is skipped (weights unchanged) and the scale halved; otherwise it is applied.
-        skipped = np.linalg.norm(got) == 0
-        if skipped:
-            assert float(model.optimizer.dynamic_scale) < 2.0**15
+    assert same_direction(got, want)
+    # Per group: relative error of the update (bf16 sums of many small terms, e.g. the BN
+    # scale gradients of the encoder, keep ~15%; the heads are within a few percent).
+    tolerances = {"encoder kernels": 0.3, "encoder BN": 0.3, "projection head": 0.15,
+                  "supervised head": 0.03}
+    if not skipped:  # skipped steps still move the BN averages
+        tolerances["BN moving statistics"] = 0.02
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(model.weights):
+        name = w.path.rsplit("/", 1)[-1]
+        if name.startswith("moving_"):
+            group = "BN moving statistics"
+        elif "/encoder/" in w.path:
+            group = "encoder kernels" if name == "kernel" else "encoder BN"
+        elif "/projection_head/" in w.path:
+            group = "projection head"
         else:
-            assert same_direction(got, want)
+            group = "supervised head"
+        groups.setdefault(group, []).append(i)
+    assert set(groups) == {*tolerances, "BN moving statistics"}
+    w_ref, w_got = ref.get_weights(), model.get_weights()
+    for group, tol in tolerances.items():
+        idx = groups[group]
+        want_g = _flat(w_ref, idx) - _flat(w0, idx)
+        got_g = _flat(w_got, idx) - _flat(w0, idx)
+        error = np.linalg.norm(got_g - want_g) / np.linalg.norm(want_g)
+        assert error < tol, (group, error)
 
 
 def _flat(weights, indices) -> np.ndarray:

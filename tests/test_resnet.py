@@ -407,3 +407,155 @@ def test_tf_train_checkpoint_roundtrip(tmp_path):
     tf.train.Checkpoint(model=dst).restore(path).assert_existing_objects_matched()
     for a, b in zip(src.weights, dst.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_first_block_projection_adds_only_group1_projection():
+    """The reference ResNet-18/34 layout: a projection on group 1's first block as well (the
+    other groups' first blocks change shape and have one anyway); the default has none there."""
+    shape = (None, 32, 32, 3)
+    plain = ResNet(18, 0.25, cifar_stem=True)
+    plain.build(shape)
+    reference = ResNet(18, 0.25, cifar_stem=True, first_block_projection=True)
+    reference.build(shape)
+    c = 16  # 64 * 0.25
+    assert _count(reference.trainable_weights) - _count(plain.trainable_weights) == (
+        _conv(1, c, c) + _bn(c))
+    assert plain.block_group1.block1.projection is None
+    assert reference.block_group1.block1.projection is not None
+    assert reference.block_group1.block2.projection is None
+    assert ResNet.from_config(reference.get_config()).first_block_projection
+
+
+# -- residual blocks with non-zero weights against a NumPy forward pass ------------------------
+
+
+def _np_conv(x: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
+    """NHWC convolution with the reference's padding: k - 1 zeros split (k-1)//2 before."""
+    k = kernel.shape[0]
+    beg = (k - 1) // 2
+    x = np.pad(x, [(0, 0), (beg, k - 1 - beg), (beg, k - 1 - beg), (0, 0)])
+    h = (x.shape[1] - k) // stride + 1
+    w = (x.shape[2] - k) // stride + 1
+    out = np.zeros((x.shape[0], h, w, kernel.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride]
+            out += patch @ kernel[i, j]
+    return out
+
+
+def _np_bn(x: np.ndarray, bn: BatchNorm) -> np.ndarray:
+    """Inference-mode BN with the layer's (randomised) statistics and parameters."""
+    gamma = bn.gamma.numpy() if bn.gamma is not None else 1.0
+    beta = bn.beta.numpy() if bn.beta is not None else 0.0
+    return gamma * (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + EPS) + beta
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def _randomise(layer: keras.layers.Layer, seed: int) -> None:
+    """Every weight non-zero and random: gammas away from 0 (the zero-init of the last BN would
+    hide the residual branch), positive variances, biases that matter."""
+    rng = np.random.default_rng(seed)
+    for v in layer.weights:
+        name = v.path.split("/")[-1]
+        shape = tuple(v.shape)
+        if name == "moving_variance":
+            value = rng.uniform(0.5, 2.0, shape)
+        elif name == "gamma":
+            value = rng.uniform(0.5, 1.5, shape) * rng.choice([-1, 1], shape)
+        elif name in ("beta", "moving_mean", "bias"):
+            value = rng.normal(0.0, 0.5, shape)
+        else:  # kernels: unit-ish gain so activations neither vanish nor explode
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
+        v.assign(value.astype("float32"))
+
+
+def _conv_kernel(layer: FixedPaddingConv2D) -> np.ndarray:
+    return layer.conv.kernel.numpy()
+
+
+def _np_shortcut(block, x: np.ndarray) -> np.ndarray:
+    if block.projection is None:
+        return x
+    p = block.projection
+    if p.resnet_d:  # pad (0, 1), 2x2 average pool with the stride, then 1x1 conv
+        s = p.strides
+        xp = np.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])
+        h, w = (xp.shape[1] - 2) // s + 1, (xp.shape[2] - 2) // s + 1
+        x = sum(xp[:, i:i + s * (h - 1) + 1:s, j:j + s * (w - 1) + 1:s]
+                for i in range(2) for j in range(2)) / 4.0
+        return _np_bn(_np_conv(x, _conv_kernel(p.conv), 1), p.bn.bn)
+    return _np_bn(_np_conv(x, _conv_kernel(p.conv), p.strides), p.bn.bn)
+
+
+def _np_se(se: SqueezeExcite, x: np.ndarray) -> np.ndarray:
+    s = _relu(x.mean((1, 2)) @ se.reduce.kernel.numpy() + se.reduce.bias.numpy())
+    s = s @ se.expand.kernel.numpy() + se.expand.bias.numpy()
+    return x / (1.0 + np.exp(-s))[:, None, None, :]
+
+
+def _np_sk(sk: SelectiveKernel, x: np.ndarray) -> np.ndarray:
+    y = _relu(_np_bn(_np_conv(x, _conv_kernel(sk.conv), sk.strides), sk.conv_bn.bn))
+    a, b = y[..., :sk.filters], y[..., sk.filters:]
+    z = _relu(_np_bn((a + b).mean((1, 2)) @ sk.fc_reduce.kernel.numpy(), sk.fc_reduce_bn.bn))
+    logits = (z @ sk.fc_expand.kernel.numpy()).reshape(-1, 2, sk.filters)
+    att = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return a * att[:, None, None, 0] + b * att[:, None, None, 1]
+
+
+def _np_block(block, x: np.ndarray) -> np.ndarray:
+    """The residual block of the SimCLR reference, written out: ReLU after every BN but the
+    last, the stride in the first 3x3 (basic) or the middle 3x3 / SK conv (bottleneck), SE on
+    the residual branch after its last BN, ReLU after the addition."""
+    layers = {layer.name: layer for layer in block.residual_layers}
+    if "conv3" not in layers:  # basic: 3x3 (strided) - BN - ReLU - 3x3 - BN
+        r = _relu(_np_bn(_np_conv(x, _conv_kernel(layers["conv1"]), block.strides),
+                         layers["bn1"].bn))
+        r = _np_bn(_np_conv(r, _conv_kernel(layers["conv2"]), 1), layers["bn2"].bn)
+    else:  # bottleneck: 1x1 - BN - ReLU - 3x3 (strided) or SK - BN - ReLU - 1x1 - BN
+        r = _relu(_np_bn(_np_conv(x, _conv_kernel(layers["conv1"]), 1), layers["bn1"].bn))
+        if "sk" in layers:
+            r = _np_sk(layers["sk"], r)
+        else:
+            r = _relu(_np_bn(_np_conv(r, _conv_kernel(layers["conv2"]), block.strides),
+                             layers["bn2"].bn))
+        r = _np_bn(_np_conv(r, _conv_kernel(layers["conv3"]), 1), layers["bn3"].bn)
+    if block.se is not None:
+        r = _np_se(block.se, r)
+    return _relu(r + _np_shortcut(block, x))
+
+
+@pytest.mark.parametrize(
+    "kind, strides, in_channels, sk_ratio, se_ratio",
+    [
+        ("basic", 2, 4, 0.0, 0.0),  # projection shortcut, strided first conv
+        ("basic", 1, 6, 0.0, 0.0),  # identity shortcut
+        ("bottleneck", 2, 8, 0.0, 0.0),  # strided middle conv, projection shortcut
+        ("bottleneck", 1, 12, 0.0, 0.0),  # identity shortcut (in = 4 x filters)
+        ("bottleneck", 2, 8, 0.5, 0.0),  # SK middle conv, ResNet-D shortcut
+        ("bottleneck", 2, 8, 0.0, 0.5),  # SE gate on the residual branch
+        ("basic", 1, 6, 0.0, 0.5),  # SE with an identity shortcut
+    ],
+)
+def test_residual_block_with_random_weights_matches_numpy(kind, strides, in_channels, sk_ratio,
+                                                          se_ratio):
+    from simclr_tf.models.blocks import BasicBlock, BottleneckBlock
+
+    keras.utils.set_random_seed(20)
+    cls = BasicBlock if kind == "basic" else BottleneckBlock
+    block = cls(3 if kind == "bottleneck" else 6, strides, in_channels=in_channels,
+                sk_ratio=sk_ratio, se_ratio=se_ratio)
+    x = np.random.default_rng(21).normal(size=(2, 7, 6, in_channels)).astype("float32")
+    block.build(x.shape)
+    _randomise(block, seed=22)
+    y = block(tf.constant(x), training=False).numpy()
+    ref = _np_block(block, x.astype(np.float64))
+    assert y.shape == ref.shape == (2, -(-7 // strides), -(-6 // strides), block.out_channels)
+    # The residual branch really contributes (unlike with zero-initialised last BN scales).
+    shortcut_only = _relu(_np_shortcut(block, x.astype(np.float64)))
+    assert np.abs(ref - shortcut_only).mean() > 0.1
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)

@@ -29,6 +29,19 @@ baseline is printed: absolute numbers move from run to run on shared machines, r
 Override keys are :class:`simclr_tf.config.Config` field names (``resnet_depth``,
 ``width_multiplier``, ``image_size``, ``train_batch_size``, ``mixed_precision``, ``jit_compile``,
 ``augment_on``, ``micro_batch_size``, ``strategy``, ``num_cpu_devices``, ...).
+
+The reference input pipeline, paired (``--what=pipeline``): ``--reference_data_util=PATH`` adds
+a case that runs the SimCLR reference code's per-image ``preprocess_for_train`` (two views,
+``tf.data`` AUTOTUNE map, then its ``batch_random_blur`` on the batch when blur is on) over the
+same files, batch and shuffle buffer, interleaved with the other cases; every case's ratio to
+it is printed. The reference is NOT shipped with simclr_tf: fetch ``tf2/data_util.py`` of
+google-research/simclr yourself and pass its path.
+
+Per-op profile (``--what=ops``): milliseconds per image (two views) of each step of the per-image
+host path, old and new variants side by side, on one thread, repeats interleaved::
+
+    python tools/make_benchmark_folder.py --out=/tmp/bench_folder
+    python tools/benchmark.py --what=ops --set=data_dir=/tmp/bench_folder --set=image_size=224
 """
 
 from __future__ import annotations
@@ -192,12 +205,75 @@ def _step_timer(keras):
     return StepTimer()
 
 
+def _time_batches(dataset, batches: int) -> list[float]:
+    it = iter(dataset)
+    next(it)  # fills the shuffle buffer
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        next(it)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _load_reference(path: str):
+    """Imports the reference code's data_util.py from ``path`` (not shipped with simclr_tf)."""
+    import importlib.util
+
+    from absl import flags
+
+    if not os.path.isfile(path):
+        raise SystemExit(
+            f"benchmark: no reference file '{path}'. Fetch tf2/data_util.py of "
+            "google-research/simclr and pass its path to --reference_data_util."
+        )
+    spec = importlib.util.spec_from_file_location("reference_data_util", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if "color_jitter_strength" not in flags.FLAGS:
+        flags.DEFINE_float("color_jitter_strength", 1.0, "Read by the reference data_util.")
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["benchmark"])
+    return module
+
+
+def reference_dataset(cfg, path: str):
+    """The reference code's training input over the same files (its tf2/data.py layout)."""
+    import tensorflow as tf
+    from absl import flags
+
+    from simclr_tf.data import sources
+
+    ref = _load_reference(path)
+    flags.FLAGS.color_jitter_strength = cfg.color_jitter_strength
+    images, _ = sources.load_split(cfg.dataset, cfg.train_split, data_dir=cfg.data_dir,
+                                   shuffle_files=True)  # decoded as for our pipeline
+    size = cfg.image_size
+
+    def two_views(image, label):
+        views = [ref.preprocess_image(image, size, size, is_training=True) for _ in range(2)]
+        return tf.concat(views, -1), label
+
+    def blur(images, labels):
+        views = tf.split(images, 2, axis=-1)
+        return tf.concat(ref.batch_random_blur(views, size, size), -1), labels
+
+    ds = images.shuffle(min(10_000, max(10 * cfg.train_batch_size, 1)), seed=0).repeat()
+    ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(cfg.train_batch_size, drop_remainder=True)
+    if cfg.use_blur:  # the reference blurs the batch inside its train step
+        ds = ds.map(blur, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_batches: int
              ) -> dict[str, Any]:
     """Builds the run exactly as ``run.py`` does and measures it (call in a fresh process)."""
     from simclr_tf import config as config_lib
     from simclr_tf import distribute
 
+    case = dict(case)
+    reference = case.pop("_reference", None)
     model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
     cfg = config_lib.Config(
         **{**case, "mode": "train", "model_dir": model_dir, "train_steps": warmup + steps,
@@ -227,15 +303,13 @@ def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_
     }
 
     if what in ("pipeline", "all"):
-        dataset = train.train_dataset(cfg, strategy, 0)
-        it = iter(dataset)
-        next(it)  # fills the shuffle buffer
-        times = []
-        for _ in range(pipeline_batches):
-            t0 = time.perf_counter()
-            next(it)
-            times.append(time.perf_counter() - t0)
-        del it, dataset
+        if reference:
+            dataset = reference_dataset(cfg, reference)
+            result["flags"]["pipeline"] = f"reference data_util ({reference})"
+        else:
+            dataset = train.train_dataset(cfg, strategy, 0)
+        times = _time_batches(dataset, pipeline_batches)
+        del dataset
         result["pipeline_batch_seconds_median"] = statistics.median(times)
         result["pipeline_images_per_sec"] = cfg.train_batch_size / statistics.median(times)
 
@@ -263,6 +337,180 @@ def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_
     result["device_peak_bytes"] = _device_peak_bytes(tf)
     shutil.rmtree(model_dir, ignore_errors=True)
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Per-op profile of the per-image host path
+# --------------------------------------------------------------------------------------------
+
+
+def _profile_ops_table(tf, aug, size: int, strength: float, ref) -> list[tuple[str, str, Any]]:
+    """(name, input kind, fn) of each profiled step; kinds: path, file, image, views.
+
+    "before" rows are the per-image host path before the 224 px work (batched ops on the two
+    crops of an image), "after" rows what ``two_views`` runs now; "not used" rows are ideas
+    measured and dropped.
+    """
+
+    def boxes(image, seed):
+        shape = tf.shape(image)
+        return aug.sample_crop_boxes(seed, shape[0], shape[1], 2)
+
+    def slices(image, seed):
+        b = boxes(image, seed)
+        return [tf.slice(image, [b[i, 0], b[i, 1], 0], [b[i, 2], b[i, 3], -1]) for i in range(2)]
+
+    def old_resize(image, seed):  # before: float copy of each crop, then resize
+        return [tf.clip_by_value(tf.image.resize(tf.image.convert_image_dtype(c, tf.float32),
+                                                 [size, size], "bicubic"), 0.0, 1.0)
+                for c in slices(image, seed)]
+
+    def decode_crops(raw, seed):  # decodes only each box, but twice the rows of one decode
+        shape = tf.io.extract_jpeg_shape(raw)
+        b = aug.sample_crop_boxes(seed, shape[0], shape[1], 2)
+        return [tf.image.resize(tf.io.decode_and_crop_jpeg(raw, b[i], channels=3),
+                                [size, size], "bicubic") for i in range(2)]
+
+    def seeds(seed, n):
+        return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+    def old_jitter(views, seed):
+        s_jitter, s_apply = seeds(seed, 2)
+        params = aug._jitter_params(s_jitter, 2, strength)
+        return aug._jitter_step(views, params, aug._bernoulli(s_apply, 2, 0.8), False)
+
+    def new_jitter(views, seed):
+        s_jitter, s_apply = seeds(seed, 2)
+        params = aug._jitter_params(s_jitter, 2, strength)
+        return aug._jitter_step(tf.unstack(views), params, aug._bernoulli(s_apply, 2, 0.8), True)
+
+    def new_jitter_no_xla(views, seed):
+        compiled = aug._jitter_one_compiled
+        aug._jitter_one_compiled = aug._jitter_one
+        try:
+            return new_jitter(views, seed)
+        finally:
+            aug._jitter_one_compiled = compiled
+
+    def blur(per_view):
+        def fn(views, seed):
+            apply, sigma = aug._blur_params(seed, 2, 0.5, (0.1, 2.0))
+            x = tf.unstack(views) if per_view else views
+            return aug._blur_step(x, apply, sigma, per_view)
+        return fn
+
+    def gray(per_view):
+        def fn(views, seed):
+            mask = aug._bernoulli(seed, 2, 0.2)
+            return aug._gray_step(tf.unstack(views) if per_view else views, mask, per_view)
+        return fn
+
+    def flip(per_view):
+        def fn(views, seed):
+            mask = aug._bernoulli(seed, 2, 0.5)
+            return aug._flip_step(tf.unstack(views) if per_view else views, mask, per_view)
+        return fn
+
+    def old_whole(image, seed):  # before: per-image crops, then the batched ops on the pair
+        def crop(s_crop, flip_mask):
+            return tf.stack(aug._image_crop(image, 2, size, "reference")(s_crop, None)[0]), False
+        return aug._compose_views(crop, seed, 2, strength, True, False)
+
+    table = [
+        ("read file", "path", lambda path, seed: tf.io.read_file(path)),
+        ("decode whole JPEG", "file",
+         lambda raw, seed: tf.io.decode_image(raw, channels=3, expand_animations=False)),
+        ("float conversion of the whole image", "image",
+         lambda image, seed: tf.image.convert_image_dtype(image, tf.float32)),
+        ("2 crop boxes (reference sampler)", "image", boxes),
+        ("2 crops: slice", "image", slices),
+        ("2 crops: slice, float, bicubic resize (before and after)", "image", old_resize),
+        ("2 crops: slice, bicubic resize from uint8 (not used)", "image",
+         lambda image, seed: [tf.image.resize(c, [size, size], "bicubic")
+                              for c in slices(image, seed)]),
+        ("2 crops: decode_and_crop_jpeg each, resize (not used)", "file", decode_crops),
+        ("flip, batched gather (before)", "views", flip(False)),
+        ("flip, per view (after)", "views", flip(True)),
+        ("colour jitter p=0.8, 15-slot schedule (before)", "views", old_jitter),
+        ("colour jitter p=0.8, each op once, XLA-compiled (after)", "views", new_jitter),
+        ("colour jitter p=0.8, each op once, plain TF ops (not used)", "views",
+         new_jitter_no_xla),
+        ("hue only, HSV round trip batched (before)", "views",
+         lambda views, seed: aug._hue(views, tf.fill([2], 0.1))),
+        ("hue only, tf.image.adjust_hue per view (now inside the XLA jitter)", "views",
+         lambda views, seed: [tf.image.adjust_hue(v, 0.1) for v in tf.unstack(views)]),
+        ("grayscale p=0.2, batched (before)", "views", gray(False)),
+        ("grayscale p=0.2, per view (after)", "views", gray(True)),
+        ("blur p=0.5, batched (before)", "views", blur(False)),
+        ("blur p=0.5, per view (after)", "views", blur(True)),
+        ("whole two views, before (decoded image)", "image", old_whole),
+        ("whole two views, after (decoded image)", "image",
+         lambda image, seed: aug.two_views(image, seed, size, strength, True)),
+        ("whole two views, after, no blur (decoded image)", "image",
+         lambda image, seed: aug.two_views(image, seed, size, strength, False)),
+    ]
+    if ref is not None:
+        def ref_views(image, seed):
+            views = [ref.preprocess_image(image, size, size, is_training=True) for _ in range(2)]
+            return ref.batch_random_blur([tf.stack(views)], size, size)
+        table.append(("whole two views, reference (decoded image, batch blur)", "image",
+                      ref_views))
+    return table
+
+
+def profile_ops(case: dict[str, Any], num_images: int, repeats: int,
+                reference: str | None = None) -> int:
+    """Prints ms per image (two views) of every step, one thread, interleaved repeats."""
+    import glob
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from simclr_tf.data import augment as aug
+
+    size = int(case.get("image_size") or 224)
+    strength = float(case.get("color_jitter_strength") or 1.0)
+    ref = None
+    if reference:
+        from absl import flags
+        ref = _load_reference(reference)
+        flags.FLAGS.color_jitter_strength = strength
+    paths = sorted(glob.glob(os.path.join(case["data_dir"], "train", "*", "*.*")))[:num_images]
+    if not paths:
+        raise SystemExit(f"benchmark: no images under {case['data_dir']}/train/<class>/.")
+    files = [tf.io.read_file(p) for p in paths]
+    images = [tf.io.decode_image(f, channels=3, expand_animations=False) for f in files]
+    rng = tf.random.Generator.from_seed(0)
+    views = [rng.uniform([2, size, size, 3]) for _ in range(min(16, len(paths)))]
+    inputs = {"path": [tf.constant(p) for p in paths], "file": files, "image": images,
+              "views": views}
+    specs = {"path": tf.TensorSpec([], tf.string), "file": tf.TensorSpec([], tf.string),
+             "image": tf.TensorSpec([None, None, 3], tf.uint8),
+             "views": tf.TensorSpec([2, size, size, 3], tf.float32)}
+    seed_spec = tf.TensorSpec([2], tf.int64)
+    table = _profile_ops_table(tf, aug, size, strength, ref)
+    fns = [tf.function(fn, input_signature=[specs[kind], seed_spec]) for _, kind, fn in table]
+    seeds = [tf.constant([k, 17], tf.int64) for k in range(len(paths))]
+    for fn, (_, kind, _) in zip(fns, table, strict=True):
+        for x, sd in zip(inputs[kind][:2], seeds, strict=False):
+            fn(x, sd)  # trace and warm up
+    times: list[list[float]] = [[] for _ in table]
+    for _ in range(max(1, repeats)):
+        for k, (fn, (_, kind, _)) in enumerate(zip(fns, table, strict=True)):
+            t0 = time.perf_counter()
+            for x, sd in zip(inputs[kind], seeds, strict=False):
+                out = fn(x, sd)
+            tf.nest.map_structure(lambda t: t.numpy(), out)
+            times[k].append((time.perf_counter() - t0) / len(inputs[kind]))
+    info = {"machine": machine_info(), "tensorflow": tf.__version__, "image_size": size,
+            "color_jitter_strength": strength, "images": len(paths), "repeats": repeats,
+            "threads": 1}
+    print(json.dumps(info), flush=True)
+    for (name, _, _), ts in zip(table, times, strict=True):
+        print(json.dumps({"op": name, "ms_per_image_median": round(1e3 * statistics.median(ts), 3),
+                          "ms_per_image_min": round(1e3 * min(ts), 3)}), flush=True)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,7 +554,13 @@ def main(argv: list[str] | None = None) -> int:
                         "printed. Repeat for several candidates.")
     p.add_argument("--no_baseline", action="store_true",
                    help="Run only the candidates (no ratios).")
-    p.add_argument("--what", choices=("all", "step", "pipeline"), default="all")
+    p.add_argument("--what", choices=("all", "step", "pipeline", "ops"), default="all",
+                   help="ops: the per-op profile of the per-image host path (no cases).")
+    p.add_argument("--reference_data_util", default=None, metavar="PATH",
+                   help="Path of the SimCLR reference code's tf2/data_util.py (not shipped): "
+                        "adds its input pipeline as a case (--what=pipeline); ratios to it are "
+                        "printed.")
+    p.add_argument("--ops_images", type=int, default=32, help="Images per op (--what=ops).")
     p.add_argument("--steps", type=int, default=4, help="Timed train steps per case.")
     p.add_argument("--warmup_steps", type=int, default=2,
                    help="Untimed first steps (tracing, XLA compilation, autotuning).")
@@ -320,18 +574,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_case is not None:
         case = json.loads(args.child_case)
         overrides = case.pop("_overrides", {})
+        is_reference = "_reference" in case
         result = run_case({**case}, args.what, args.steps, args.warmup_steps,
                           args.pipeline_batches)
-        result["case"] = case_name(overrides)
+        result["case"] = "reference" if is_reference else case_name(overrides)
         print(json.dumps(result), flush=True)
         return 0
 
     base_overrides: dict[str, Any] = {}
     for spec in args.set:
         base_overrides.update(parse_overrides(spec))
+    if args.what == "ops":
+        return profile_ops({**BASE_CASE, **base_overrides}, args.ops_images, args.repeats,
+                           args.reference_data_util)
     cases: list[tuple[str, dict[str, Any]]] = []
     if not args.no_baseline:
         cases.append(("baseline", {**BASE_CASE, **base_overrides, "_overrides": {}}))
+    if args.reference_data_util:
+        if args.what != "pipeline":
+            raise SystemExit("benchmark: --reference_data_util needs --what=pipeline.")
+        _load_reference(args.reference_data_util)  # fails early on a wrong path
+        cases.append(("reference", {**BASE_CASE, **base_overrides, "_overrides": {},
+                                    "_reference": os.path.abspath(args.reference_data_util)}))
     for spec in args.candidate:
         over = parse_overrides(spec)
         cases.append((case_name(over), {**BASE_CASE, **base_overrides, **over,
@@ -348,10 +612,13 @@ def main(argv: list[str] | None = None) -> int:
                 res["baseline_overrides"] = base_overrides
             results[name].append(res)
             print(json.dumps(res), flush=True)
-    if "baseline" in results:
-        for name, _ in cases[1:]:
-            print(json.dumps({"ratio": name, "vs": "baseline", "repeats": args.repeats,
-                              **_ratios(results["baseline"], results[name])}), flush=True)
+    for base in ("baseline", "reference"):
+        if base not in results:
+            continue
+        for name, _ in cases:
+            if name not in (base, "reference"):
+                print(json.dumps({"ratio": name, "vs": base, "repeats": args.repeats,
+                                  **_ratios(results[base], results[name])}), flush=True)
     return 0
 
 

@@ -22,7 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Folder of the run (holds flags.json and checkpoints).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or folder (default: newest in "
-                    "--model_dir).")
+                    "--model_dir); may be an official SimCLR checkpoint (TF2, SavedModel, TF1).")
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (default: "
                     "MODEL_DIR/saved_model/<step>).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export at --export_dir.")
@@ -33,13 +33,19 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from simclr_tf import export
+    from simclr_tf import export, official
     from simclr_tf.errors import UserError
+    from simclr_tf.official import convert
 
     try:
-        path = export.export_from_model_dir(
-            FLAGS.model_dir, FLAGS.checkpoint, FLAGS.export_dir, FLAGS.overwrite
-        )
+        if official.is_official(FLAGS.checkpoint):
+            # An official checkpoint carries its own architecture: no flags.json needed.
+            target = FLAGS.export_dir or convert.export_dir_for(FLAGS.checkpoint, FLAGS.model_dir)
+            path = convert.export_official(FLAGS.checkpoint, target, overwrite=FLAGS.overwrite)
+        else:
+            path = export.export_from_model_dir(
+                FLAGS.model_dir, FLAGS.checkpoint, FLAGS.export_dir, FLAGS.overwrite
+            )
     except UserError as e:
         logging.error("%s", e)
         print(f"export: error: {e}", file=sys.stderr)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -32,6 +32,7 @@ __all__ = [
     "center_crop_resize",
     "color_distortion",
     "color_jitter",
+    "CROP_SAMPLERS",
     "crop_resize_bicubic",
     "default_color_strength",
     "default_use_blur",
@@ -44,7 +45,9 @@ __all__ = [
     "random_grayscale",
     "random_resized_crop",
     "sample_crop_boxes",
+    "two_crops",
     "two_views",
+    "VIEW_OPS",
 ]
 
 # tf.image.rgb_to_grayscale weights (ITU-R 601-2 luma).
@@ -168,6 +171,9 @@ def _check_crop_ranges(area_range, aspect_ratio_range, max_attempts) -> None:
         raise ValueError(f"max_attempts must be >= 1; got {max_attempts}.")
 
 
+CROP_SAMPLERS = ("reference", "uniform_area")
+
+
 def sample_crop_boxes(
     seed,
     height,
@@ -176,15 +182,97 @@ def sample_crop_boxes(
     area_range: Sequence[float] = (0.08, 1.0),
     aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
     max_attempts: int = 100,
+    sampler: str = "reference",
+    min_object_covered: float = 0.1,
 ) -> tf.Tensor:
-    """Samples Inception-style crop boxes: int32 ``[batch, 4]`` rows of (y0, x0, h, w).
+    """Samples random crop boxes: int32 ``[batch, 4]`` rows of (y0, x0, h, w).
+
+    ``sampler="reference"`` (default) draws what ``tf.image.sample_distorted_bounding_box`` draws
+    in the SimCLR reference code (whole-image bounding box, ``min_object_covered``);
+    ``"uniform_area"`` draws torchvision-style boxes (area uniform, log-uniform aspect). Both are
+    vectorised over ``batch`` x ``max_attempts`` candidates and stateless. ``height``/``width``
+    may be tensors (one image size for the whole batch).
+    """
+    _check_crop_ranges(area_range, aspect_ratio_range, max_attempts)
+    if sampler == "reference":
+        if not 0.0 <= float(min_object_covered) <= 1.0:
+            raise ValueError(f"min_object_covered must be in [0, 1]; got {min_object_covered}.")
+        return _reference_boxes(
+            seed, height, width, batch, area_range, aspect_ratio_range, max_attempts,
+            float(min_object_covered),
+        )
+    if sampler == "uniform_area":
+        return _uniform_area_boxes(
+            seed, height, width, batch, area_range, aspect_ratio_range, max_attempts
+        )
+    raise ValueError(f"crop sampler must be one of {CROP_SAMPLERS}; got {sampler!r}.")
+
+
+def _reference_boxes(
+    seed, height, width, batch, area_range, aspect_ratio_range, max_attempts, min_covered
+) -> tf.Tensor:
+    """``sample_distorted_bounding_box`` semantics (TF's kernel), all attempts at once.
+
+    Per attempt: aspect ratio a ~ U(range) (not log-uniform); crop height an integer uniform in
+    [rint(sqrt(min_area / a)), max_h] with max_h = rint(sqrt(max_area / a)) lowered until
+    rint(max_h * a) <= W and max_h <= H; width rint(h * a); one +1 / -1 step on h when rounding
+    pushed the area out of range; rejected when still out of range or when the crop covers
+    less than ``min_covered`` of the image or fewer than 10 pixels. Offsets are uniform in
+    [0, H - h) (TF never places a smaller crop flush with the bottom/right edge). The first
+    accepted attempt wins; none accepted -> the whole image.
+    """
+    s_ratio, s_height, s_offset = _split(seed, 3)
+    h_img = tf.cast(height, tf.float32)
+    w_img = tf.cast(width, tf.float32)
+    shape = tf.stack([tf.cast(batch, tf.int32), int(max_attempts)])
+    ratio = _uniform(shape, s_ratio, float(aspect_ratio_range[0]), float(aspect_ratio_range[1]))
+    min_area = float(area_range[0]) * w_img * h_img
+    max_area = float(area_range[1]) * w_img * h_img
+
+    lo_h = tf.math.rint(tf.sqrt(min_area / ratio))
+    max_h = tf.math.rint(tf.sqrt(max_area / ratio))
+    narrower = tf.floor((w_img + (0.5 - 1e-7)) / ratio)
+    narrower = tf.where(tf.math.rint(narrower * ratio) > w_img, narrower - 1.0, narrower)
+    max_h = tf.where(tf.math.rint(max_h * ratio) > w_img, narrower, max_h)
+    max_h = tf.minimum(max_h, h_img)
+    lo_h = tf.minimum(lo_h, max_h)
+    pick = tf.floor(_uniform(shape, s_height) * (max_h - lo_h + 1.0))
+    h = lo_h + tf.minimum(pick, max_h - lo_h)
+    w = tf.math.rint(h * ratio)
+    too_small = w * h < min_area
+    h = tf.where(too_small, h + 1.0, h)
+    w = tf.math.rint(h * ratio)
+    still_small = w * h < min_area
+    too_big = w * h > max_area
+    h = tf.where(too_big, h - 1.0, h)
+    w = tf.math.rint(h * ratio)
+    area = w * h
+    ok = (
+        ~still_small
+        & (area >= min_area) & (area <= max_area)
+        & (w <= w_img) & (h <= h_img) & (w > 0.0) & (h > 0.0)
+        & (area >= 10.0) & (area / (w_img * h_img) >= min_covered)
+    )
+    first = tf.argmax(tf.cast(ok, tf.int32), axis=1, output_type=tf.int32)
+    found = tf.reduce_any(ok, axis=1)
+    box_h = tf.where(found, tf.gather(h, first, axis=1, batch_dims=1), h_img)
+    box_w = tf.where(found, tf.gather(w, first, axis=1, batch_dims=1), w_img)
+    u = _uniform(tf.stack([shape[0], 2]), s_offset)
+    y0 = tf.floor(u[:, 0] * (h_img - box_h))
+    x0 = tf.floor(u[:, 1] * (w_img - box_w))
+    return tf.cast(tf.stack([y0, x0, box_h, box_w], axis=1), tf.int32)
+
+
+def _uniform_area_boxes(
+    seed, height, width, batch, area_range, aspect_ratio_range, max_attempts
+) -> tf.Tensor:
+    """Inception/torchvision-style boxes.
 
     Each attempt draws an area fraction ~ U(area_range) and a log-uniform aspect ratio (w/h);
     all ``max_attempts`` candidates are drawn at once and the first that fits the image is
     taken. When none fits, the box is a centre crop with the image's aspect ratio clamped to
-    ``aspect_ratio_range`` (torchvision's fallback). ``height``/``width`` may be tensors.
+    ``aspect_ratio_range`` (torchvision's fallback).
     """
-    _check_crop_ranges(area_range, aspect_ratio_range, max_attempts)
     s_area, s_ratio, s_offset = _split(seed, 3)
     h_img = tf.cast(height, tf.float32)
     w_img = tf.cast(width, tf.float32)
@@ -280,7 +368,11 @@ def crop_resize_bicubic(images, boxes, size: int) -> tf.Tensor:
 
 
 def _crop_resize_single(image: tf.Tensor, box: tf.Tensor, size: int) -> tf.Tensor:
-    """Per-image path: slice the box (cheap for large, variable-size images), then resize."""
+    """Per-image path: slice the box (cheap for large, variable-size images), then resize.
+
+    Only the crop is converted to float (tf.image.resize reads uint8 directly too, but was
+    measured slower than converting the crop first).
+    """
     crop = tf.slice(image, tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], -1]))
     crop = tf.image.convert_image_dtype(crop, tf.float32)
     out = tf.image.resize(crop, [size, size], method="bicubic")
@@ -294,38 +386,38 @@ def random_resized_crop(
     area_range: Sequence[float] = (0.08, 1.0),
     aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
     max_attempts: int = 100,
+    sampler: str = "reference",
 ) -> tf.Tensor:
     """Random area/aspect crop resized (bicubic) to ``size x size``; float32 in [0, 1].
 
     A single image takes the slice-and-resize path (any H, W, even unknown); a batch takes the
     exact matmul path of :func:`crop_resize_bicubic`, each example with its own box.
+    ``sampler`` picks the box distribution (see :func:`sample_crop_boxes`).
     """
     _check_size(size)
     image = tf.convert_to_tensor(image)
+    ranges = (area_range, aspect_ratio_range, max_attempts, sampler)
     if image.shape.rank == 3:
         shape = tf.shape(image)
-        box = sample_crop_boxes(
-            seed, shape[0], shape[1], 1, area_range, aspect_ratio_range, max_attempts
-        )[0]
+        box = sample_crop_boxes(seed, shape[0], shape[1], 1, *ranges)[0]
         out = _crop_resize_single(image, box, size)
         return tf.ensure_shape(out, [size, size, image.shape[-1]])
     x, _ = _to_batch(image)
     shape = tf.shape(x)
-    boxes = sample_crop_boxes(
-        seed, shape[1], shape[2], shape[0], area_range, aspect_ratio_range, max_attempts
-    )
+    boxes = sample_crop_boxes(seed, shape[1], shape[2], shape[0], *ranges)
     return _crop_resize_matmul(x, boxes, size)
 
 
-def _crop_flip(image, s_crop, s_flip, size: int) -> tf.Tensor:
+def _crop_flip(image, s_crop, s_flip, size: int, sampler: str = "reference") -> tf.Tensor:
     """random_flip(random_resized_crop(image, s_crop, size), s_flip) as a batch; on the
     batched path the flip is folded into the crop's interpolation matrix."""
     image = tf.convert_to_tensor(image)
     if image.shape.rank == 3:
-        return random_flip(random_resized_crop(image, s_crop, size)[tf.newaxis], s_flip)
+        crop = random_resized_crop(image, s_crop, size, sampler=sampler)
+        return random_flip(crop[tf.newaxis], s_flip)
     x, _ = _to_batch(image)
     shape = tf.shape(x)
-    boxes = sample_crop_boxes(s_crop, shape[1], shape[2], shape[0])
+    boxes = sample_crop_boxes(s_crop, shape[1], shape[2], shape[0], sampler=sampler)
     return _crop_resize_matmul(x, boxes, size, flip=_bernoulli(s_flip, shape[0], 0.5))
 
 
@@ -340,12 +432,18 @@ def random_flip(image, seed, p: float = 0.5) -> tf.Tensor:
     x, single = _to_batch(image)
     shape = tf.shape(x)
     flip = _bernoulli(_as_seed(seed), shape[0], p)
-    # Per-example column indices (reversed or not) and one gather: cheaper than a broadcast
-    # tf.where between x and its mirror image.
-    cols = tf.range(shape[2])
+    return _from_batch(_flip_batch(x, flip), single)
+
+
+def _flip_batch(x: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """Mirrors the examples where ``flip`` ([B] bool) is set.
+
+    Per-example column indices (reversed or not) and one gather: cheaper than a broadcast
+    tf.where between x and its mirror image.
+    """
+    cols = tf.range(tf.shape(x)[2])
     cols = tf.where(flip[:, tf.newaxis], tf.reverse(cols, [0])[tf.newaxis], cols[tf.newaxis])
-    out = tf.gather(x, cols, axis=2, batch_dims=1)
-    return _from_batch(out, single)
+    return tf.gather(x, cols, axis=2, batch_dims=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -662,59 +760,278 @@ def random_blur(
 # --------------------------------------------------------------------------------------------
 
 
-def _color_blur(x: tf.Tensor, s_color, s_blur, strength: float, use_blur: bool) -> tf.Tensor:
-    """Colour distortion -> optional blur -> clip, on a batch of cropped views."""
-    x = color_distortion(x, s_color, strength)
+# One recipe, two executions. A BATCH runs every op vectorised with per-example parameters
+# (device side, fixed-size images): coins become neutral factors or identity kernels, colour
+# orders a fixed 15-slot schedule. The views of ONE image (host side, variable-size images) are
+# a Python list of [S, S, 3] tensors and each op runs per view: the SAME parameters are drawn
+# (same seeds, same draw functions, so the distributions are those of the batched path), but an
+# op whose coin says "no" is skipped (tf.cond) and each colour op runs once, in the view's own
+# order (tf.switch_case), with tf.image's fused single-image kernels where they are faster.
+
+VIEW_OPS = ("crop", "flip", "color", "grayscale", "blur")
+_JITTER_P, _GRAY_P, _BLUR_P, _BLUR_SIGMA = 0.8, 0.2, 0.5, (0.1, 2.0)
+
+Views = tf.Tensor | list  # [n, S, S, 3] (batched) or n tensors [S, S, 3] (per view)
+CropFn = Callable[[tf.Tensor, tf.Tensor], tuple[Views, bool]]
+
+
+def _compose_views(
+    crop: CropFn, seed, n, strength: float, use_blur: bool, per_view: bool
+) -> tf.Tensor:
+    """The SimCLR view recipe, in order: crop -> flip -> colour jitter -> grayscale -> blur.
+
+    ``crop(s_crop, flip)`` returns the ``n`` cropped views resized to S x S (float in [0, 1])
+    and whether it already applied ``flip`` ([n] bool; the batched matmul crop mirrors for
+    free). Returns float32 ``[n, S, S, 3]`` in [0, 1].
+    """
+    s_crop, s_flip, s_color, s_blur = _split(seed, 4)
+    s_jitter, s_apply, s_gray = _split(s_color, 3)
+    flip = _bernoulli(s_flip, n, 0.5)
+    x, flipped = crop(s_crop, flip)
+    if not flipped:
+        x = _flip_step(x, flip, per_view)
+    if float(strength) > 0.0:
+        params = _jitter_params(s_jitter, n, strength, random_order=True)
+        x = _jitter_step(x, params, _bernoulli(s_apply, n, _JITTER_P), per_view)
+    x = _gray_step(x, _bernoulli(s_gray, n, _GRAY_P), per_view)
     if use_blur:
-        x = random_blur(x, s_blur)
+        x = _blur_step(x, *_blur_params(s_blur, n, _BLUR_P, _BLUR_SIGMA), per_view)
+    x = tf.stack(x) if per_view else x
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def pretrain_view(
-    image, seed, size: int, color_jitter_strength: float, use_blur: bool
-) -> tf.Tensor:
-    """One SimCLR view: random resized crop -> flip -> colour distortion -> (blur) -> clip."""
-    _check_strength(color_jitter_strength)
+def _flip_step(x: Views, flip: tf.Tensor, per_view: bool) -> Views:
+    if not per_view:
+        return _flip_batch(x, flip)
+    return [_cond(flip[i], lambda v=v: tf.reverse(v, [1]), v) for i, v in enumerate(x)]
+
+
+def _jitter_step(x: Views, params: dict, active: tf.Tensor, per_view: bool) -> Views:
+    if not per_view:
+        return _apply_jitter(x, params, active=active)
+    names = ("brightness", "contrast", "saturation", "hue")
+    factors = tf.stack([params[k] for k in names], axis=1)  # [n, 4]
+    order = params["order"]
+    out = [
+        _cond(active[i], lambda v=v, i=i: _jitter_one_compiled(v, factors[i], order[i]), v)
+        for i, v in enumerate(x)
+    ]
+    return [tf.ensure_shape(v, x[0].shape) for v in out]
+
+
+def _jitter_one(v: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
+    """The four jitter ops on one view [S, S, 3], each once, in ``order`` (clipped after each).
+
+    ``factors``: brightness, contrast, saturation factors and hue delta. A while loop over the
+    4 stages traces (and XLA compiles) the 4 ops once instead of once per stage.
+    """
+
+    def stage(k, v):
+        op = order[k]
+        f = tf.gather(factors, op)
+        v = tf.switch_case(op, [lambda fn=fn, v=v, f=f: fn(v, f) for fn in _VIEW_JITTER_OPS])
+        return k + 1, tf.ensure_shape(v, v_shape)
+
+    v_shape = v.shape
+    return tf.while_loop(lambda k, _: k < 4, stage, (tf.constant(0), v))[1]
+
+
+def _view_brightness(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
+    return tf.minimum(v * f, 1.0)  # factor >= 0
+
+
+def _view_contrast(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(tf.image.adjust_contrast(v, f), 0.0, 1.0)
+
+
+def _view_saturation(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
+    return _saturation(v[tf.newaxis], f[tf.newaxis])[0]
+
+
+def _view_hue(v: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(tf.image.adjust_hue(v, delta), 0.0, 1.0)
+
+
+_VIEW_JITTER_OPS = (_view_brightness, _view_contrast, _view_saturation, _view_hue)
+# XLA fuses the elementwise passes of each op into one loop: 2.6x faster on a CPU host than op
+# by op (tools/benchmark.py --what=ops), same values to ~1e-6. It compiles in about 2 s once
+# per process and view size (unrolling the 4 stages instead of the while loop took a minute).
+_jitter_one_compiled = tf.function(_jitter_one, jit_compile=True)
+
+
+def _gray_step(x: Views, gray: tf.Tensor, per_view: bool) -> Views:
+    if not per_view:
+        return _grayscale_mix(x, gray)
+    return [
+        _cond(gray[i], lambda v=v: tf.tile(tf.image.rgb_to_grayscale(v), [1, 1, 3]), v)
+        for i, v in enumerate(x)
+    ]
+
+
+def _blur_step(x: Views, apply: tf.Tensor, sigma: tf.Tensor, per_view: bool) -> Views:
+    """Blur with kernel radius side // 20 (kernel 10% of the side)."""
+    if not per_view:
+        radius = _blur_radius(x)
+        if isinstance(radius, int) and radius == 0:
+            return x
+        # Examples that are not blurred get a unit impulse: an exact identity convolution.
+        impulse = tf.one_hot(radius, 2 * radius + 1, dtype=tf.float32)[tf.newaxis]
+        kernels = tf.where(apply[:, tf.newaxis], _gaussian_kernels(sigma, radius), impulse)
+        return tf.clip_by_value(_blur_with_kernels(x, kernels), 0.0, 1.0)
+    radius = x[0].shape[0] // 20
+    if radius == 0:
+        return x
+    kernels = _gaussian_kernels(sigma, radius)
+    return [
+        _cond(apply[i], lambda v=v, i=i: _blur_one(v, kernels[i], radius), v)
+        for i, v in enumerate(x)
+    ]
+
+
+def _blur_one(v: tf.Tensor, kernel: tf.Tensor, radius: int) -> tf.Tensor:
+    """Separable blur of one [S, S, C] view, REFLECT padding (as the batched path).
+
+    Each 1-D pass is a depthwise convolution over a [1, S, 1, S * C] layout: TF's CPU kernel
+    vectorises over channels, so S * C of them run ~1.5x faster than 3 (same taps, same sums).
+    """
+    taps = 2 * radius + 1
+    h, w, c = v.shape
+    kernel = tf.reshape(kernel, [taps, 1, 1, 1])
+
+    def along_rows(x, rows, cols):
+        x = tf.pad(x, [[radius, radius], [0, 0], [0, 0]], "REFLECT")
+        x = tf.reshape(x, [1, rows + 2 * radius, 1, cols * c])
+        k = tf.tile(kernel, [1, 1, cols * c, 1])
+        return tf.reshape(tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "VALID"), [rows, cols, c])
+
+    x = along_rows(v, h, w)
+    x = along_rows(tf.transpose(x, [1, 0, 2]), w, h)
+    return tf.transpose(x, [1, 0, 2])
+
+
+def _cond(pred: tf.Tensor, true_fn: Callable[[], tf.Tensor], value: tf.Tensor) -> tf.Tensor:
+    return tf.cond(pred, true_fn, lambda: value)
+
+
+def _check_view_args(strength: float, size: int, sampler: str) -> None:
+    _check_strength(strength)
     _check_size(size)
-    s_crop, s_flip, s_color, s_blur = _split(seed, 4)
-    single = tf.convert_to_tensor(image).shape.rank == 3
-    x = _crop_flip(image, s_crop, s_flip, size)
-    x = _color_blur(x, s_color, s_blur, color_jitter_strength, use_blur)
-    return x[0] if single else x
+    if sampler not in CROP_SAMPLERS:
+        raise ValueError(f"crop sampler must be one of {CROP_SAMPLERS}; got {sampler!r}.")
+
+
+def _batched_crop(x: tf.Tensor, size: int, sampler: str) -> CropFn:
+    """Crop of a batch [B, H, W, C]: exact bicubic matmuls, flip folded in."""
+
+    def crop(s_crop, flip):
+        shape = tf.shape(x)
+        boxes = sample_crop_boxes(s_crop, shape[1], shape[2], shape[0], sampler=sampler)
+        return _crop_resize_matmul(x, boxes, size, flip=flip), True
+
+    return crop
+
+
+def _image_crop(image: tf.Tensor, n: int, size: int, sampler: str) -> CropFn:
+    """``n`` crops of ONE decoded image [H, W, C]: slice each box, resize it."""
+
+    def crop(s_crop, flip):
+        shape = tf.shape(image)
+        boxes = sample_crop_boxes(s_crop, shape[0], shape[1], n, sampler=sampler)
+        views = [_crop_resize_single(image, boxes[i], size) for i in range(n)]
+        return [tf.ensure_shape(v, [size, size, image.shape[-1]]) for v in views], False
+
+    return crop
+
+
+def pretrain_view(
+    image,
+    seed,
+    size: int,
+    color_jitter_strength: float,
+    use_blur: bool,
+    crop_sampler: str = "reference",
+) -> tf.Tensor:
+    """One SimCLR view of an image [H, W, C] or of each image of a batch [B, H, W, C]."""
+    _check_view_args(color_jitter_strength, size, crop_sampler)
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 3:
+        crop = _image_crop(image, 1, size, crop_sampler)
+        return _compose_views(crop, seed, 1, color_jitter_strength, use_blur, True)[0]
+    x, _ = _to_batch(image)
+    crop = _batched_crop(x, size, crop_sampler)
+    return _compose_views(crop, seed, tf.shape(x)[0], color_jitter_strength, use_blur, False)
 
 
 def two_views(
-    image, seed, size: int, color_jitter_strength: float, use_blur: bool
+    image,
+    seed,
+    size: int,
+    color_jitter_strength: float,
+    use_blur: bool,
+    crop_sampler: str = "reference",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Two independently augmented views of the same image(s).
 
-    Both views go through one batched pass (the input is stacked twice, each copy drawing its
-    own parameters), which halves the per-op overhead compared with two separate calls.
+    * ``[H, W, C]`` (one image, host side): per-view ops on the two crops.
+    * ``[B, H, W, C]``: one batched pass over the input stacked twice (each copy draws its own
+      parameters), which halves the per-op overhead compared with two separate calls.
+    * ``[B, 2, S, S, C]``: crops already taken and resized by :func:`two_crops` (host side,
+      ``--augment_on=device`` with variable-size images); the crop step is skipped and the
+      rest of the recipe runs batched.
     """
-    _check_strength(color_jitter_strength)
-    _check_size(size)
+    _check_view_args(color_jitter_strength, size, crop_sampler)
     image = tf.convert_to_tensor(image)
     if image.shape.rank == 3:
-        s_crop, s_flip, s_color, s_blur = _split(seed, 4)
-        shape = tf.shape(image)
-        boxes = sample_crop_boxes(s_crop, shape[0], shape[1], 2)  # both views' boxes at once
-        crops = tf.stack([_crop_resize_single(image, boxes[i], size) for i in range(2)])
-        crops = tf.ensure_shape(crops, [2, size, size, image.shape[-1]])
-        views = random_flip(crops, s_flip)
-        views = _color_blur(views, s_color, s_blur, color_jitter_strength, use_blur)
+        crop = _image_crop(image, 2, size, crop_sampler)
+        views = _compose_views(crop, seed, 2, color_jitter_strength, use_blur, True)
         return views[0], views[1]
+    if image.shape.rank == 5:
+        return _views_of_crops(image, seed, size, color_jitter_strength, use_blur)
     x, _ = _to_batch(image)
     batch = tf.shape(x)[0]
-    views = pretrain_view(tf.concat([x, x], axis=0), seed, size, color_jitter_strength, use_blur)
+    views = pretrain_view(
+        tf.concat([x, x], axis=0), seed, size, color_jitter_strength, use_blur, crop_sampler
+    )
     return views[:batch], views[batch:]
 
 
-def finetune_view(image, seed, size: int) -> tf.Tensor:
+def two_crops(image, seed, size: int, crop_sampler: str = "reference") -> tf.Tensor:
+    """The two crops of :func:`two_views`, resized to ``size`` and rounded to uint8 [2, S, S, 3].
+
+    Host part of ``--augment_on=device`` for variable-size images: the boxes come from the
+    image's true size (as on the host path), the device runs flip, colour, grayscale and blur
+    (``two_views`` of the ``[B, 2, S, S, 3]`` batch).
+    """
+    _check_view_args(0.0, size, crop_sampler)
+    crop = _image_crop(tf.convert_to_tensor(image), 2, size, crop_sampler)
+    views, _ = crop(_split(seed, 4)[0], None)  # the crop seed of two_views
+    return tf.cast(tf.math.rint(tf.stack(views) * 255.0), tf.uint8)
+
+
+def _views_of_crops(crops, seed, size: int, strength: float, use_blur: bool):
+    """Batched flip -> colour -> grayscale -> blur of pre-cropped pairs [B, 2, S, S, C]."""
+    x = tf.image.convert_image_dtype(crops, tf.float32)
+    if x.shape[2] is not None and x.shape[2] != size:
+        raise ValueError(
+            f"Pre-cropped views are {x.shape[2]} px but image_size is {size}; rebuild the input "
+            "pipeline with the same image_size."
+        )
+    batch = tf.shape(x)[0]
+    # View-major like the [B, H, W, C] path: all first views, then all second views.
+    shape = tf.concat([[2 * batch], tf.shape(x)[2:]], 0)
+    flat = tf.reshape(tf.transpose(x, [1, 0, 2, 3, 4]), shape)
+    views = _compose_views(
+        lambda s_crop, flip: (flat, False), seed, 2 * batch, strength, use_blur, False
+    )
+    return views[:batch], views[batch:]
+
+
+def finetune_view(image, seed, size: int, crop_sampler: str = "reference") -> tf.Tensor:
     """Supervised fine-tuning view: random resized crop + horizontal flip only."""
-    _check_size(size)
+    _check_view_args(0.0, size, crop_sampler)
     s_crop, s_flip = _split(seed, 2)
     single = tf.convert_to_tensor(image).shape.rank == 3
-    x = _crop_flip(image, s_crop, s_flip, size)
+    x = _crop_flip(image, s_crop, s_flip, size, crop_sampler)
     return x[0] if single else x
 
 

@@ -8,7 +8,8 @@ The pipelines are built so that input never limits training:
   augmentations of :mod:`simclr_tf.data.augment` vectorised over the whole batch: one op call per
   batch instead of per image;
 * **variable-size images** (ImageNet-like): augment per image in parallel (a crop must be taken
-  from each image's own size), then batch;
+  from each image's own size), then batch. The per-image ops skip what their coin rules out and
+  run each colour op once per view (see :mod:`simclr_tf.data.augment`);
 * prefetch, with ``tf.data.Options`` that keep the order deterministic and let autotune size the
   parallelism.
 
@@ -25,7 +26,6 @@ Batch sizes here are per replica (per input pipeline); use :func:`per_replica_ba
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -35,9 +35,6 @@ from simclr_tf.data import augment, study_ops
 from simclr_tf.data.sources import DataError
 
 _PRETRAIN, _FINETUNE = 1, 2  # seed "purposes"
-# augment_on="device" resizes variable-size images to ceil(image_size / this) (256 for 224), the
-# usual ImageNet ratio, leaving the train step room for its random crops.
-_DEVICE_RESIZE_RATIO = 0.875
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +53,7 @@ def pretrain_dataset(
     augment_on: str = "host",
     cache: bool = False,
     shuffle_buffer: int | None = None,
-    device_image_size: int | None = None,
+    crop_sampler: str = "reference",
     augmentations: str | None = None,
     augment_views: str = "both",
 ) -> tf.data.Dataset:
@@ -64,12 +61,14 @@ def pretrain_dataset(
 
     ``augment_on="host"``: elements ``((view1, view2), labels)``, views float32
     ``[batch, image_size, image_size, 3]`` in [0, 1], labels int32 ``[batch]``.
-    ``augment_on="device"``: elements ``(images uint8 [batch, S0, S0, 3], labels)``, only
-    decoded; the model augments inside its train step. ``S0`` is the images' own size when it is
-    fixed, else ``device_image_size`` (default ``ceil(image_size / 0.875)``) after a plain
-    resize. ``batch_size`` is per replica; the remainder is dropped; the stream repeats forever.
-    Labels are passed through for the live linear probe. ``augmentations`` / ``augment_views``
-    choose the view operations (:mod:`simclr_tf.data.study_ops`; default: the paper recipe).
+    ``augment_on="device"``: the model augments inside its train step. Fixed-size images
+    arrive whole, ``(images uint8 [batch, H, W, 3], labels)``; variable-size images arrive as
+    their two crops, drawn here from each image's true size and resized to ``image_size``,
+    ``(crops uint8 [batch, 2, image_size, image_size, 3], labels)``, and the device runs the
+    rest of the recipe (flip, colour, grayscale, blur). ``batch_size`` is per replica; the
+    remainder is dropped; the stream repeats forever. Labels are passed through for the live
+    linear probe. ``augmentations`` / ``augment_views`` choose the view operations
+    (:mod:`simclr_tf.data.study_ops`; default: the paper recipe).
     """
     _check_common(dataset, batch_size, image_size)
     if augment_on not in AUGMENT_PLACES:
@@ -77,29 +76,33 @@ def pretrain_dataset(
             f"augment_on must be one of {AUGMENT_PLACES}, got '{augment_on}'. Use host (tf.data) "
             "or device (inside the train step)."
         )
+    _check_sampler(crop_sampler)
     ds = _source(dataset, cache)
     fixed = _fixed_shape(dataset)
     buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer)
 
-    if augment_on == "device":
-        if fixed is None:
-            side = device_image_size or math.ceil(image_size / _DEVICE_RESIZE_RATIO)
-            ds = ds.map(
-                lambda x, y: (_resize_uint8(x, side), y),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-        else:
-            ds = ds.map(lambda x, y: (_to_uint8(x), y))
+    if augment_on == "device" and fixed is not None:
+        ds = ds.map(lambda x, y: (_to_uint8(x), y))
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
         return _finish(ds)
 
     two_views = study_ops.two_views_fn(
-        image_size, color_jitter_strength, use_blur, augmentations, augment_views
+        image_size, color_jitter_strength, use_blur, augmentations, augment_views,
+        crop_sampler=crop_sampler,
     )
 
+    recipe = getattr(two_views, "func", None) is augment.two_views
+    if augment_on == "device" and not recipe:
+        raise DataError(
+            "--augment_on=device with variable-size images runs the paper recipe only (the host "
+            "crops, the device does the rest); use --augment_on=host for --augmentations / "
+            "--augment_views studies on such images."
+        )
+
     def views(x):
+        if augment_on == "device":
+            return lambda s: augment.two_crops(x, s, image_size, crop_sampler)
         return lambda s: two_views(x, s)
 
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -115,9 +118,11 @@ def finetune_dataset(
     seed: int,
     cache: bool = False,
     shuffle_buffer: int | None = None,
+    crop_sampler: str = "reference",
 ) -> tf.data.Dataset:
     """Endless ``(images float32 [batch, S, S, 3], labels int32 [batch])`` with crop + flip."""
     _check_common(dataset, batch_size, image_size)
+    _check_sampler(crop_sampler)
     ds = _source(dataset, cache)
     buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -127,7 +132,7 @@ def finetune_dataset(
         batch_size,
         seed,
         _FINETUNE,
-        lambda x: lambda s: augment.finetune_view(x, s, image_size),
+        lambda x: lambda s: augment.finetune_view(x, s, image_size, crop_sampler),
     )
     return _finish(ds)
 
@@ -224,6 +229,14 @@ def _check_common(dataset: tf.data.Dataset, batch_size: int, image_size: int) ->
         raise DataError(f"image_size must be a positive int, got {image_size!r}.")
 
 
+def _check_sampler(crop_sampler: str) -> None:
+    if crop_sampler not in augment.CROP_SAMPLERS:
+        raise DataError(
+            f"crop_sampler must be one of {augment.CROP_SAMPLERS}, got '{crop_sampler}'. "
+            "reference = the SimCLR code's sample_distorted_bounding_box crops."
+        )
+
+
 def _fixed_shape(dataset: tf.data.Dataset) -> tuple[int, int, int] | None:
     shape = dataset.element_spec[0].shape
     return tuple(shape.as_list()) if shape.is_fully_defined() else None
@@ -279,13 +292,6 @@ def _augment(
 
 def _to_uint8(x: tf.Tensor) -> tf.Tensor:
     return x if x.dtype == tf.uint8 else tf.image.convert_image_dtype(x, tf.uint8, saturate=True)
-
-
-def _resize_uint8(x: tf.Tensor, side: int) -> tf.Tensor:
-    """Plain (aspect-changing) antialiased resize to side x side, back to uint8."""
-    x = tf.image.convert_image_dtype(x, tf.float32)
-    x = tf.image.resize(x, [side, side], method="bilinear", antialias=True)
-    return tf.image.convert_image_dtype(tf.clip_by_value(x, 0.0, 1.0), tf.uint8, saturate=True)
 
 
 def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -299,6 +299,7 @@ def two_views_fn(
     use_blur: bool,
     augmentations: str | Sequence[str] | None = None,
     augment_views: str = "both",
+    crop_sampler: str = "reference",
 ) -> TwoViewsFn:
     """``(images, seed) -> (view1, view2)`` of a run's flags.
 
@@ -313,6 +314,7 @@ def two_views_fn(
             size=size,
             color_jitter_strength=color_jitter_strength,
             use_blur=use_blur,
+            crop_sampler=crop_sampler,
         )
     return functools.partial(
         composed_two_views,

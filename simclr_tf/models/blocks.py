@@ -252,16 +252,19 @@ class _Block(keras.layers.Layer):
 
     def __init__(self, filters: int, strides: int = 1, in_channels: int | None = None,
                  sk_ratio: float = 0.0, se_ratio: float = 0.0, momentum: float = 0.9,
-                 global_bn: bool = True, **kwargs: Any) -> None:
+                 global_bn: bool = True, force_projection: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.filters, self.strides = int(filters), int(strides)
+        self.force_projection = bool(force_projection)  # the reference ResNet-18/34 layout
         self.in_channels = None if in_channels is None else int(in_channels)
         self.sk_ratio, self.se_ratio = float(sk_ratio), float(se_ratio)
         self.momentum, self.global_bn = float(momentum), bool(global_bn)
         self.out_channels = self.expansion * self.filters
         self._bn = {"momentum": self.momentum, "global_bn": self.global_bn,
                     "dtype": self.dtype_policy}
-        needs_projection = self.strides != 1 or self.in_channels != self.out_channels
+        needs_projection = (self.force_projection or self.strides != 1
+                            or self.in_channels != self.out_channels)
         self.projection = (
             Shortcut(self.out_channels, self.strides, resnet_d=self.sk_ratio > 0,
                      name="projection", **self._bn)
@@ -316,7 +319,7 @@ class _Block(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides,
                 "in_channels": self.in_channels, "sk_ratio": self.sk_ratio,
                 "se_ratio": self.se_ratio, "momentum": self.momentum,
-                "global_bn": self.global_bn}
+                "global_bn": self.global_bn, "force_projection": self.force_projection}
 
 
 @register

@@ -34,6 +34,7 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
         se_ratio=cfg.se_ratio,
         bn_momentum=cfg.batch_norm_decay,
         global_bn=cfg.global_bn,
+        first_block_projection=cfg.first_block_projection,
         name="encoder",
     )
     head = ProjectionHead(
@@ -52,6 +53,7 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
             cfg.use_blur,
             cfg.augmentations,
             cfg.augment_views,
+            crop_sampler=cfg.crop_sampler,
         )
     model_class, mode_kwargs = SimCLRModel, {"train_mode": cfg.train_mode}
     if cfg.train_mode == "distill":  # the student; train.build_for_run attaches its teacher

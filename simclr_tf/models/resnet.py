@@ -19,6 +19,8 @@ Choices, and why:
 * A projection shortcut (1x1 conv with the block's stride + BN) is used when the shape changes
   (stride != 1 or channels differ). (The reference also adds one to the first block of
   ResNet-18/34, where the shape does not change; the standard ResNet does not.)
+  ``first_block_projection=True`` gives the reference layout (a projection on the first block of
+  every block group); it is chosen when a reference checkpoint has one (simclr_tf.official).
 * SimCLRv2 options follow the reference code: selective kernel (``sk_ratio > 0``) replaces the
   bottleneck's 3x3 convolution by one 3x3 convolution with 2x the channels split into two
   branches, mixed by a softmax attention computed from their pooled sum; it also switches to the
@@ -83,7 +85,8 @@ class BlockGroup(_Chain):
 
     def __init__(self, filters: int, block_type: str, blocks: int, strides: int,
                  in_channels: int, sk_ratio: float = 0.0, se_ratio: float = 0.0,
-                 momentum: float = 0.9, global_bn: bool = True, **kwargs: Any) -> None:
+                 momentum: float = 0.9, global_bn: bool = True,
+                 first_block_projection: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if block_type not in BLOCK_TYPES:
             raise ValueError(
@@ -93,13 +96,15 @@ class BlockGroup(_Chain):
         self.strides, self.in_channels = int(strides), int(in_channels)
         self.sk_ratio, self.se_ratio = float(sk_ratio), float(se_ratio)
         self.momentum, self.global_bn = float(momentum), bool(global_bn)
+        self.first_block_projection = bool(first_block_projection)
         cls = BLOCK_TYPES[block_type]
         self.out_channels = cls.expansion * self.filters
         self._attach_chain([
             cls(self.filters, self.strides if i == 0 else 1,
                 in_channels=self.in_channels if i == 0 else self.out_channels,
                 sk_ratio=self.sk_ratio, se_ratio=self.se_ratio, momentum=self.momentum,
-                global_bn=self.global_bn, dtype=self.dtype_policy, name=f"block{i + 1}")
+                global_bn=self.global_bn, force_projection=self.first_block_projection and i == 0,
+                dtype=self.dtype_policy, name=f"block{i + 1}")
             for i in range(self.blocks)
         ])
 
@@ -122,7 +127,8 @@ class BlockGroup(_Chain):
         return {**super().get_config(), "filters": self.filters, "block_type": self.block_type,
                 "blocks": self.blocks, "strides": self.strides, "in_channels": self.in_channels,
                 "sk_ratio": self.sk_ratio, "se_ratio": self.se_ratio,
-                "momentum": self.momentum, "global_bn": self.global_bn}
+                "momentum": self.momentum, "global_bn": self.global_bn,
+                "first_block_projection": self.first_block_projection}
 
 
 @register
@@ -191,7 +197,8 @@ class ResNet(keras.Model):
 
     def __init__(self, depth: int = 50, width_multiplier: float = 1.0, cifar_stem: bool = False,
                  sk_ratio: float = 0.0, se_ratio: float = 0.0, bn_momentum: float = 0.9,
-                 global_bn: bool = True, **kwargs: Any) -> None:
+                 global_bn: bool = True, first_block_projection: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if depth not in BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS)}, got {depth!r}.")
@@ -205,6 +212,7 @@ class ResNet(keras.Model):
         self.cifar_stem, self.sk_ratio, self.se_ratio = bool(cifar_stem), float(sk_ratio), \
             float(se_ratio)
         self.bn_momentum, self.global_bn = float(bn_momentum), bool(global_bn)
+        self.first_block_projection = bool(first_block_projection)
         block_type, counts = BLOCKS[self.depth]
         common = {"sk_ratio": self.sk_ratio, "momentum": self.bn_momentum,
                   "global_bn": self.global_bn, "dtype": self.dtype_policy}
@@ -215,6 +223,7 @@ class ResNet(keras.Model):
             group = BlockGroup(
                 scaled_width(base, self.width_multiplier), block_type, count,
                 strides=1 if i == 0 else 2, in_channels=channels, se_ratio=self.se_ratio,
+                first_block_projection=self.first_block_projection,
                 name=f"block_group{i + 1}", **common,
             )
             channels = group.out_channels
@@ -289,4 +298,4 @@ class ResNet(keras.Model):
                 "depth": self.depth, "width_multiplier": self.width_multiplier,
                 "cifar_stem": self.cifar_stem, "sk_ratio": self.sk_ratio,
                 "se_ratio": self.se_ratio, "bn_momentum": self.bn_momentum,
-                "global_bn": self.global_bn}
+                "global_bn": self.global_bn, "first_block_projection": self.first_block_projection}
