@@ -30,7 +30,7 @@ class ConfigError(UserError, ValueError):
 
 
 MODES = ("train", "eval", "train_then_eval")
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
@@ -132,7 +132,8 @@ class Config:
     train_mode: str = setting(
         "pretrain",
         "pretrain: contrastive SimCLR; finetune: supervised head on a (pretrained) encoder, "
-        "including the linear evaluation protocol.",
+        "including the linear evaluation protocol; distill: SimCLRv2's third step, a student "
+        "trained on every training image to match the predictions of --teacher_checkpoint.",
         choices=TRAIN_MODES,
     )
     model_dir: str | None = setting(
@@ -239,8 +240,8 @@ class Config:
     )
     fine_tune_after_block: int = setting(
         -1,
-        "finetune: train only after this block (-1 everything, 0 after the stem, 4 only the "
-        "linear head = linear eval).",
+        "finetune, distill: train only after this block (-1 everything, 0 after the stem, 4 "
+        "only the linear head = linear eval).",
     )
     zero_init_logits_layer: bool = setting(False, "Zero-initialise the supervised head.")
 
@@ -306,6 +307,42 @@ class Config:
         "Load the ema_model/ weights of an official TF1 SimCLRv2 --checkpoint instead of its "
         "regular ones.",
     )
+    # Distillation (--train_mode=distill; SimCLRv2 Section 2, step 3; models/distill.py).
+    teacher_checkpoint: str | None = setting(
+        None,
+        "distill: the teacher, a fine-tuned simclr_tf run folder or checkpoint prefix (its "
+        "architecture comes from that run's flags.json). The student's architecture comes from "
+        "this run's flags: the same = self-distillation, smaller = big-to-small. --checkpoint "
+        "optionally initialises the student (default: random).",
+    )
+    distill_temperature: float = setting(
+        1.0,
+        "distill: temperature tau of both softmaxes in the loss -sum_y P_T(y|x; tau) "
+        "log P_S(y|x; tau) (SimCLRv2 Eq. 2, no tau^2 factor). The paper uses 0.1 for "
+        "self-distillation and 1.0 for big-to-small (Section 3); its Table 3 comparison of "
+        "targets uses 1.0.",
+    )
+    distill_label_weight: float = setting(
+        0.0,
+        "distill: weight w of the labelled term, loss = w * CE(labels) over the "
+        "--train_data_fraction subset + (1 - w) * distillation over all images, both summed "
+        "per batch and divided by the global batch size (SimCLRv2 Eq. 3 with alpha = 1 - w). "
+        "0 = Eq. 2, distillation only: the paper's setting for its results; Table 3 compares "
+        "it with label-only and label + distillation targets.",
+    )
+    distill_augment: bool = setting(
+        True,
+        "distill: the student sees the fine-tuning augmentation (random crop + flip; the "
+        "paper's setting) and the teacher the same views; false: both see each image's fixed "
+        "evaluation view.",
+    )
+    cache_teacher_logits: bool = setting(
+        False,
+        "distill: compute the teacher's logits once per training image before training and "
+        "reuse them every epoch instead of running the teacher in every step. Needs "
+        "--nodistill_augment: with random crops the student sees a new view each epoch, which "
+        "cached logits do not describe.",
+    )
 
     # Studies: the paper's loss and augmentation ablations (Tables 1, 2, 4; Figure 5).
     loss: str = setting(
@@ -352,7 +389,7 @@ class Config:
     @property
     def frozen_stages(self) -> int:
         """Encoder stages (stem + 4 block groups) kept frozen: fine_tune_after_block + 1."""
-        if self.train_mode != "finetune":
+        if self.train_mode not in ("finetune", "distill"):
             return 0
         return self.fine_tune_after_block + 1
 
@@ -411,8 +448,8 @@ class Config:
             )
         if self.temperature <= 0:
             err.append("--temperature must be > 0.")
-        if self.train_mode == "finetune" and self.micro_batch_size:
-            err.append("--micro_batch_size is for pretraining; drop it with finetune.")
+        if self.train_mode != "pretrain" and self.micro_batch_size:
+            err.append(f"--micro_batch_size is for pretraining; drop it with {self.train_mode}.")
         if self.micro_batch_size < 0:
             err.append("--micro_batch_size must be >= 0.")
         if self.trains:
@@ -432,14 +469,43 @@ class Config:
             err.append("--steps_per_execution must be >= 0 (0 = auto).")
         if self.use_tpu and self.strategy not in ("auto", "tpu"):
             err.append(f"--use_tpu contradicts --strategy={self.strategy}: pass only one.")
-        if self.train_mode == "finetune" and self.augment_on == "device":
-            err.append("--augment_on=device is for pretraining (fine-tuning only crops and flips).")
+        if self.train_mode != "pretrain" and self.augment_on == "device":
+            err.append(
+                f"--augment_on=device is for pretraining ({self.train_mode} only crops and "
+                "flips)."
+            )
+        err += self._distill_errors()
         if self.crop_sampler not in CROP_SAMPLERS:
             err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
         err += self._study_errors()
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))
         return self
+
+    def _distill_errors(self) -> list[str]:
+        err = []
+        if self.distill_temperature <= 0:
+            err.append("--distill_temperature must be > 0 (the paper uses 0.1 to 1.0).")
+        if not 0.0 <= self.distill_label_weight < 1.0:
+            err.append(
+                "--distill_label_weight must be in [0, 1); to train on labels only use "
+                "--train_mode=finetune."
+            )
+        if self.train_mode == "distill" and self.trains and not self.teacher_checkpoint:
+            err.append(
+                "--train_mode=distill needs --teacher_checkpoint=PATH: the model_dir (or "
+                "checkpoint prefix) of a fine-tuned run."
+            )
+        if self.train_mode != "distill" and self.teacher_checkpoint:
+            err.append("--teacher_checkpoint is only used with --train_mode=distill.")
+        if self.cache_teacher_logits and self.distill_augment:
+            err.append(
+                "--cache_teacher_logits needs --nodistill_augment: random crops and flips give "
+                "the student a new view of every image each epoch, and logits cached once would "
+                "describe another view. Drop --cache_teacher_logits to run the teacher on each "
+                "step's views (the paper's setting)."
+            )
+        return err
 
     def _study_errors(self) -> list[str]:
         """Checks of the loss and augmentation study flags."""

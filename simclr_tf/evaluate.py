@@ -76,6 +76,9 @@ def evaluate(
         "train_mode": cfg.train_mode,
         "checkpoint": checkpoint_path,
     }
+    if "teacher_top_1_agreement" in metrics:  # a distilled student evaluated beside its teacher
+        result["teacher_top_1_agreement"] = float(metrics["teacher_top_1_agreement"])
+        result["teacher_checkpoint"] = cfg.teacher_checkpoint
     logging.info("Eval at step %d: %s", step, result)
     if write_dir is not None:
         model_dir.write_result(write_dir, result)

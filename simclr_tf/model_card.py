@@ -46,7 +46,7 @@ TEMPLATE = Template("""\
 
 A $arch encoder trained with SimCLR (Chen et al. 2020, arXiv:2002.05709; SimCLRv2 \
 arXiv:2006.10029) using simclr_tf, exported at step $step ($date). Training mode: \
-`$train_mode`. $params parameters (including batch-norm statistics).
+`$train_mode`. $params parameters (including batch-norm statistics).$distill_note
 
 The representation to use downstream is `final_avg_pool` (the encoder output h, before the \
 projection head): linear classifiers on h beat those on the projection by over 10 points \
@@ -149,6 +149,9 @@ CARD_FLAGS = (
     "proj_out_dim",
     "ft_proj_selector",
     "fine_tune_after_block",
+    "teacher_checkpoint",
+    "distill_temperature",
+    "distill_label_weight",
     "train_batch_size",
     "train_epochs",
     "train_steps",
@@ -229,6 +232,23 @@ def _evaluation(cfg: Config, step: int, result: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def _distill_note(cfg: Config) -> str:
+    """Names the teacher of a distilled student (SimCLRv2 step 3); empty for other runs."""
+    if cfg.train_mode != "distill":
+        return ""
+    labels = (
+        f"plus labels on {_percent(cfg.train_data_fraction)} of them with weight "
+        f"{cfg.distill_label_weight:g}"
+        if cfg.distill_label_weight
+        else "without their labels"
+    )
+    return (
+        f"\n\nThis is a distilled student: trained on every `{cfg.train_split}` image to match "
+        f"the predictions of the teacher `{cfg.teacher_checkpoint}` (distillation temperature "
+        f"{cfg.distill_temperature:g}), {labels}."
+    )
+
+
 def model_card(
     model: keras.Model,
     cfg: Config,
@@ -256,6 +276,7 @@ def model_card(
         step=int(step),
         date=datetime.date.today().isoformat(),
         train_mode=cfg.train_mode,
+        distill_note=_distill_note(cfg),
         params=f"{int(sum(np.prod(v.shape) for v in model.weights)):,}",
         size=size,
         crop_note=", after an 87.5% centre crop" if size > 32 else "",

@@ -21,6 +21,7 @@ from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import pipeline, sources
 from simclr_tf.metrics import KNNMonitor
 from simclr_tf.models.build import build_model
+from simclr_tf.models.distill import fixed_view_dataset, load_teacher, restore_student
 from simclr_tf.models.simclr import SimCLRModel
 
 
@@ -61,13 +62,17 @@ def make_schedule_for(cfg: Config, num_train_examples: int) -> Schedule:
 
 
 def load_train_split(cfg: Config, **kwargs) -> tuple[tf.data.Dataset, sources.DatasetInfo]:
-    """The training split with the run's class-balanced label fraction (seeded by ``--seed``)."""
+    """The training split with the run's class-balanced label fraction (seeded by ``--seed``).
+
+    Distillation keeps every image and labels only the fraction (the others get label -1).
+    """
     return sources.load_split(
         cfg.dataset,
         cfg.train_split,
         data_dir=cfg.data_dir,
         train_data_fraction=cfg.train_data_fraction,
         fraction_seed=cfg.seed,
+        unlabelled=cfg.train_mode == "distill",
         **kwargs,
     )
 
@@ -151,6 +156,10 @@ def build_for_run(
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = build_model(cfg, info.num_classes)
+        if cfg.train_mode == "distill" and cfg.teacher_checkpoint:
+            model.set_teacher(
+                load_teacher(cfg.teacher_checkpoint, info.num_classes, cfg.image_size)
+            )
         optimizer = build_optimizer_for(cfg, schedule) if schedule is not None else None
         compile_model(cfg, model, optimizer)
     return model
@@ -194,6 +203,8 @@ def train(
     schedule = make_schedule_for(cfg, num_train_examples(cfg))
     model = build_for_run(cfg, strategy, info, schedule)
     checkpointer, step = checkpoints.resume(cfg, model, strategy, write_dir)
+    if step == 0 and cfg.train_mode == "distill" and cfg.checkpoint not in (None, "none"):
+        restore_student(model, cfg.checkpoint)
     logging.info(
         "Training %s from step %d to %d (%d steps/epoch, warmup %d, peak lr %.4g, "
         "global batch %d on %d replica(s)).",
@@ -220,7 +231,11 @@ def train(
     callbacks = training_callbacks(
         checkpointer, schedule.checkpoint_steps, schedule.total_steps, extra
     )
-    dataset = train_dataset(cfg, strategy, step)
+    if cfg.train_mode == "distill" and not cfg.distill_augment:
+        teacher = model.teacher if cfg.cache_teacher_logits else None
+        dataset = fixed_view_dataset(cfg, strategy, step, teacher)
+    else:
+        dataset = train_dataset(cfg, strategy, step)
     # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
     spe = min(schedule.steps_per_epoch, schedule.total_steps)
     per_call = steps_per_execution(

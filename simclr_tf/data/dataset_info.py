@@ -10,6 +10,9 @@ from simclr_tf.errors import UserError
 
 # Keyed-hash key for fraction selection; the seed is the other half.
 FRACTION_KEY = 0x5EED_F4AC
+# Label of an example outside the labelled fraction when ``load_split(..., unlabelled=True)``
+# keeps it (distillation trains on every image, with labels only for the fraction).
+UNLABELLED = -1
 
 
 class DataError(UserError, ValueError):

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf.data.dataset_info import FRACTION_KEY, DataError, DatasetInfo, subset_size
+from simclr_tf.data.dataset_info import (
+    FRACTION_KEY,
+    UNLABELLED,
+    DataError,
+    DatasetInfo,
+    subset_size,
+)
 
 IMAGE_FOLDER = "image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -143,6 +149,7 @@ def load_folder_split(
     seed: int,
     shuffle_files: bool,
     input_context: tf.distribute.InputContext | None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One split of the image folder (see :func:`simclr_tf.data.sources.load_split`)."""
     root = _check_root(data_dir)
@@ -180,11 +187,17 @@ def load_folder_split(
     labels: list[int] = []
     for c, k in zip(classes, keep, strict=True):
         names = listing.get(c, [])
+        label = [label_of[c]] * len(names)
         if k < len(names):
             ranked = sorted(names, key=lambda n, c=c: (_fraction_rank(seed, f"{c}/{n}"), n))
-            names = sorted(ranked[:k])
+            if unlabelled:
+                chosen = set(ranked[:k])
+                label = [label_of[c] if n in chosen else UNLABELLED for n in names]
+            else:
+                names = sorted(ranked[:k])
+                label = label[: len(names)]
         rel_paths.extend(f"{c}/{n}" for n in names)
-        labels.extend([label_of[c]] * len(names))
+        labels.extend(label)
 
     sizes = {}
     for s in splits:

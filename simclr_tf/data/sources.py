@@ -34,10 +34,24 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf.data.dataset_info import FRACTION_KEY, DataError, DatasetInfo, subset_size
+from simclr_tf.data.dataset_info import (
+    FRACTION_KEY,
+    UNLABELLED,
+    DataError,
+    DatasetInfo,
+    subset_size,
+)
 from simclr_tf.data.image_folder import IMAGE_FOLDER, folder_info, load_folder_split
 
-__all__ = ["IMAGE_FOLDER", "DataError", "DatasetInfo", "dataset_info", "load_split", "subset_size"]
+__all__ = [
+    "IMAGE_FOLDER",
+    "UNLABELLED",
+    "DataError",
+    "DatasetInfo",
+    "dataset_info",
+    "load_split",
+    "subset_size",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,8 +76,13 @@ def load_split(
     shuffle_files: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     max_examples: int | None = None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One split as ``(image uint8 [H, W, 3], label int32)`` examples, plus its info.
+
+    ``unlabelled=True`` keeps *every* example of the split but gives those outside the
+    ``train_data_fraction`` subset the label :data:`UNLABELLED` (-1): the same subset fine-tuning
+    trains on is the labelled part, the rest is the unlabelled data of distillation.
 
     ``shuffle_files`` permutes the file order once with ``fraction_seed`` (image folders) or
     shuffles shard files with that seed (TFDS); the pipelines shuffle examples on top.
@@ -80,10 +99,12 @@ def load_split(
         train_data_fraction = min(train_data_fraction, max_examples / max(1, size))
     if dataset == IMAGE_FOLDER:
         return load_folder_split(
-            data_dir, split, train_data_fraction, fraction_seed, shuffle_files, input_context
+            data_dir, split, train_data_fraction, fraction_seed, shuffle_files, input_context,
+            unlabelled,
         )
     return _load_tfds_split(
-        dataset, split, data_dir, train_data_fraction, fraction_seed, shuffle_files, input_context
+        dataset, split, data_dir, train_data_fraction, fraction_seed, shuffle_files, input_context,
+        unlabelled,
     )
 
 
@@ -180,6 +201,7 @@ def _load_tfds_split(
     seed: int,
     shuffle_files: bool,
     input_context: tf.distribute.InputContext | None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     tfds = _tfds()
     builder = _tfds_builder(name, data_dir)
@@ -193,7 +215,7 @@ def _load_tfds_split(
         thresholds, subset = _tfds_fraction_thresholds(
             builder, split, image_key, label_key, num_classes, fraction, seed
         )
-        sizes[split] = subset
+        sizes[split] = int(split_info.num_examples) if unlabelled else subset
     elif split not in builder.info.splits:
         sizes[split] = int(split_info.num_examples)
 
@@ -210,10 +232,23 @@ def _load_tfds_split(
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
     if thresholds is not None:
         thr = tf.constant(thresholds, tf.int64)
-        ds = ds.filter(
-            lambda ex: _tfds_rank(ex["tfds_id"], seed)
-            <= tf.gather(thr, tf.cast(ex[label_key], tf.int32))
-        )
+
+        def selected(ex):
+            return _tfds_rank(ex["tfds_id"], seed) <= tf.gather(
+                thr, tf.cast(ex[label_key], tf.int32)
+            )
+
+        if unlabelled:
+            ds = ds.map(
+                lambda ex: {
+                    **ex,
+                    label_key: tf.where(
+                        selected(ex), ex[label_key], tf.cast(UNLABELLED, ex[label_key].dtype)
+                    ),
+                }
+            )
+        else:
+            ds = ds.filter(selected)
     channels = builder.info.features[image_key].shape[-1]
 
     def to_pair(ex):

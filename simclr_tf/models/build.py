@@ -18,6 +18,7 @@ from simclr_tf import model_dir as model_dir_lib
 from simclr_tf.config import Config
 from simclr_tf.data import sources, study_ops
 from simclr_tf.errors import ExportError, UserError
+from simclr_tf.models.distill import DistillationModel
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel
@@ -54,11 +55,18 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
             cfg.augment_views,
             crop_sampler=cfg.crop_sampler,
         )
-    return SimCLRModel(
+    model_class, mode_kwargs = SimCLRModel, {"train_mode": cfg.train_mode}
+    if cfg.train_mode == "distill":  # the student; train.build_for_run attaches its teacher
+        model_class = DistillationModel
+        mode_kwargs = {
+            "distill_temperature": cfg.distill_temperature,
+            "label_weight": cfg.distill_label_weight,
+        }
+    return model_class(
         encoder,
         head,
         num_classes,
-        train_mode=cfg.train_mode,
+        **mode_kwargs,
         temperature=cfg.temperature,
         hidden_norm=cfg.hidden_norm,
         lineareval_while_pretraining=cfg.lineareval_while_pretraining,
