@@ -155,8 +155,9 @@ def describe_mismatch(root: tf.train.Checkpoint, path: str, limit: int = 12) -> 
     return "\n".join(lines[:limit] + ([f"  ... and {more} more"] if more > 0 else []))
 
 
-def _restore_official(model: keras.Model, path: str, parts: tuple[str, ...],
-                      use_ema: bool) -> str | None:
+def _restore_official(
+    model: keras.Model, path: str, parts: tuple[str, ...], use_ema: bool
+) -> str | None:
     """Loads an official (reference SimCLR) checkpoint's ``parts``; None if ``path`` is not one."""
     from simclr_tf import official
 

@@ -288,8 +288,7 @@ class Config:
     )
     micro_batch_size: int = setting(
         0,
-        "Gradient caching: compute the batch in chunks of this many images per replica (0 = "
-        "off).",
+        "Gradient caching: compute the batch in chunks of this many images per replica (0 = off).",
     )
     steps_per_execution: int = setting(
         0,
@@ -471,8 +470,7 @@ class Config:
             err.append(f"--use_tpu contradicts --strategy={self.strategy}: pass only one.")
         if self.train_mode != "pretrain" and self.augment_on == "device":
             err.append(
-                f"--augment_on=device is for pretraining ({self.train_mode} only crops and "
-                "flips)."
+                f"--augment_on=device is for pretraining ({self.train_mode} only crops and flips)."
             )
         err += self._distill_errors()
         if self.crop_sampler not in CROP_SAMPLERS:

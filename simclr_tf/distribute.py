@@ -68,7 +68,10 @@ def split_cpu(num_devices: int) -> None:
 _TPU_DEVICE_FILES = "/dev/accel*"
 _VFIO_DEVICE_FILES = "/dev/vfio/[0-9]*"
 _TPU_ENV_VARS = (
-    "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES", "TPU_CHIPS_PER_HOST_BOUNDS"
+    "TPU_ACCELERATOR_TYPE",
+    "TPU_WORKER_ID",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_CHIPS_PER_HOST_BOUNDS",
 )
 
 
@@ -117,8 +120,11 @@ def _resolve_tpu(tpu_name: str | None, tpu_zone: str | None, project: str | None
 def _connect_tpu(tpu_name: str | None, tpu_zone: str | None, project: str | None):
     """Resolves, connects and initialises the TPU; StrategyError naming the fix otherwise."""
     evidence = tpu_vm_evidence()
-    where = f" This machine looks like a TPU VM ({evidence}): pass --tpu_name=local." if (
-        evidence and tpu_name != "local") else ""
+    where = (
+        f" This machine looks like a TPU VM ({evidence}): pass --tpu_name=local."
+        if (evidence and tpu_name != "local")
+        else ""
+    )
     try:
         resolver = _resolve_tpu(tpu_name, tpu_zone, project)
         tf.config.experimental_connect_to_cluster(resolver)
@@ -207,8 +213,9 @@ def make_strategy(
     elif name == "default":
         strategy = tf.distribute.get_strategy()
     else:
-        raise StrategyError(f"Unknown strategy {name!r}: use auto, default, mirrored, "
-                            "multi_worker or tpu.")
+        raise StrategyError(
+            f"Unknown strategy {name!r}: use auto, default, mirrored, multi_worker or tpu."
+        )
     logging.info("%s", describe(strategy, requested))
     return strategy
 

@@ -149,8 +149,7 @@ def build_module(model: keras.Model, image_size: int) -> tuple[_ReusableModule, 
                         f"{SERVING_IMAGES} expects float32 images in [0, 1]; got values in",
                         lo,
                         hi,
-                        "- divide 0-255 images by 255, or send encoded images to "
-                        f"{SERVING_BYTES}.",
+                        f"- divide 0-255 images by 255, or send encoded images to {SERVING_BYTES}.",
                     ],
                 )
             ]

@@ -33,6 +33,7 @@ class AgreedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     def apply(self, grads, trainable_variables=None):
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
-            grads = agree_on_finite([None if g is None else tf.convert_to_tensor(g)
-                                     for g in grads], ctx)
+            grads = agree_on_finite(
+                [None if g is None else tf.convert_to_tensor(g) for g in grads], ctx
+            )
         return super().apply(grads, trainable_variables)

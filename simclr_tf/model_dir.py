@@ -158,9 +158,7 @@ def check_compatible(cfg: Config, model_dir: str) -> None:
         )
 
 
-def prepare(
-    cfg: Config, model_dir: str, write_flags: bool, num_classes: int | None = None
-) -> None:
+def prepare(cfg: Config, model_dir: str, write_flags: bool, num_classes: int | None = None) -> None:
     """Creates the folder, checks it holds a compatible run, and records the flags.
 
     ``num_classes`` (the dataset's classes) is recorded beside the flags so that an export can

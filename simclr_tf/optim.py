@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 
-
 def is_weight_decay_exempt(variable) -> bool:
     """True for variables of rank <= 1 (biases, batch-norm gamma/beta), which get no decay.
 

@@ -184,8 +184,15 @@ def heatmap(
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for (r, c), v in np.ndenumerate(grid):
         if np.isfinite(v):
-            ax.text(c, r, f"{v:.1f}", ha="center", va="center",
-                    color="black" if v > middle else "white", fontsize=9)
+            ax.text(
+                c,
+                r,
+                f"{v:.1f}",
+                ha="center",
+                va="center",
+                color="black" if v > middle else "white",
+                fontsize=9,
+            )
     fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -206,8 +213,14 @@ def bar_chart(
     ax.set_title(title, fontsize=10)
     for bar, v in zip(bars, values, strict=True):
         if not math.isnan(v):
-            ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom",
-                    fontsize=8)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                v,
+                f"{v:.1f}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -170,7 +170,11 @@ TPU_STEPS_PER_EXECUTION = 1000
 
 
 def steps_per_execution(
-    requested: int, tpu: bool, start_step: int, steps_per_epoch: int, checkpoint_steps: int,
+    requested: int,
+    tpu: bool,
+    start_step: int,
+    steps_per_epoch: int,
+    checkpoint_steps: int,
     total_steps: int,
 ) -> int:
     """Steps per device call that keep every step-counting event on an exact step.
@@ -239,14 +243,22 @@ def train(
     # A run shorter than an epoch is one "epoch" of exactly its steps (honest progress bars).
     spe = min(schedule.steps_per_epoch, schedule.total_steps)
     per_call = steps_per_execution(
-        cfg.steps_per_execution, distribute.is_tpu(strategy), step, spe,
-        schedule.checkpoint_steps, schedule.total_steps,
+        cfg.steps_per_execution,
+        distribute.is_tpu(strategy),
+        step,
+        spe,
+        schedule.checkpoint_steps,
+        schedule.total_steps,
     )
     if cfg.steps_per_execution and per_call != cfg.steps_per_execution:
         logging.info(
             "--steps_per_execution=%d lowered to %d, which divides the epoch (%d steps), the "
             "checkpoint interval (%d) and the start step (%d).",
-            cfg.steps_per_execution, per_call, spe, schedule.checkpoint_steps, step,
+            cfg.steps_per_execution,
+            per_call,
+            spe,
+            schedule.checkpoint_steps,
+            step,
         )
     _set_steps_per_execution(model, per_call)
     for span in checkpoints.fit_spans(step, schedule.steps_per_epoch, schedule.total_steps):

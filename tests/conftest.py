@@ -19,9 +19,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 def _fresh_collective_keys(cls: type) -> None:
@@ -74,8 +72,12 @@ def _run_cli(
     CPU only and quiet TF; ``expect`` (None: anything) is the exit code, and a mismatch shows
     the end of stderr.
     """
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+        **(env or {}),
+    }
     proc = subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=REPO,

@@ -15,7 +15,9 @@ import ablate  # noqa: E402
 
 def test_cells_of_grids_and_sweeps():
     assert [c.name for c in ablate.pair_cells(["crop", "color"], ordered=False)] == [
-        "crop", "crop+color", "color"
+        "crop",
+        "crop+color",
+        "color",
     ]
     full = ablate.pair_cells(["a", "b"], ordered=True)
     assert [(c.first, c.second) for c in full] == [("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")]
@@ -75,7 +77,7 @@ def test_two_by_two_grid_resumes(tmp_path, write_png_folder):
     assert "| crop+rotate |" in (out / "results.md").read_text()
 
 
-FAKE_RUN = '''
+FAKE_RUN = """
 import os, sys
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 model_dir, augs = args["model_dir"], args["augmentations"]
@@ -90,7 +92,7 @@ if augs == "color,crop":
 with open(os.path.join(model_dir, "metrics.csv"), "w") as f:
     f.write("epoch,step,loss,contrast_acc,knn_top1\\n1,5,2.0,0.5,nan\\n")
     f.write("2,10,1.5,0.6,%.2f\\n" % (0.1 * len(augs)))
-'''
+"""
 
 
 def test_resume_logic_with_a_stand_in_run_py(tmp_path):

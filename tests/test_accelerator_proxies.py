@@ -83,7 +83,9 @@ def float64_ops(function: tf.types.experimental.ConcreteFunction) -> list[str]:
 _TRAIN_MODES = {
     "pretrain_probe_host": {},
     "pretrain_device_augment_gradient_cache_bfloat16": {
-        "augment_on": "device", "micro_batch_size": 2, "mixed_precision": "bfloat16"
+        "augment_on": "device",
+        "micro_batch_size": 2,
+        "mixed_precision": "bfloat16",
     },
     "finetune": {"train_mode": "finetune", "checkpoint": "none"},
 }
@@ -116,13 +118,13 @@ def test_float64_detector_sees_nested_functions():
     @tf.function
     def f(x):
         return tf.while_loop(
-            lambda i, v: i < 2, lambda i, v: (i + 1, v + tf.cast(tf.cast(v, tf.float64), v.dtype)),
+            lambda i, v: i < 2,
+            lambda i, v: (i + 1, v + tf.cast(tf.cast(v, tf.float64), v.dtype)),
             (0, x),
         )[1]
 
     assert float64_ops(f.get_concrete_function(tf.TensorSpec([2]))) != []
-    assert float64_ops(tf.function(lambda x: x * 2).get_concrete_function(
-        tf.TensorSpec([2]))) == []
+    assert float64_ops(tf.function(lambda x: x * 2).get_concrete_function(tf.TensorSpec([2]))) == []
 
 
 # ------------------------------------------------------------------ evaluation with padding
@@ -266,14 +268,19 @@ def fake_tpu(monkeypatch):
     monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", lambda r: None)
     real_list = tf.config.list_logical_devices
     monkeypatch.setattr(
-        tf.config, "list_logical_devices",
+        tf.config,
+        "list_logical_devices",
         lambda kind=None: state["tpu_devices"] if kind == "TPU" else real_list(kind),
     )
     monkeypatch.setattr(tf.distribute, "TPUStrategy", _FakeTPUStrategy)
     monkeypatch.setattr(distribute, "describe", lambda strategy, requested="": "fake")
-    monkeypatch.setattr(distribute.glob, "glob", lambda pattern: [
-        f for f in state["files"] if f.startswith(pattern.split("*")[0].split("[")[0])
-    ])
+    monkeypatch.setattr(
+        distribute.glob,
+        "glob",
+        lambda pattern: [
+            f for f in state["files"] if f.startswith(pattern.split("*")[0].split("[")[0])
+        ],
+    )
     for var in ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID"):
         monkeypatch.delenv(var, raising=False)
     return state
@@ -389,9 +396,12 @@ def test_steps_per_execution_gives_the_same_run(tmp_path, write_png_folder):
     runs = {}
     for n in (1, 3):
         cfg = _cfg(
-            data_dir=str(data), train_steps=6, checkpoint_steps=3,
+            data_dir=str(data),
+            train_steps=6,
+            checkpoint_steps=3,
             steps_per_execution=4 if n == 3 else 1,
-            verbose=0, model_dir=str(tmp_path / f"run{n}"),
+            verbose=0,
+            model_dir=str(tmp_path / f"run{n}"),
         )
         info = sources.dataset_info(cfg.dataset, cfg.data_dir)
         (tmp_path / f"run{n}").mkdir()
@@ -403,15 +413,17 @@ def test_steps_per_execution_gives_the_same_run(tmp_path, write_png_folder):
     ckpts = {n: tf.train.get_checkpoint_state(str(tmp_path / f"run{n}")) for n in (1, 3)}
     assert [p.rsplit("-", 1)[1] for p in ckpts[3].all_model_checkpoint_paths] == ["3", "6"]
     assert [p.rsplit("-", 1)[1] for p in ckpts[1].all_model_checkpoint_paths] == ["3", "6"]
-    for p1, p3 in zip(ckpts[1].all_model_checkpoint_paths, ckpts[3].all_model_checkpoint_paths,
-                      strict=True):
+    for p1, p3 in zip(
+        ckpts[1].all_model_checkpoint_paths, ckpts[3].all_model_checkpoint_paths, strict=True
+    ):
         r1, r3 = tf.train.load_checkpoint(p1), tf.train.load_checkpoint(p3)
         names = sorted(r1.get_variable_to_shape_map())
         assert names == sorted(r3.get_variable_to_shape_map())
         for name in names:
             if "VARIABLE_VALUE" in name:
-                np.testing.assert_allclose(r1.get_tensor(name), r3.get_tensor(name),
-                                           rtol=1e-6, atol=1e-7, err_msg=name)
+                np.testing.assert_allclose(
+                    r1.get_tensor(name), r3.get_tensor(name), rtol=1e-6, atol=1e-7, err_msg=name
+                )
     rows1, rows3 = (_csv_rows(tmp_path / f"run{n}" / "metrics.csv") for n in (1, 3))
     assert [r["step"] for r in rows1] == [r["step"] for r in rows3] == ["3", "6"]
     for r1, r3 in zip(rows1, rows3, strict=True):
@@ -493,11 +505,21 @@ def test_jit_compile_under_mirrored_compiles_per_device_and_matches(tmp_path):
     import sys
 
     repo = pathlib.Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": str(repo)}
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "0",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(repo),
+    }
     env.pop("TF_XLA_FLAGS", None)
-    done = subprocess.run([sys.executable, "-c", _JIT_SCRIPT], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-c", _JIT_SCRIPT],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Compiled cluster using XLA" in done.stderr, "XLA must really compile"
     moved, diff = (float(t) for t in done.stdout.split()[1::2][-2:])
@@ -514,8 +536,10 @@ def test_per_replica_batch_norm_averages_moving_statistics(strategy):
     from simclr_tf.models.layers import BatchNorm
 
     rng = np.random.default_rng(2)
-    halves = [rng.normal(loc=r * 3.0, scale=1.0 + r, size=(4, 2, 2, 3)).astype(np.float32)
-              for r in range(2)]
+    halves = [
+        rng.normal(loc=r * 3.0, scale=1.0 + r, size=(4, 2, 2, 3)).astype(np.float32)
+        for r in range(2)
+    ]
     with strategy.scope():
         bn = BatchNorm(momentum=0.9, synchronized=False)
         bn.build((None, 2, 2, 3))

@@ -139,9 +139,13 @@ def tf_sample_distorted_boxes(height: int, width: int, n: int) -> np.ndarray:
 
     def one(i):
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            [height, width, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            seed=tf.stack([tf.constant(77, tf.int64), i]), min_object_covered=0.1,
-            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=100,
+            [height, width, 3],
+            tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=tf.stack([tf.constant(77, tf.int64), i]),
+            min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0),
+            max_attempts=100,
             use_image_if_no_bounding_boxes=True,
         )
         return tf.concat([begin[:2], size[:2]], 0)
@@ -617,7 +621,8 @@ def test_pretrain_view_is_crop_flip_colour_blur_in_that_order():
     view_seed = tf.constant([11, 12], tf.int64)
     size, strength = 24, 1.0  # 24 px: blur radius 1
     s_crop, s_flip, s_color, s_blur = tf.unstack(
-        tf.random.experimental.stateless_split(view_seed, 4, alg="philox"))
+        tf.random.experimental.stateless_split(view_seed, 4, alg="philox")
+    )
     x = aug.random_resized_crop(images, s_crop, size)
     x = aug.random_flip(x, s_flip)
     x = aug.color_distortion(x, s_color, strength)

@@ -117,8 +117,9 @@ def test_derived_rules_are_written_once():
     assert (config.default_color_strength(32), config.default_color_strength(33)) == (0.5, 1.0)
     assert (config.default_use_blur(32), config.default_use_blur(33)) == (False, True)
     config.check_micro_batch(12, 4, "x")
-    with pytest.raises(config.ConfigError, match="x \\(12 images\\) is not a multiple of "
-                       "--micro_batch_size=5"):
+    with pytest.raises(
+        config.ConfigError, match="x \\(12 images\\) is not a multiple of --micro_batch_size=5"
+    ):
         config.check_micro_batch(12, 5, "x")
 
 
@@ -127,7 +128,13 @@ def test_user_errors_share_one_base():
     from simclr_tf.data import sources
     from simclr_tf.errors import UserError
 
-    for error in (config.ConfigError, sources.DataError, checkpoints.CheckpointError,
-                  model_dir.ModelDirError, distribute.StrategyError,
-                  callbacks.NonFiniteLossError, export.ExportError):
+    for error in (
+        config.ConfigError,
+        sources.DataError,
+        checkpoints.CheckpointError,
+        model_dir.ModelDirError,
+        distribute.StrategyError,
+        callbacks.NonFiniteLossError,
+        export.ExportError,
+    ):
         assert issubclass(error, UserError), error

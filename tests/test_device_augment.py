@@ -33,9 +33,15 @@ PERIOD = 4  # stripe period in pixels: a view of a crop of width w shows about w
 
 def _cfg(**kw) -> Config:
     base = dict(
-        resnet_depth=18, width_multiplier=0.125, image_size=SIDE, cifar_stem=True,
-        color_jitter_strength=0.5, use_blur=False, augment_on="device",
-        train_batch_size=N_CIFAR + N_RAMP + 2 * N_STRIPE, seed=3,
+        resnet_depth=18,
+        width_multiplier=0.125,
+        image_size=SIDE,
+        cifar_stem=True,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        augment_on="device",
+        train_batch_size=N_CIFAR + N_RAMP + 2 * N_STRIPE,
+        seed=3,
         crop_sampler="uniform_area",  # what _expected_crop_side simulates
     )
     base.update(kw)
@@ -124,14 +130,15 @@ def test_device_views_have_the_host_pipeline_distributions(images):
     cfg = _cfg()
     source = tf.data.Dataset.from_tensor_slices((imgs, kinds))
     common = dict(
-        batch_size=cfg.train_batch_size, image_size=cfg.image_size,
-        color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur, seed=cfg.seed,
+        batch_size=cfg.train_batch_size,
+        image_size=cfg.image_size,
+        color_jitter_strength=cfg.color_jitter_strength,
+        use_blur=cfg.use_blur,
+        seed=cfg.seed,
         crop_sampler=cfg.crop_sampler,
     )
     host = pipeline.pretrain_dataset(source, augment_on="host", **common)
-    host_stats = _collect(
-        (v1.numpy(), v2.numpy(), y.numpy()) for (v1, v2), y in host.take(STEPS)
-    )
+    host_stats = _collect((v1.numpy(), v2.numpy(), y.numpy()) for (v1, v2), y in host.take(STEPS))
 
     model = _device_model(cfg)
     decoded = pipeline.pretrain_dataset(source, augment_on="device", **common)
@@ -184,8 +191,14 @@ def test_device_views_of_variable_size_images_keep_the_crop_aspect(sampler):
     size, batch = 24, 32
     sizes = [(60, 120), (120, 60), (90, 100)] * 32
     ds = pipeline.pretrain_dataset(
-        _position_images(sizes), batch_size=batch, image_size=size, color_jitter_strength=1.0,
-        use_blur=True, seed=5, augment_on="device", crop_sampler=sampler,
+        _position_images(sizes),
+        batch_size=batch,
+        image_size=size,
+        color_jitter_strength=1.0,
+        use_blur=True,
+        seed=5,
+        augment_on="device",
+        crop_sampler=sampler,
     )
     batches = list(ds.take(3))  # shuffled: the label tells the size
     crops = np.concatenate([x.numpy() for x, _ in batches]).astype(np.float64) / 255.0
@@ -248,17 +261,27 @@ def _tiny_folder(cifar10_dir, root, per_class: dict[str, int]):
 
 
 @pytest.mark.slow
-def test_run_py_with_device_augmentation_bfloat16_and_gradient_caching(cifar10_dir, tmp_path,
-                                                                       run_cli):
+def test_run_py_with_device_augmentation_bfloat16_and_gradient_caching(
+    cifar10_dir, tmp_path, run_cli
+):
     data = tmp_path / "data"
     _tiny_folder(cifar10_dir, data, {"train": 4, "test": 2})
     model_dir = tmp_path / "run"
     cmd = [
-        "--mode=train_then_eval", "--dataset=image_folder",
-        f"--data_dir={data}", f"--model_dir={model_dir}", "--resnet_depth=18",
-        "--width_multiplier=0.125", "--train_batch_size=16", "--train_steps=2",
-        "--eval_batch_size=20", "--augment_on=device", "--mixed_precision=bfloat16",
-        "--micro_batch_size=8", "--export_saved_model=false", "--verbose=0",
+        "--mode=train_then_eval",
+        "--dataset=image_folder",
+        f"--data_dir={data}",
+        f"--model_dir={model_dir}",
+        "--resnet_depth=18",
+        "--width_multiplier=0.125",
+        "--train_batch_size=16",
+        "--train_steps=2",
+        "--eval_batch_size=20",
+        "--augment_on=device",
+        "--mixed_precision=bfloat16",
+        "--micro_batch_size=8",
+        "--export_saved_model=false",
+        "--verbose=0",
         # The crops this loss bound was set with (the reference sampler's smaller crops give
         # harder positives: 4.66 after 2 steps here, vs 4.02 with these; ln 31 = 3.43).
         "--crop_sampler=uniform_area",

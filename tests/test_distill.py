@@ -379,9 +379,14 @@ def test_run_py_distill_resume_export(tmp_path, write_png_folder, teacher_dir):
     data = write_png_folder(tmp_path / "data", NUM_CLASSES, {"train": 4, "test": 2}, IMAGE)
     student = tmp_path / "student"
     args = [
-        "--train_mode=distill", f"--teacher_checkpoint={teacher_dir}", "--checkpoint_steps=1",
-        "--train_data_fraction=0.25", "--distill_label_weight=0.5",
-        f"--data_dir={data}", f"--model_dir={student}", *COMMON,
+        "--train_mode=distill",
+        f"--teacher_checkpoint={teacher_dir}",
+        "--checkpoint_steps=1",
+        "--train_data_fraction=0.25",
+        "--distill_label_weight=0.5",
+        f"--data_dir={data}",
+        f"--model_dir={student}",
+        *COMMON,
     ]
     _run("--mode=train", "--train_steps=1", *args)
     assert checkpoints.checkpoint_step(tf.train.latest_checkpoint(str(student))) == 1

@@ -255,9 +255,9 @@ def test_write_location_only_chief_writes_to_model_dir(tmp_path):
     assert not tf.io.gfile.exists(other.path)
 
 
-def test_cli_mirrored_on_split_cpu_logs_replicas_and_refuses_uneven_batch(tmp_path,
-                                                                          write_png_folder,
-                                                                          run_cli):
+def test_cli_mirrored_on_split_cpu_logs_replicas_and_refuses_uneven_batch(
+    tmp_path, write_png_folder, run_cli
+):
     """run.py --strategy=mirrored --num_cpu_devices=2: 2 replicas, and 7 images do not split."""
     write_png_folder(tmp_path / "data", NUM_CLASSES, {"train": 1, "test": 1}, IMAGE)
     done = run_cli(

@@ -48,8 +48,9 @@ def generated_folder(tmp_path_factory, write_png_folder) -> pathlib.Path:
     """Same layout as ``tiny_folder`` (10 classes, 8 + 3 images) from generated JPEGs: for the
     tests that need image files but not CIFAR-10 itself."""
     root = tmp_path_factory.mktemp("generated")
-    return write_png_folder(root, 10, {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, 32,
-                            ext="jpg")
+    return write_png_folder(
+        root, 10, {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, 32, ext="jpg"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +105,15 @@ def test_pretraining_writes_the_model_dir_contract(pretrained):
     # 80 images / batch 16 = 5 steps per epoch; 4 steps stop inside epoch 1.
     assert [int(r["step"]) for r in rows] == [4]
     row = rows[0]
-    for key in ("contrast_loss", "contrast_acc", "contrast_entropy", "supervised_loss",
-                "learning_rate", "weight_decay", "knn_top1"):
+    for key in (
+        "contrast_loss",
+        "contrast_acc",
+        "contrast_entropy",
+        "supervised_loss",
+        "learning_rate",
+        "weight_decay",
+        "knn_top1",
+    ):
         assert math.isfinite(float(row[key])), key
     assert 0.0 <= float(row["knn_top1"]) <= 1.0
     result = json.loads((pretrained / "result.json").read_text())
@@ -143,8 +151,10 @@ def test_run_numbers_match_in_process_references(pretrained):
         return 0.0 if k >= total else peak * k / warmup
 
     logged = float(_csv_rows(pretrained / "metrics.csv")[0]["learning_rate"])
-    expected = [np.mean([lr(k) for k in range(1, total + 1)]),
-                np.mean([lr(k) for k in range(total)])]
+    expected = [
+        np.mean([lr(k) for k in range(1, total + 1)]),
+        np.mean([lr(k) for k in range(total)]),
+    ]
     assert min(abs(logged - e) for e in expected) < 1e-7, (logged, expected)
 
     cfg, model = _model_of_run(pretrained)
@@ -158,18 +168,26 @@ def test_run_numbers_match_in_process_references(pretrained):
     result = json.loads((pretrained / "result.json").read_text())
     assert result["num_examples"] == len(labels) == 10 * TEST_PER_CLASS
     assert result["label_top_1_accuracy"] == pytest.approx(
-        np.mean(logits.argmax(1) == labels), abs=1e-6)
+        np.mean(logits.argmax(1) == labels), abs=1e-6
+    )
     assert result["label_top_5_accuracy"] == pytest.approx(
-        np.mean((top5 == labels[:, None]).any(1)), abs=1e-6)
+        np.mean((top5 == labels[:, None]).any(1)), abs=1e-6
+    )
     assert result["eval_loss"] == pytest.approx(
-        np.mean(log_z - logits[np.arange(len(labels)), labels]), rel=1e-4)
+        np.mean(log_z - logits[np.arange(len(labels)), labels]), rel=1e-4
+    )
 
 
 def test_rerun_resumes_and_eval_is_repeatable(pretrained, run_cli):
     before = json.loads((pretrained / "result.json").read_text())
     # Same command again: already at the last step, nothing trained; eval gives the same numbers.
-    run_cli("--mode=eval", f"--data_dir={pretrained.parent}", f"--model_dir={pretrained}",
-        *COMMON, expect=2)  # wrong data_dir: a one-line error, not a trace
+    run_cli(
+        "--mode=eval",
+        f"--data_dir={pretrained.parent}",
+        f"--model_dir={pretrained}",
+        *COMMON,
+        expect=2,
+    )  # wrong data_dir: a one-line error, not a trace
     flags = json.loads((pretrained / "flags.json").read_text())
     run_cli("--mode=eval", f"--data_dir={flags['data_dir']}", f"--model_dir={pretrained}", *COMMON)
     after = json.loads((pretrained / "result.json").read_text())
@@ -237,28 +255,38 @@ def test_linear_eval_then_finetune(pretrained, tiny_folder, tmp_path, run_cli):
         (["--image_size=4"], "at least 8"),
     ],
 )
-def test_user_errors_are_one_line_with_the_fix(generated_folder, tmp_path, args, needle,
-                                               run_cli):
-    base = [f"--data_dir={generated_folder}", f"--model_dir={tmp_path / 'm'}", "--train_steps=1",
-            *COMMON]
+def test_user_errors_are_one_line_with_the_fix(generated_folder, tmp_path, args, needle, run_cli):
+    base = [
+        f"--data_dir={generated_folder}",
+        f"--model_dir={tmp_path / 'm'}",
+        "--train_steps=1",
+        *COMMON,
+    ]
     proc = run_cli(*base, *args, expect=2)
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_model_dir_naming_a_file_is_one_line_and_keeps_the_file(generated_folder, tmp_path,
-                                                                run_cli):
+def test_model_dir_naming_a_file_is_one_line_and_keeps_the_file(
+    generated_folder, tmp_path, run_cli
+):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    proc = run_cli(f"--data_dir={generated_folder}", f"--model_dir={notes}", "--train_steps=1",
-                   *COMMON, expect=2)
+    proc = run_cli(
+        f"--data_dir={generated_folder}",
+        f"--model_dir={notes}",
+        "--train_steps=1",
+        *COMMON,
+        expect=2,
+    )
     assert "is a file, not a folder" in proc.stderr and str(notes) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert notes.read_text() == "my notes"
 
 
-def test_finetune_from_another_architecture_names_the_variables(pretrained, tiny_folder,
-                                                                tmp_path, run_cli):
+def test_finetune_from_another_architecture_names_the_variables(
+    pretrained, tiny_folder, tmp_path, run_cli
+):
     proc = run_cli(
         "--mode=train",
         "--train_mode=finetune",
@@ -279,8 +307,9 @@ def test_corrupt_image_is_named_without_a_trace(generated_folder, tmp_path, run_
     shutil.copytree(generated_folder, data)
     victim = sorted((data / "train" / "class03").iterdir())[2]
     victim.write_bytes(victim.read_bytes()[:300])  # truncated JPEG
-    proc = run_cli(f"--data_dir={data}", f"--model_dir={tmp_path / 'm'}", "--train_steps=8",
-               *COMMON, expect=2)
+    proc = run_cli(
+        f"--data_dir={data}", f"--model_dir={tmp_path / 'm'}", "--train_steps=8", *COMMON, expect=2
+    )
     assert str(victim) in proc.stderr and "replace or delete it" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -288,9 +317,15 @@ def test_corrupt_image_is_named_without_a_trace(generated_folder, tmp_path, run_
 def test_eval_steps_take_a_class_balanced_part_of_a_sorted_split(generated_folder):
     from simclr_tf import config, evaluate
 
-    cfg = config.Config(model_dir="/unused", dataset="image_folder",
-                        data_dir=str(generated_folder),
-                        eval_split="test", eval_batch_size=5, eval_steps=2, image_size=16)
+    cfg = config.Config(
+        model_dir="/unused",
+        dataset="image_folder",
+        data_dir=str(generated_folder),
+        eval_split="test",
+        eval_batch_size=5,
+        eval_steps=2,
+        image_size=16,
+    )
     labels = np.concatenate([y.numpy() for _, y in evaluate.eval_input(cfg)])
     # 10 images of a 30-image split sorted by class: one per class, not the first 10 files.
     assert len(labels) == 10

@@ -153,9 +153,7 @@ def test_float_paths_match_in_memory_model(exported):
     close(out["probabilities"], probs)
     order = np.argsort(-probs, axis=-1)
     np.testing.assert_array_equal(out["top_5_classes"], order)
-    close(
-        out["top_5_probabilities"], np.take_along_axis(probs, order, -1)
-    )
+    close(out["top_5_probabilities"], np.take_along_axis(probs, order, -1))
     # The weights are not trivial: different images give different representations.
     assert np.abs(ref["final_avg_pool"][0] - ref["final_avg_pool"][1]).max() > 1e-3
 
@@ -171,7 +169,7 @@ def test_float_paths_match_in_memory_model(exported):
     close(
         loaded(tf.constant(big))["default"],
         model(big, training=False)["final_avg_pool"],
-            )
+    )
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -209,7 +207,7 @@ def test_bytes_path_matches_eval_view_on_decoded_png(exported):
     close(
         mixed["final_avg_pool"][0],
         model(jpeg_view[None], training=False)["final_avg_pool"][0],
-            )
+    )
     close(mixed["final_avg_pool"][1], ref["final_avg_pool"][1])
 
 
@@ -228,7 +226,7 @@ def test_hub_keras_layer_fine_tunes_every_variable(exported):
     close(
         layer(tf.constant(images), training=False),
         model(images, training=False)["final_avg_pool"],
-            )
+    )
     # Every trainable weight of the original network is trainable through the hub layer.
     assert len(layer.trainable_weights) == len(model.trainable_weights) > 0
     assert len(layer.non_trainable_weights) == len(model.non_trainable_weights)
@@ -333,7 +331,7 @@ def test_load_export_input_errors_name_the_fix(exported):
     close(
         loaded.serve_images(images)["final_avg_pool"],
         model(images, training=False)["final_avg_pool"],
-            )
+    )
     with pytest.raises(export.ExportError, match="convert_image_dtype"):
         loaded.serve_images((images * 255).astype(np.uint8))
     with pytest.raises(export.ExportError, match="16x16"):
@@ -386,8 +384,13 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path, run_cli):
 
     # The command-line tool writes the same export elsewhere.
     other = tmp_path / "other"
-    done = run_cli(f"--model_dir={run_dir}", f"--export_dir={other}", script="tools/export.py",
-                   expect=None, timeout=120)
+    done = run_cli(
+        f"--model_dir={run_dir}",
+        f"--export_dir={other}",
+        script="tools/export.py",
+        expect=None,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(other)
     out = load_export(str(other)).serve_images(images)

@@ -92,8 +92,7 @@ def _build_from_run(model_dir: pathlib.Path):
     )
 
 
-def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, tmp_path,
-                                                                      run_cli):
+def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, tmp_path, run_cli):
     total, warmup_epochs, lr = 40, 1, 0.4
     model_dir = tmp_path / "run"
     cmd = _command(
@@ -106,7 +105,10 @@ def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, 
         f"--learning_rate={lr}",
     )
     proc = subprocess.Popen(
-        [sys.executable, "run.py", *cmd], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+        [sys.executable, "run.py", *cmd],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -130,9 +132,10 @@ def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, 
     # The newest checkpoint restores optimizer state: step counter and (non-zero) momentum.
     model = _build_from_run(model_dir)
     prefix = str(model_dir / f"ckpt-{resumed_at}")
-    assert checkpoints.Checkpointer(model, str(tmp_path / "unused")).restore_latest(
-        str(model_dir)
-    ) == resumed_at
+    assert (
+        checkpoints.Checkpointer(model, str(tmp_path / "unused")).restore_latest(str(model_dir))
+        == resumed_at
+    )
     reader = tf.train.load_checkpoint(prefix)
     slots = [
         (i, v)
@@ -204,7 +207,7 @@ def test_torn_save_leaves_previous_checkpoint_loadable(tmp_path):
     index = (tmp_path / "ckpt-1.index").read_bytes()
     (tmp_path / "ckpt-2.index").write_bytes(index[: len(index) // 2])
     (tmp_path / "ckpt-2.data-00000-of-00001").write_bytes(os.urandom(257))
-    (tmp_path / "checkpoint.tmp3c1f0a").write_bytes(b"model_checkpoint_path: \"ckpt-2")
+    (tmp_path / "checkpoint.tmp3c1f0a").write_bytes(b'model_checkpoint_path: "ckpt-2')
 
     fresh = _tiny_model()
     assert checkpoints.Checkpointer(fresh, str(tmp_path)).restore_latest() == 1
@@ -245,8 +248,9 @@ def test_checkpoint_saver_refuses_non_finite_weights(tmp_path):
     assert _checkpoint_steps(tmp_path) == []
 
 
-def test_cli_non_finite_loss_exits_2_with_one_line_and_no_later_checkpoint(data_dir, tmp_path,
-                                                                          run_cli):
+def test_cli_non_finite_loss_exits_2_with_one_line_and_no_later_checkpoint(
+    data_dir, tmp_path, run_cli
+):
     model_dir = tmp_path / "run"
     done = run_cli(
         *_command(
@@ -286,8 +290,11 @@ def _fingerprint(folder: pathlib.Path) -> dict[str, str]:
 
 def test_model_dir_of_another_architecture_is_refused_untouched(data_dir, tmp_path, run_cli):
     model_dir = tmp_path / "run"
-    first = run_cli(*_command(data_dir, model_dir, "--train_steps=1", "--warmup_epochs=0"),
-                    expect=None, timeout=RUN_TIMEOUT_S)
+    first = run_cli(
+        *_command(data_dir, model_dir, "--train_steps=1", "--warmup_epochs=0"),
+        expect=None,
+        timeout=RUN_TIMEOUT_S,
+    )
     assert first.returncode == 0, first.stderr[-4000:]
     before = _fingerprint(model_dir)
     assert "flags.json" in before and "checkpoint" in before

@@ -232,8 +232,7 @@ def test_cached_step_with_global_batch_norm_under_mirrored_strategy():
         model.set_weights(w_init)
     logs = _fit_one_step(model, v1, v2, labels, n)
     names = [v.path for v in model.trainable_variables]
-    _assert_grads_close(_grads_from_update(w0, model), _grads_from_update(w0, ref), names,
-                        rel=1e-4)
+    _assert_grads_close(_grads_from_update(w0, model), _grads_from_update(w0, ref), names, rel=1e-4)
     for a, b in zip(model.non_trainable_variables, ref.non_trainable_variables, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
     np.testing.assert_allclose(logs["contrast_loss"], logs_ref["contrast_loss"], rtol=1e-5)

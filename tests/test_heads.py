@@ -121,8 +121,9 @@ def test_linear_head_random_init_is_dense_with_bias():
     head.dense.bias.assign(np.array([1.0, -2.0, 0.5], "float32"))
     kernel = head.dense.kernel.numpy()
     assert 0.002 < kernel.std() < 0.05  # RandomNormal(stddev=0.01)
-    np.testing.assert_allclose(head(tf.constant(h)).numpy(), h @ kernel + [1.0, -2.0, 0.5],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        head(tf.constant(h)).numpy(), h @ kernel + [1.0, -2.0, 0.5], rtol=1e-5, atol=1e-6
+    )
     clone = LinearHead.from_config(head.get_config())
     assert clone.num_classes == 3 and not clone.zero_init
 

@@ -51,8 +51,12 @@ def _numpy_bn(x, gamma, beta):
 
 @pytest.mark.parametrize(
     "shape,center,scale",
-    [((6, 5, 4, 3), True, True), ((16, 7), True, True), ((6, 5, 4, 3), False, True),
-     ((16, 7), False, False)],
+    [
+        ((6, 5, 4, 3), True, True),
+        ((16, 7), True, True),
+        ((6, 5, 4, 3), False, True),
+        ((16, 7), False, False),
+    ],
 )
 def test_training_and_inference_match_keras(shape, center, scale):
     ours, ref = _pair(shape, center, scale)
@@ -99,8 +103,10 @@ def test_training_matches_numpy_closed_form():
     yi = ours(tf.constant(x), training=False).numpy()
     mm, mv = ours.moving_mean.numpy(), ours.moving_variance.numpy()
     np.testing.assert_allclose(
-        yi, (x - mm) / np.sqrt(mv + EPS) * ours.gamma.numpy() + ours.beta.numpy(),
-        rtol=1e-4, atol=1e-4,
+        yi,
+        (x - mm) / np.sqrt(mv + EPS) * ours.gamma.numpy() + ours.beta.numpy(),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
@@ -142,8 +148,14 @@ def test_mixed_precision(policy):
 
 
 def test_get_config_roundtrip():
-    layer = BatchNorm(momentum=0.8, epsilon=1e-3, center=False, gamma_initializer="zeros",
-                      synchronized=True, name="bn_x")
+    layer = BatchNorm(
+        momentum=0.8,
+        epsilon=1e-3,
+        center=False,
+        gamma_initializer="zeros",
+        synchronized=True,
+        name="bn_x",
+    )
     clone = BatchNorm.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     assert clone.momentum == 0.8 and clone.synchronized and not clone.center
@@ -219,8 +231,10 @@ def test_synchronized_two_replicas_match_global_batch(strategy, shape):
         np.testing.assert_allclose(gx, g_ref[0], rtol=1e-3, atol=1e-4)
         for a, r in zip(gvars, g_ref[1:], strict=True):
             np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
-        for v, r in ((ours.moving_mean, ref.moving_mean), (ours.moving_variance,
-                                                           ref.moving_variance)):
+        for v, r in (
+            (ours.moving_mean, ref.moving_mean),
+            (ours.moving_variance, ref.moving_variance),
+        ):
             for local in strategy.experimental_local_results(v.value):
                 np.testing.assert_allclose(local.numpy(), r.numpy(), rtol=1e-5, atol=1e-5)
 

@@ -443,7 +443,8 @@ def test_loss_factory_and_bad_arguments():
     z1, z2 = _pair_data(12)
     a, b = tf.constant(z1, tf.float32), tf.constant(z2, tf.float32)
     np.testing.assert_allclose(
-        make_contrastive_loss("nt_xent", 0.5)(a, b).loss.numpy(), np_nt_xent(z1, z2, 0.5)[0],
+        make_contrastive_loss("nt_xent", 0.5)(a, b).loss.numpy(),
+        np_nt_xent(z1, z2, 0.5)[0],
         rtol=2e-5,
     )
     with pytest.raises(ValueError, match="nt_logistic or margin_triplet"):

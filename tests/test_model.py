@@ -131,8 +131,9 @@ def test_linear_eval_trains_only_the_linear_head_and_keeps_encoder_fixed():
 
 
 def test_finetune_from_block_trains_later_stages_only():
-    cfg = _cfg(train_mode="finetune", checkpoint="none", fine_tune_after_block=2,
-               optimizer="momentum")
+    cfg = _cfg(
+        train_mode="finetune", checkpoint="none", fine_tune_after_block=2, optimizer="momentum"
+    )
     model = _model(cfg)
     groups = {v.path.split("/")[2] for v in model.trainable_variables if "/encoder/" in v.path}
     assert groups == {"block_group3", "block_group4"}
@@ -193,8 +194,11 @@ def test_live_linear_probe_leaves_the_representation_alone():
     on = _model(_cfg(weight_decay=0.0))
     off = _model(_cfg(weight_decay=0.0, lineareval_while_pretraining=False))
     assert on.supervised_head is not None and off.supervised_head is None
-    for a, b in zip(off.encoder.variables + off.projection_head.variables,
-                    on.encoder.variables + on.projection_head.variables, strict=True):
+    for a, b in zip(
+        off.encoder.variables + off.projection_head.variables,
+        on.encoder.variables + on.projection_head.variables,
+        strict=True,
+    ):
         a.assign(b)
     v1, v2 = _views(8, 16, seed=3)
     labels = tf.constant([0, 1, 2, 3, 0, 1, 2, 3])
@@ -203,8 +207,9 @@ def test_live_linear_probe_leaves_the_representation_alone():
     off.train_step(((v1, v2), labels))
     assert float(logs["supervised_loss"]) > 0.5  # the probe's loss is there, and large
     moved = 0.0
-    for got, want, start in zip(_encoder_and_head_values(on), _encoder_and_head_values(off),
-                                start_values, strict=True):
+    for got, want, start in zip(
+        _encoder_and_head_values(on), _encoder_and_head_values(off), start_values, strict=True
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
         moved = max(moved, float(np.abs(got - start).max()))
     assert moved > 1e-4  # the step did train the encoder
@@ -222,8 +227,9 @@ def test_checkpoint_restores_every_model_and_optimizer_variable(tmp_path):
     saved = [v.numpy().copy() for v in variables]
     assert int(model.optimizer.iterations.numpy()) == 1
     moving = [v for v in model.variables if "moving_" in v.path]
-    assert moving and all(np.any(v.numpy() != (1.0 if "variance" in v.path else 0.0))
-                          for v in moving)  # BN statistics moved by the step
+    assert moving and all(
+        np.any(v.numpy() != (1.0 if "variance" in v.path else 0.0)) for v in moving
+    )  # BN statistics moved by the step
     ckpt = checkpoints.Checkpointer(model, str(tmp_path))
     ckpt.save(1)
     for v, value in zip(variables, saved, strict=True):
@@ -265,17 +271,25 @@ def _pretrained_checkpoint(tmp_path, **kw) -> tuple[str, object]:
 
 def test_finetune_restore_brings_back_encoder_and_projection_head_values(tmp_path):
     path, src = _pretrained_checkpoint(tmp_path)
-    tuned = _model(_cfg(train_mode="finetune", checkpoint=path, fine_tune_after_block=-1,
-                        optimizer="momentum", num_proj_layers=2, seed=9))
+    tuned = _model(
+        _cfg(
+            train_mode="finetune",
+            checkpoint=path,
+            fine_tune_after_block=-1,
+            optimizer="momentum",
+            num_proj_layers=2,
+            seed=9,
+        )
+    )
     head_before = [v.numpy().copy() for v in tuned.supervised_head.variables]
-    assert any(not np.array_equal(a, b) for a, b in zip(
-        _encoder_and_head_values(tuned), _encoder_and_head_values(src), strict=True))
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(_encoder_and_head_values(tuned), _encoder_and_head_values(src), strict=True)
+    )
     checkpoints.restore_pretrained(tuned, path)
-    pairs = list(zip(tuned.projection_head.variables, src.projection_head.variables,
-                     strict=True))
+    pairs = list(zip(tuned.projection_head.variables, src.projection_head.variables, strict=True))
     assert len(pairs) == 9  # 2 dense kernels, BN gamma + beta and gamma, 2 x 2 statistics
-    for got, want in pairs + list(zip(tuned.encoder.variables, src.encoder.variables,
-                                      strict=True)):
+    for got, want in pairs + list(zip(tuned.encoder.variables, src.encoder.variables, strict=True)):
         np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.path)
     for got, want in zip(tuned.supervised_head.variables, head_before, strict=True):
         np.testing.assert_array_equal(got.numpy(), want)  # not in a pretraining checkpoint
@@ -287,8 +301,16 @@ def test_ft_proj_selector_feeds_that_projection_layer_and_freezes_below_it():
     labels = tf.constant([0, 1, 2, 3, 0, 1, 2, 3])
 
     # Linear evaluation on projection layer 1: the head reads it; nothing below it trains.
-    linear = _model(_cfg(train_mode="finetune", checkpoint="none", fine_tune_after_block=4,
-                         ft_proj_selector=1, optimizer="momentum", num_proj_layers=2))
+    linear = _model(
+        _cfg(
+            train_mode="finetune",
+            checkpoint="none",
+            fine_tune_after_block=4,
+            ft_proj_selector=1,
+            optimizer="momentum",
+            num_proj_layers=2,
+        )
+    )
     out = linear(images, training=False)
     hiddens = linear.projection_head(linear.encoder(images, training=False), training=False)
     np.testing.assert_allclose(out["logits_sup"], linear.supervised_head(hiddens[1]), atol=1e-5)
@@ -301,17 +323,32 @@ def test_ft_proj_selector_feeds_that_projection_layer_and_freezes_below_it():
 
     # Full fine-tuning on layer 1: the encoder and projection layer 0 train, layer 1 (above the
     # selector, unused) keeps its weights.
-    full = _model(_cfg(train_mode="finetune", checkpoint="none", fine_tune_after_block=-1,
-                       ft_proj_selector=1, optimizer="momentum", num_proj_layers=2))
+    full = _model(
+        _cfg(
+            train_mode="finetune",
+            checkpoint="none",
+            fine_tune_after_block=-1,
+            ft_proj_selector=1,
+            optimizer="momentum",
+            num_proj_layers=2,
+        )
+    )
     head = full.projection_head
     trainable_before = {v.path: v.numpy().copy() for v in full.trainable_variables}
     full.train_step((images, labels))
-    changed = {v.path for v in full.trainable_variables
-               if not np.array_equal(v.numpy(), trainable_before[v.path])}
-    below = {v.path for v in head.dense_layers[0].trainable_variables
-             + head.bn_layers[0].trainable_variables}
-    above = {v.path for v in head.dense_layers[1].trainable_variables
-             + head.bn_layers[1].trainable_variables}
+    changed = {
+        v.path
+        for v in full.trainable_variables
+        if not np.array_equal(v.numpy(), trainable_before[v.path])
+    }
+    below = {
+        v.path
+        for v in head.dense_layers[0].trainable_variables + head.bn_layers[0].trainable_variables
+    }
+    above = {
+        v.path
+        for v in head.dense_layers[1].trainable_variables + head.bn_layers[1].trainable_variables
+    }
     assert below <= changed
     assert not above & changed
     assert any("/encoder/" in p for p in changed)

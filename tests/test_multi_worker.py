@@ -164,9 +164,7 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
     initial_like = 0
     for key, value in chief_vars.items():
         np.testing.assert_allclose(worker_vars[key], value, rtol=0, atol=1e-6, err_msg=key)
-        initial_like += key.endswith("moving_mean/.ATTRIBUTES/VARIABLE_VALUE") and not np.any(
-            value
-        )
+        initial_like += key.endswith("moving_mean/.ATTRIBUTES/VARIABLE_VALUE") and not np.any(value)
     assert initial_like == 0, "BN moving means never moved: no training happened"
 
     # Evaluation counts each of the CLASSES * TEST_PER_CLASS examples once, over both workers.
@@ -228,10 +226,16 @@ def test_workers_resuming_from_different_steps_stop_with_an_error(tmp_path):
                 ),
                 "CUDA_VISIBLE_DEVICES": "",
             }
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", _STEP_CHECK, str(step)], cwd=REPO, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _STEP_CHECK, str(step)],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
     finally:
         for p in procs:

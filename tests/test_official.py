@@ -72,8 +72,11 @@ def test_fixture_endpoints_match_reference(folder):
     assert info.arch.first_block_projection == ("r18" in folder)
     assert info.head.num_classes == 10 and info.head.proj_out_dim == 128
     assert info.head.proj_layers == (2 if "r18" in folder else 3)
-    assert info.global_step == {"tf2_ckpt_r50_sk1": 1000, "tf2_ckpt_r18_cifar": 500,
-                                "tf1_ckpt_r50_sk1": 2000}.get(folder)
+    assert info.global_step == {
+        "tf2_ckpt_r50_sk1": 1000,
+        "tf2_ckpt_r18_cifar": 500,
+        "tf1_ckpt_r50_sk1": 2000,
+    }.get(folder)
     # Only a SavedModel can say which projection layer its supervised head reads (by running).
     assert info.selector_measured == ("savedmodel" in folder)
     assert info.config.ft_proj_selector == 0
@@ -95,8 +98,12 @@ def test_saved_model_selector_mismatch_is_refused():
 def write_tf1(prefix: pathlib.Path, tensors: dict[str, np.ndarray]) -> str:
     """A name-based (TF1-style) checkpoint: no object graph, just names."""
     names = sorted(tensors)
-    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(tensors[n]) for n in names])
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(tensors[n]) for n in names],
+    )
     return str(prefix)
 
 
@@ -109,8 +116,11 @@ def tf1_tensors() -> dict[str, np.ndarray]:
 def test_tf1_v1_style_ema_and_memory(tmp_path, tf1_tensors):
     """No head_contrastive (SimCLRv1), plus ema_model/ copies and memory (SimCLRv2)."""
     tensors = {k: v for k, v in tf1_tensors.items() if not k.startswith("head_contrastive/")}
-    weights = [k for k in tensors if k.startswith(("base_model/", "head_supervised/"))
-               and not k.endswith("/Momentum")]
+    weights = [
+        k
+        for k in tensors
+        if k.startswith(("base_model/", "head_supervised/")) and not k.endswith("/Momentum")
+    ]
     tensors.update({f"ema_model/{k}": tensors[k] * 0.5 for k in weights})
     tensors["memory"] = np.ones([16, 128], np.float32)
     tensors["queue/state"] = np.zeros([4], np.float32)  # not under a model scope: set aside
@@ -139,11 +149,14 @@ def test_tf1_v1_style_ema_and_memory(tmp_path, tf1_tensors):
     assert ema_info.use_ema
 
 
-@pytest.mark.parametrize("change,message", [
-    ("missing", r"missing: \['base_model/conv2d_40/kernel'\]"),
-    ("extra", r"unexpected: \['base_model/conv2d_99/kernel'\]"),
-    ("shape", r"wrong shape: \['base_model/batch_normalization_7/gamma \[5\]"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ("missing", r"missing: \['base_model/conv2d_40/kernel'\]"),
+        ("extra", r"unexpected: \['base_model/conv2d_99/kernel'\]"),
+        ("shape", r"wrong shape: \['base_model/batch_normalization_7/gamma \[5\]"),
+    ],
+)
 def test_tf1_mismatch_names_the_variable(tmp_path, tf1_tensors, change, message):
     tensors = dict(tf1_tensors)
     if change == "missing":
@@ -175,8 +188,10 @@ def test_non_simclr_checkpoints_fail_clearly(tmp_path):
 def test_restore_refuses_a_model_of_another_architecture():
     """A ResNet with SE gates holds every layer of the checkpoint: it must not be half-loaded
     (16 blocks x 2 SE layers x kernel + bias unfilled)."""
-    model = train.build_model(Config(width_multiplier=0.125, sk_ratio=0.0625, se_ratio=0.25,
-                                     cifar_stem=False), num_classes=10)
+    model = train.build_model(
+        Config(width_multiplier=0.125, sk_ratio=0.0625, se_ratio=0.25, cifar_stem=False),
+        num_classes=10,
+    )
     model(tf.zeros([1, 32, 32, 3]), training=False)
     with pytest.raises(OfficialCheckpointError, match=r"no values for 64 variables.*se_reduce"):
         checkpoints.restore_pretrained(model, str(TF1))
@@ -184,8 +199,15 @@ def test_restore_refuses_a_model_of_another_architecture():
 
 def test_run_py_hooks_take_architecture_and_weights_from_official_checkpoint():
     """configure() + restore_pretrained(): what run.py --train_mode=finetune does."""
-    cfg = convert.configure(Config(checkpoint=str(TF1.parent), resnet_depth=152,
-                                   width_multiplier=4.0, image_size=64, cifar_stem=True))
+    cfg = convert.configure(
+        Config(
+            checkpoint=str(TF1.parent),
+            resnet_depth=152,
+            width_multiplier=4.0,
+            image_size=64,
+            cifar_stem=True,
+        )
+    )
     assert (cfg.resnet_depth, cfg.width_multiplier, cfg.cifar_stem) == (50, 0.125, False)
     assert cfg.sk_ratio == 0.0625 and cfg.num_proj_layers == 3
     model = train.build_model(cfg.replace(train_mode="finetune"), num_classes=3)
@@ -205,8 +227,14 @@ def test_run_py_hooks_take_architecture_and_weights_from_official_checkpoint():
 
 def _subprocess(script: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return proc
 
 
@@ -214,8 +242,9 @@ def _subprocess(script: str, *args: str) -> subprocess.CompletedProcess:
 def converted(tmp_path_factory) -> pathlib.Path:
     """The run folder tools/convert_checkpoint.py writes for the CIFAR fixture."""
     run_dir = tmp_path_factory.mktemp("converted") / "run"
-    proc = _subprocess("tools/convert_checkpoint.py", f"--checkpoint={CIFAR}",
-                       f"--model_dir={run_dir}")
+    proc = _subprocess(
+        "tools/convert_checkpoint.py", f"--checkpoint={CIFAR}", f"--model_dir={run_dir}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ResNet-18 0.25x, CIFAR stem" in proc.stdout
     return run_dir
@@ -225,7 +254,10 @@ def converted(tmp_path_factory) -> pathlib.Path:
 def test_convert_writes_a_run_folder(converted):
     flags = json.loads((converted / "flags.json").read_text())
     assert (flags["resnet_depth"], flags["width_multiplier"], flags["cifar_stem"]) == (
-        18, 0.25, True)
+        18,
+        0.25,
+        True,
+    )
     assert flags["first_block_projection"] and flags["image_size"] == 32
     record = json.loads((converted / "official.json").read_text())
     assert record["format"] == "tf2_checkpoint" and record["global_step"] == 500
@@ -274,10 +306,20 @@ def test_converted_fine_tunes_under_run_py_and_exports(converted, tmp_path, writ
     data = write_png_folder(tmp_path / "pngs", 3, {"train": 4, "test": 2}, 32)
     run_dir = tmp_path / "finetune"
     proc = _subprocess(
-        "run.py", "--mode=train_then_eval", "--train_mode=finetune", f"--checkpoint={converted}",
-        f"--model_dir={run_dir}", "--dataset=image_folder", f"--data_dir={data}",
-        "--train_steps=2", "--train_batch_size=6", "--eval_batch_size=6", "--verbose=0",
-        "--fine_tune_after_block=3", "--optimizer=momentum", "--learning_rate=0.1",
+        "run.py",
+        "--mode=train_then_eval",
+        "--train_mode=finetune",
+        f"--checkpoint={converted}",
+        f"--model_dir={run_dir}",
+        "--dataset=image_folder",
+        f"--data_dir={data}",
+        "--train_steps=2",
+        "--train_batch_size=6",
+        "--eval_batch_size=6",
+        "--verbose=0",
+        "--fine_tune_after_block=3",
+        "--optimizer=momentum",
+        "--learning_rate=0.1",
         "--resnet_depth=50",  # ignored: the checkpoint decides the architecture
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

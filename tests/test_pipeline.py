@@ -74,8 +74,13 @@ def _check_aligned(images: np.ndarray, labels: np.ndarray, tol: float = 1.5) -> 
 @pytest.mark.parametrize("variable", [False, True])
 def test_pretrain_structure_ranges_epoch(variable):
     ds = pretrain_dataset(
-        _constant_ds(variable=variable), batch_size=4, image_size=8, color_jitter_strength=0.5,
-        use_blur=False, seed=1, cache=True,
+        _constant_ds(variable=variable),
+        batch_size=4,
+        image_size=8,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        seed=1,
+        cache=True,
     )
     spec = ds.element_spec
     assert spec[0][0].shape.as_list() == [4, 8, 8, 3] and spec[0][0].dtype == tf.float32
@@ -120,8 +125,13 @@ def test_pretrain_deterministic(variable):
 
 def test_pretrain_on_device_fixed_size_keeps_pixels():
     ds = pretrain_dataset(
-        _constant_ds(), batch_size=4, image_size=8, color_jitter_strength=0.5, use_blur=False,
-        seed=0, augment_on="device",
+        _constant_ds(),
+        batch_size=4,
+        image_size=8,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        seed=0,
+        augment_on="device",
     )
     assert ds.element_spec[0].shape.as_list() == [4, 6, 6, 3]
     assert ds.element_spec[0].dtype == tf.uint8
@@ -134,8 +144,13 @@ def test_pretrain_on_device_variable_size_sends_crops():
     # Variable-size images: the host draws both crop boxes from each image's true size (no
     # square resize that would change aspect ratios) and sends the resized crops as uint8.
     ds = pretrain_dataset(
-        _constant_ds(variable=True), batch_size=3, image_size=14, color_jitter_strength=0.5,
-        use_blur=False, seed=0, augment_on="device",
+        _constant_ds(variable=True),
+        batch_size=3,
+        image_size=14,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        seed=0,
+        augment_on="device",
     )
     assert ds.element_spec[0].shape.as_list() == [3, 2, 14, 14, 3]
     for x, y in _take(ds, N // 3):
@@ -171,7 +186,7 @@ def test_finetune_crops_and_flips():
     """A left/right gradient: crops change the values, flips reverse the gradient direction."""
     ramp = np.tile(np.linspace(0, 255, 16).astype(np.uint8)[None, :, None], (16, 1, 3))
     src = tf.data.Dataset.from_tensors((ramp, np.int32(0))).repeat(64)
-    (x, _), = _take(finetune_dataset(src, batch_size=64, image_size=16, seed=0), 1)
+    ((x, _),) = _take(finetune_dataset(src, batch_size=64, image_size=16, seed=0), 1)
     slope = x[:, :, -1, 0].mean(axis=1) - x[:, :, 0, 0].mean(axis=1)
     assert (slope > 0).any() and (slope < 0).any()  # some flipped, some not
     assert len({round(float(v), 3) for v in np.abs(slope)}) > 5  # different crop widths
@@ -198,7 +213,8 @@ def test_eval_matches_per_image_eval_view():
     x = rng.integers(0, 256, (5, 40, 40, 3), np.uint8)
     ds = eval_dataset(
         tf.data.Dataset.from_tensor_slices((x, np.arange(5, dtype=np.int32))),
-        batch_size=2, image_size=36,
+        batch_size=2,
+        image_size=36,
     )
     got = np.concatenate([b for b, _ in ds.as_numpy_iterator()])
     ref = np.stack([augment.eval_view(tf.constant(img), 36).numpy() for img in x])
@@ -247,8 +263,12 @@ def test_distribute_eval_covers_epoch_once(strategy):
 def test_distribute_pretrain_per_replica_batches(strategy):
     def fn(ctx):
         return pretrain_dataset(
-            _constant_ds(), batch_size=ctx.get_per_replica_batch_size(8), image_size=8,
-            color_jitter_strength=0.5, use_blur=False, seed=0,
+            _constant_ds(),
+            batch_size=ctx.get_per_replica_batch_size(8),
+            image_size=8,
+            color_jitter_strength=0.5,
+            use_blur=False,
+            seed=0,
         )
 
     (v1, _), y = next(iter(distribute(strategy, fn)))
@@ -281,7 +301,12 @@ def test_cifar10_folder_pipelines(cifar10_dir):
     )
     assert info.split_sizes["train"] == 80
     ds = pretrain_dataset(
-        src, batch_size=16, image_size=32, color_jitter_strength=0.5, use_blur=False, seed=0,
+        src,
+        batch_size=16,
+        image_size=32,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        seed=0,
         cache=True,
     )
     batches = _take(ds, 5)  # exactly one epoch of the 80-image subset
@@ -296,8 +321,12 @@ def test_pretrain_row_i_views_and_label_come_from_one_image(variable):
     """Grey constant images with colour strength 0: crops, flips, grayscale and blur keep each
     image's value, so view 1, view 2 and the label of every row must name the same image."""
     ds = pretrain_dataset(
-        _constant_ds(variable=variable), batch_size=4, image_size=8, color_jitter_strength=0.0,
-        use_blur=True, seed=3,
+        _constant_ds(variable=variable),
+        batch_size=4,
+        image_size=8,
+        color_jitter_strength=0.0,
+        use_blur=True,
+        seed=3,
     )
     seen = []
     for (v1, v2), y in _take(ds, 2 * N // 4):  # two epochs

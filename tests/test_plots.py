@@ -78,8 +78,13 @@ def test_plot_run_overlays_two_runs_and_names_missing_runs(tmp_path):
         _write_csv(tmp_path / name / "metrics.csv", rows)
     out = tmp_path / "overlay.png"
     env = {**os.environ, "PYTHONPATH": REPO}
-    cmd = [sys.executable, os.path.join(REPO, "tools", "plot_run.py"),
-           f"--model_dir={tmp_path / 'a'}", f"--model_dir={tmp_path / 'b'}", f"--out={out}"]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "plot_run.py"),
+        f"--model_dir={tmp_path / 'a'}",
+        f"--model_dir={tmp_path / 'b'}",
+        f"--out={out}",
+    ]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     assert out.stat().st_size > 5000
     runs = {k: plots.read_metrics(str(tmp_path / k / "metrics.csv")) for k in "ab"}

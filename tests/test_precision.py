@@ -28,10 +28,20 @@ def _float32_policy_after():
 
 def _cfg(**kw) -> Config:
     base = dict(
-        resnet_depth=18, width_multiplier=0.125, image_size=SIZE, cifar_stem=True,
-        color_jitter_strength=0.5, use_blur=False, train_batch_size=8, train_steps=10,
-        warmup_epochs=0, learning_rate=0.5, temperature=0.5, proj_out_dim=16,
-        num_proj_layers=2, weight_decay=1e-4,
+        resnet_depth=18,
+        width_multiplier=0.125,
+        image_size=SIZE,
+        cifar_stem=True,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        train_batch_size=8,
+        train_steps=10,
+        warmup_epochs=0,
+        learning_rate=0.5,
+        temperature=0.5,
+        proj_out_dim=16,
+        num_proj_layers=2,
+        weight_decay=1e-4,
     )
     base.update(kw)
     return Config(**base)
@@ -62,7 +72,8 @@ def _step(model, x, labels) -> dict:
 def _all_float32(model) -> list[str]:
     opt_vars = list(model.optimizer.variables)
     return [
-        v.path for v in [*model.variables, *opt_vars]
+        v.path
+        for v in [*model.variables, *opt_vars]
         if v.dtype != "float32" and "iteration" not in v.path and "int" not in str(v.dtype)
     ]
 
@@ -123,8 +134,12 @@ def test_mixed_precision_step_matches_float32(precision):
     assert same_direction(got, want)
     # Per group: relative error of the update (bf16 sums of many small terms, e.g. the BN
     # scale gradients of the encoder, keep ~15%; the heads are within a few percent).
-    tolerances = {"encoder kernels": 0.3, "encoder BN": 0.3, "projection head": 0.15,
-                  "supervised head": 0.03}
+    tolerances = {
+        "encoder kernels": 0.3,
+        "encoder BN": 0.3,
+        "projection head": 0.15,
+        "supervised head": 0.03,
+    }
     if not skipped:  # skipped steps still move the BN averages
         tolerances["BN moving statistics"] = 0.02
     groups: dict[str, list[int]] = {}

@@ -29,8 +29,11 @@ def _bn(c):
 
 
 def _expected_trainable(depth, stem="imagenet"):
-    layout = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]),
-              50: ("bottleneck", [3, 4, 6, 3])}
+    layout = {
+        18: ("basic", [2, 2, 2, 2]),
+        34: ("basic", [3, 4, 6, 3]),
+        50: ("bottleneck", [3, 4, 6, 3]),
+    }
     kind, counts = layout[depth]
     total = _conv(7 if stem == "imagenet" else 3, 3, 64) + _bn(64)
     cin = 64
@@ -42,8 +45,14 @@ def _expected_trainable(depth, stem="imagenet"):
                 total += _conv(3, cin, width) + _bn(width) + _conv(3, width, width) + _bn(width)
             else:
                 cout = 4 * width
-                total += (_conv(1, cin, width) + _bn(width) + _conv(3, width, width) + _bn(width)
-                          + _conv(1, width, cout) + _bn(cout))
+                total += (
+                    _conv(1, cin, width)
+                    + _bn(width)
+                    + _conv(3, width, width)
+                    + _bn(width)
+                    + _conv(1, width, cout)
+                    + _bn(cout)
+                )
             if stride != 1 or cin != cout:
                 total += _conv(1, cin, cout) + _bn(cout)
             cin = cout
@@ -61,8 +70,9 @@ def test_parameter_counts_match_closed_form(depth, stem):
     trainable = _count(model.trainable_weights)
     assert trainable == _expected_trainable(depth, stem)
     # BN moving mean/var: one pair per BN, each BN contributes gamma+beta to the trainables.
-    n_bn_params = _count([w for w in model.trainable_weights if "gamma" in w.path or
-                          "beta" in w.path])
+    n_bn_params = _count(
+        [w for w in model.trainable_weights if "gamma" in w.path or "beta" in w.path]
+    )
     assert _count(model.non_trainable_weights) == n_bn_params
     if depth == 50:  # SimCLR / standard ResNet-50 (1x) without fc: 23.5M parameters
         assert 23.45e6 < trainable < 23.55e6
@@ -94,8 +104,15 @@ def test_endpoint_shapes_and_values(cifar_stem, size):
     model = ResNet(18, 0.125, cifar_stem=cifar_stem)
     x = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype("float32")
     ends = model.call_endpoints(x, training=False)
-    assert list(ends) == ["initial_conv", "initial_max_pool", "block_group1", "block_group2",
-                          "block_group3", "block_group4", "final_avg_pool"]
+    assert list(ends) == [
+        "initial_conv",
+        "initial_max_pool",
+        "block_group1",
+        "block_group2",
+        "block_group3",
+        "block_group4",
+        "final_avg_pool",
+    ]
     s = size if cifar_stem else size // 2
     expected = {
         "initial_conv": (2, s, s, 8),
@@ -111,13 +128,29 @@ def test_endpoint_shapes_and_values(cifar_stem, size):
     else:  # 3x3/2 max pool with "same" padding, recomputed in NumPy
         conv = ends["initial_conv"].numpy()
         padded = np.pad(conv, [(0, 0), (0, 1), (0, 1), (0, 0)], constant_values=-np.inf)
-        ref = np.stack([np.stack([padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((1, 2))
-                                  for j in range(s // 2)], 1) for i in range(s // 2)], 1)
+        ref = np.stack(
+            [
+                np.stack(
+                    [
+                        padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((1, 2))
+                        for j in range(s // 2)
+                    ],
+                    1,
+                )
+                for i in range(s // 2)
+            ],
+            1,
+        )
         np.testing.assert_allclose(ends["initial_max_pool"].numpy(), ref)
-    np.testing.assert_allclose(ends["final_avg_pool"].numpy(),
-                               ends["block_group4"].numpy().mean((1, 2)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model(x, training=False).numpy(), ends["final_avg_pool"].numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ends["final_avg_pool"].numpy(),
+        ends["block_group4"].numpy().mean((1, 2)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        model(x, training=False).numpy(), ends["final_avg_pool"].numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_fixed_padding_conv_matches_explicit_padding():
@@ -226,8 +259,10 @@ def test_frozen_stages_two_trains_the_rest():
     assert any(g is not None and np.any(g.numpy()) for g in grads)
     for a, b in zip(frozen_before, _moving_stats(model.stages[:2]), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b)
-               for a, b in zip(free_before, _moving_stats(model.stages[2:]), strict=True))
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(free_before, _moving_stats(model.stages[2:]), strict=True)
+    )
 
 
 def test_freeze_stages_marks_stages_non_trainable():
@@ -302,8 +337,9 @@ def test_selective_kernel_attention():
     # Recompute: branches from the 2x-wide conv, softmax over 2 logits per channel.
     branches = tf.split(sk.conv_bn(sk.conv(x), training=True), 2, axis=-1)
     a, b = (t.numpy() for t in branches)
-    np.testing.assert_allclose(out.numpy(), a * att[:, None, None, 0] + b * att[:, None, None, 1],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        out.numpy(), a * att[:, None, None, 0] + b * att[:, None, None, 1], rtol=1e-4, atol=1e-5
+    )
     pooled = (a + b).mean((1, 2))
     z = pooled @ sk.fc_reduce.kernel.numpy()
     z = np.maximum((z - z.mean(0)) / np.sqrt(z.var(0) + EPS), 0.0)
@@ -321,7 +357,10 @@ def test_sk_se_resnet50_shapes_and_resnet_d():
     assert tuple(ends["block_group4"].shape) == (2, 1, 1, 256)
     stem = model.stages[0]
     assert [tuple(c.conv.kernel.shape) for c in stem.conv_layers[::2]] == [
-        (3, 3, 3, 4), (3, 3, 4, 4), (3, 3, 4, 8)]
+        (3, 3, 3, 4),
+        (3, 3, 4, 4),
+        (3, 3, 4, 8),
+    ]
     block = model.stages[2].block_layers[0]
     assert block.projection.resnet_d and isinstance(block.residual_layers[2], SelectiveKernel)
     assert block.se.reduced == 4 and block.se.channels == 64
@@ -329,8 +368,9 @@ def test_sk_se_resnet50_shapes_and_resnet_d():
     h = ends["block_group1"].numpy()
     sc = block.shortcut(tf.constant(h), training=True).numpy()
     hp = np.pad(h, [(0, 0), (0, 1), (0, 1), (0, 0)])
-    pooled = 0.25 * (hp[:, 0:-1:2, 0:-1:2] + hp[:, 1::2, 0:-1:2] + hp[:, 0:-1:2, 1::2]
-                     + hp[:, 1::2, 1::2])
+    pooled = 0.25 * (
+        hp[:, 0:-1:2, 0:-1:2] + hp[:, 1::2, 0:-1:2] + hp[:, 0:-1:2, 1::2] + hp[:, 1::2, 1::2]
+    )
     ref = _np_bn_train(pooled @ block.projection.conv.conv.kernel.numpy()[0, 0])
     np.testing.assert_allclose(sc, ref, rtol=1e-3, atol=1e-4)
 
@@ -377,7 +417,8 @@ def test_global_bn_two_replicas_match_one_device_on_global_batch():
         return loss, tape.gradient(loss, dist.trainable_weights)
 
     values = strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(x[2 * ctx.replica_id_in_sync_group:][:2]))
+        lambda ctx: tf.constant(x[2 * ctx.replica_id_in_sync_group :][:2])
+    )
     losses, grads = strategy.run(replica_step, args=(values,))
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None).numpy()
     np.testing.assert_allclose(total, loss.numpy(), rtol=1e-4)
@@ -402,8 +443,9 @@ def test_tf_train_checkpoint_roundtrip(tmp_path):
     assert len(stored) == len(src.weights)
     dst = ResNet(**kw)
     dst.build((None, 16, 16, 3))
-    assert not all(np.array_equal(a, b) for a, b in zip(src.get_weights(), dst.get_weights(),
-                                                        strict=True))
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(src.get_weights(), dst.get_weights(), strict=True)
+    )
     tf.train.Checkpoint(model=dst).restore(path).assert_existing_objects_matched()
     for a, b in zip(src.weights, dst.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -419,7 +461,8 @@ def test_first_block_projection_adds_only_group1_projection():
     reference.build(shape)
     c = 16  # 64 * 0.25
     assert _count(reference.trainable_weights) - _count(plain.trainable_weights) == (
-        _conv(1, c, c) + _bn(c))
+        _conv(1, c, c) + _bn(c)
+    )
     assert plain.block_group1.block1.projection is None
     assert reference.block_group1.block1.projection is not None
     assert reference.block_group1.block2.projection is None
@@ -439,7 +482,9 @@ def _np_conv(x: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
     out = np.zeros((x.shape[0], h, w, kernel.shape[-1]))
     for i in range(k):
         for j in range(k):
-            patch = x[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride]
+            patch = x[
+                :, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride
+            ]
             out += patch @ kernel[i, j]
     return out
 
@@ -486,8 +531,14 @@ def _np_shortcut(block, x: np.ndarray) -> np.ndarray:
         s = p.strides
         xp = np.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])
         h, w = (xp.shape[1] - 2) // s + 1, (xp.shape[2] - 2) // s + 1
-        x = sum(xp[:, i:i + s * (h - 1) + 1:s, j:j + s * (w - 1) + 1:s]
-                for i in range(2) for j in range(2)) / 4.0
+        x = (
+            sum(
+                xp[:, i : i + s * (h - 1) + 1 : s, j : j + s * (w - 1) + 1 : s]
+                for i in range(2)
+                for j in range(2)
+            )
+            / 4.0
+        )
         return _np_bn(_np_conv(x, _conv_kernel(p.conv), 1), p.bn.bn)
     return _np_bn(_np_conv(x, _conv_kernel(p.conv), p.strides), p.bn.bn)
 
@@ -500,7 +551,7 @@ def _np_se(se: SqueezeExcite, x: np.ndarray) -> np.ndarray:
 
 def _np_sk(sk: SelectiveKernel, x: np.ndarray) -> np.ndarray:
     y = _relu(_np_bn(_np_conv(x, _conv_kernel(sk.conv), sk.strides), sk.conv_bn.bn))
-    a, b = y[..., :sk.filters], y[..., sk.filters:]
+    a, b = y[..., : sk.filters], y[..., sk.filters :]
     z = _relu(_np_bn((a + b).mean((1, 2)) @ sk.fc_reduce.kernel.numpy(), sk.fc_reduce_bn.bn))
     logits = (z @ sk.fc_expand.kernel.numpy()).reshape(-1, 2, sk.filters)
     att = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -513,16 +564,18 @@ def _np_block(block, x: np.ndarray) -> np.ndarray:
     the residual branch after its last BN, ReLU after the addition."""
     layers = {layer.name: layer for layer in block.residual_layers}
     if "conv3" not in layers:  # basic: 3x3 (strided) - BN - ReLU - 3x3 - BN
-        r = _relu(_np_bn(_np_conv(x, _conv_kernel(layers["conv1"]), block.strides),
-                         layers["bn1"].bn))
+        r = _relu(
+            _np_bn(_np_conv(x, _conv_kernel(layers["conv1"]), block.strides), layers["bn1"].bn)
+        )
         r = _np_bn(_np_conv(r, _conv_kernel(layers["conv2"]), 1), layers["bn2"].bn)
     else:  # bottleneck: 1x1 - BN - ReLU - 3x3 (strided) or SK - BN - ReLU - 1x1 - BN
         r = _relu(_np_bn(_np_conv(x, _conv_kernel(layers["conv1"]), 1), layers["bn1"].bn))
         if "sk" in layers:
             r = _np_sk(layers["sk"], r)
         else:
-            r = _relu(_np_bn(_np_conv(r, _conv_kernel(layers["conv2"]), block.strides),
-                             layers["bn2"].bn))
+            r = _relu(
+                _np_bn(_np_conv(r, _conv_kernel(layers["conv2"]), block.strides), layers["bn2"].bn)
+            )
         r = _np_bn(_np_conv(r, _conv_kernel(layers["conv3"]), 1), layers["bn3"].bn)
     if block.se is not None:
         r = _np_se(block.se, r)
@@ -541,14 +594,20 @@ def _np_block(block, x: np.ndarray) -> np.ndarray:
         ("basic", 1, 6, 0.0, 0.5),  # SE with an identity shortcut
     ],
 )
-def test_residual_block_with_random_weights_matches_numpy(kind, strides, in_channels, sk_ratio,
-                                                          se_ratio):
+def test_residual_block_with_random_weights_matches_numpy(
+    kind, strides, in_channels, sk_ratio, se_ratio
+):
     from simclr_tf.models.blocks import BasicBlock, BottleneckBlock
 
     keras.utils.set_random_seed(20)
     cls = BasicBlock if kind == "basic" else BottleneckBlock
-    block = cls(3 if kind == "bottleneck" else 6, strides, in_channels=in_channels,
-                sk_ratio=sk_ratio, se_ratio=se_ratio)
+    block = cls(
+        3 if kind == "bottleneck" else 6,
+        strides,
+        in_channels=in_channels,
+        sk_ratio=sk_ratio,
+        se_ratio=se_ratio,
+    )
     x = np.random.default_rng(21).normal(size=(2, 7, 6, in_channels)).astype("float32")
     block.build(x.shape)
     _randomise(block, seed=22)

@@ -79,9 +79,13 @@ def test_folder_labels_order_values(tiny):
     assert info.image_shape is None  # sizes differ
     assert ds.element_spec[0].dtype == tf.uint8 and ds.element_spec[1].dtype == tf.int32
     expected = [
-        ("train/ant/a.png", 0), ("train/ant/b.png", 0),
-        ("train/cat/0.png", 1), ("train/cat/1.PNG", 1), ("train/cat/2.jpg", 1),
-        ("train/dog/x.JPEG", 2), ("train/dog/y.png", 2),
+        ("train/ant/a.png", 0),
+        ("train/ant/b.png", 0),
+        ("train/cat/0.png", 1),
+        ("train/cat/1.PNG", 1),
+        ("train/cat/2.jpg", 1),
+        ("train/dog/x.JPEG", 2),
+        ("train/dog/y.png", 2),
     ]
     got = _items(ds)
     assert [y for _, y in got] == [y for _, y in expected]
@@ -101,7 +105,7 @@ def test_folder_labels_order_values(tiny):
 def test_folder_test_split_uses_train_classes(tiny):
     root, px = tiny
     ds, info = load_split("image_folder", "test", str(root))
-    (img, label), = _items(ds)
+    ((img, label),) = _items(ds)
     assert label == 2  # 'dog' is class 2 of the *train* classes, though test only has dog
     np.testing.assert_array_equal(img, px["test/dog/u.png"])
     assert info.class_names == ("ant", "cat", "dog") and info.split_sizes["test"] == 1
@@ -186,7 +190,10 @@ def test_fraction_balanced_reproducible(tmp_path):
 
     def chosen(fraction, seed):
         ds, info = load_split(
-            "image_folder", "train", str(tmp_path), train_data_fraction=fraction,
+            "image_folder",
+            "train",
+            str(tmp_path),
+            train_data_fraction=fraction,
             fraction_seed=seed,
         )
         items = [(int(x[0, 0, 0]), y) for x, y in _items(ds)]
@@ -222,8 +229,9 @@ def test_max_examples_caps_by_a_class_balanced_fraction(tmp_path):
     # A cap above the split size changes nothing; with a fraction the smaller one wins.
     whole, _ = load_split("image_folder", "train", str(tmp_path), max_examples=100)
     assert len(_items(whole)) == 40
-    both, _ = load_split("image_folder", "train", str(tmp_path), train_data_fraction=0.1,
-                         max_examples=20)
+    both, _ = load_split(
+        "image_folder", "train", str(tmp_path), train_data_fraction=0.1, max_examples=20
+    )
     assert len(_items(both)) == 4
 
 
@@ -306,10 +314,12 @@ def tiny_tfds(tmp_path_factory):
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(4, 4, 1)),
-                    "label": tfds.features.ClassLabel(names=["x", "y", "z"]),
-                }),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(4, 4, 1)),
+                        "label": tfds.features.ClassLabel(names=["x", "y", "z"]),
+                    }
+                ),
                 supervised_keys=("image", "label"),
             )
 
@@ -345,8 +355,12 @@ def test_tfds_prepared_offline(tiny_tfds, no_network):
 def test_tfds_fraction_and_sharding(tiny_tfds, no_network):
     def chosen(fraction, seed, ctx=None, split="train"):
         ds, info = load_split(
-            "simclr_tf_tiny_gray", split, tiny_tfds, train_data_fraction=fraction,
-            fraction_seed=seed, input_context=ctx,
+            "simclr_tf_tiny_gray",
+            split,
+            tiny_tfds,
+            train_data_fraction=fraction,
+            fraction_seed=seed,
+            input_context=ctx,
         )
         return sorted(int(x[0, 0, 0]) for x, _ in _items(ds)), info
 
@@ -383,7 +397,7 @@ def test_cifar10_folder_small_fraction(cifar10_dir):
     # Unsubsampled, the first example is the first file in sorted order; its pixels agree with
     # PIL's decode (JPEG decoders may differ by a level here and there).
     full, _ = load_split("image_folder", "train", str(cifar10_dir))
-    (img, label), = _items(full.take(1))
+    ((img, label),) = _items(full.take(1))
     first = sorted((cifar10_dir / "train" / "airplane").iterdir())[0]
     ref = np.asarray(Image.open(first).convert("RGB"), np.int32)
     assert label == 0 and np.abs(img.astype(np.int32) - ref).mean() < 1.0

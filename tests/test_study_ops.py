@@ -134,9 +134,9 @@ def test_new_ops_compile_with_xla_and_match_eager():
     x = tf.constant(_images(batch=3, side=16))
     ops = ["rotate", "cutout", "noise", "sobel"]
     eager = so.composed_two_views(x, _seed(11), 16, ops)
-    compiled = tf.function(
-        lambda im, s: so.composed_two_views(im, s, 16, ops), jit_compile=True
-    )(x, _seed(11))
+    compiled = tf.function(lambda im, s: so.composed_two_views(im, s, 16, ops), jit_compile=True)(
+        x, _seed(11)
+    )
     for got, want in zip(compiled, eager, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
 

@@ -23,16 +23,27 @@ CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, SIDE = 4, 8, 6, 16
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, write_png_folder) -> pathlib.Path:
     root = tmp_path_factory.mktemp("folder")
-    return write_png_folder(root, CLASSES, {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS},
-                            SIDE)
+    return write_png_folder(root, CLASSES, {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, SIDE)
 
 
 def _cfg(folder: pathlib.Path, **kw) -> config.Config:
     base = dict(
-        model_dir="/unused", dataset="image_folder", data_dir=str(folder), eval_split="test",
-        resnet_depth=18, width_multiplier=0.0625, image_size=SIDE, cifar_stem=True,
-        color_jitter_strength=0.5, use_blur=False, train_batch_size=8, eval_batch_size=5,
-        proj_out_dim=8, num_proj_layers=2, train_steps=10, warmup_epochs=0,
+        model_dir="/unused",
+        dataset="image_folder",
+        data_dir=str(folder),
+        eval_split="test",
+        resnet_depth=18,
+        width_multiplier=0.0625,
+        image_size=SIDE,
+        cifar_stem=True,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        train_batch_size=8,
+        eval_batch_size=5,
+        proj_out_dim=8,
+        num_proj_layers=2,
+        train_steps=10,
+        warmup_epochs=0,
     )
     base.update(kw)
     return config.Config(**base)
@@ -83,8 +94,13 @@ def test_weight_decay_and_momentum_flags_reach_the_optimizer(folder, name):
 
 def test_epoch_is_the_label_fraction_not_the_whole_split(folder):
     cfg = _cfg(folder, train_data_fraction=0.5, train_steps=0, train_epochs=3)
-    subset, _ = sources.load_split("image_folder", "train", data_dir=str(folder),
-                                   train_data_fraction=0.5, fraction_seed=cfg.seed)
+    subset, _ = sources.load_split(
+        "image_folder",
+        "train",
+        data_dir=str(folder),
+        train_data_fraction=0.5,
+        fraction_seed=cfg.seed,
+    )
     counted = sum(1 for _ in subset)
     assert train.num_train_examples(cfg) == counted == CLASSES * TRAIN_PER_CLASS // 2
     schedule = train.make_schedule_for(cfg, train.num_train_examples(cfg))
@@ -178,8 +194,9 @@ def test_eval_restores_model_dir_before_checkpoint_then_checkpoint_alone(folder,
     assert source == str(tmp_path / "other" / "ckpt-5")
     for got, want in zip(model.get_weights(), other_weights, strict=True):
         np.testing.assert_array_equal(got, want)
-    result = evaluate.evaluate(with_ckpt, model, source, checkpoints.checkpoint_step(source),
-                               str(tmp_path / "empty"))
+    result = evaluate.evaluate(
+        with_ckpt, model, source, checkpoints.checkpoint_step(source), str(tmp_path / "empty")
+    )
     assert (result["checkpoint"], result["global_step"]) == (source, 5)
     assert result["num_examples"] == CLASSES * TEST_PER_CLASS
 

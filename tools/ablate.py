@@ -49,17 +49,31 @@ COLUMNS = (
 
 flags.DEFINE_string("out", None, "Study folder: cells/, results.csv, results.md, the picture.")
 flags.DEFINE_list("ops", None, "Pairwise augmentation grid over these operations (Figure 5).")
-flags.DEFINE_bool("ordered", False, "Pairwise grid: run both orders of each pair (a full "
-                  "matrix) instead of first-listed op first (diagonal + upper triangle).")
-flags.DEFINE_multi_string("sweep", None, "FLAG=v1,v2,... of run.py; several --sweep give their "
-                          "product. Values are passed as --FLAG=value.")
+flags.DEFINE_bool(
+    "ordered",
+    False,
+    "Pairwise grid: run both orders of each pair (a full "
+    "matrix) instead of first-listed op first (diagonal + upper triangle).",
+)
+flags.DEFINE_multi_string(
+    "sweep",
+    None,
+    "FLAG=v1,v2,... of run.py; several --sweep give their "
+    "product. Values are passed as --FLAG=value.",
+)
 flags.DEFINE_enum("eval", "knn", EVALS, "How a cell is scored.")
-flags.DEFINE_string("linear_flagfile", None, "--eval=linear: flagfile of the linear evaluation "
-                    "(e.g. flags/cpu_cifar10_linear_eval.cfg).")
+flags.DEFINE_string(
+    "linear_flagfile",
+    None,
+    "--eval=linear: flagfile of the linear evaluation (e.g. flags/cpu_cifar10_linear_eval.cfg).",
+)
 flags.DEFINE_string("run_py", os.path.join(REPO, "run.py"), "The run.py to call.")
 flags.DEFINE_string("title", None, "Title of the picture (default: describes the grid).")
-flags.DEFINE_integer("max_cells", 0, "Run at most this many unfinished cells, then stop "
-                     "(0 = all); the rest run on the next call.")
+flags.DEFINE_integer(
+    "max_cells",
+    0,
+    "Run at most this many unfinished cells, then stop (0 = all); the rest run on the next call.",
+)
 flags.DEFINE_bool("dry_run", False, "Print the cells' commands and exit.")
 FLAGS = flags.FLAGS
 
@@ -267,8 +281,11 @@ def main(argv: list[str]) -> None:
         cell.result = run_cell(cell, FLAGS.out, base, FLAGS.eval)
         ran += 1
         score = cell.result[score_column(FLAGS.eval)]
-        print(f"    {cell.result['status']}, {score_column(FLAGS.eval)}={score:.4f}, "
-              f"{cell.result['seconds']:.0f}s {cell.result['message']}", flush=True)
+        print(
+            f"    {cell.result['status']}, {score_column(FLAGS.eval)}={score:.4f}, "
+            f"{cell.result['seconds']:.0f}s {cell.result['message']}",
+            flush=True,
+        )
         write_outputs(cells, FLAGS.out, FLAGS.eval, pairwise, title)
     write_outputs(cells, FLAGS.out, FLAGS.eval, pairwise, title)
     print(f"Wrote {FLAGS.out}/results.csv, results.md and the picture.")

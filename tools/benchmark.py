@@ -83,7 +83,10 @@ BASE_CASE: dict[str, Any] = {
 }
 # Per-case results that a ratio is printed for (higher is better for the first two).
 RATIO_KEYS = (
-    "step_images_per_sec", "step_images_per_sec_best", "pipeline_images_per_sec", "peak_rss_gb"
+    "step_images_per_sec",
+    "step_images_per_sec_best",
+    "pipeline_images_per_sec",
+    "peak_rss_gb",
 )
 
 
@@ -246,8 +249,9 @@ def reference_dataset(cfg, path: str):
 
     ref = _load_reference(path)
     flags.FLAGS.color_jitter_strength = cfg.color_jitter_strength
-    images, _ = sources.load_split(cfg.dataset, cfg.train_split, data_dir=cfg.data_dir,
-                                   shuffle_files=True)  # decoded as for our pipeline
+    images, _ = sources.load_split(
+        cfg.dataset, cfg.train_split, data_dir=cfg.data_dir, shuffle_files=True
+    )  # decoded as for our pipeline
     size = cfg.image_size
 
     def two_views(image, label):
@@ -266,8 +270,9 @@ def reference_dataset(cfg, path: str):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_batches: int
-             ) -> dict[str, Any]:
+def run_case(
+    case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_batches: int
+) -> dict[str, Any]:
     """Builds the run exactly as ``run.py`` does and measures it (call in a fresh process)."""
     from simclr_tf import config as config_lib
     from simclr_tf import distribute
@@ -276,12 +281,21 @@ def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_
     reference = case.pop("_reference", None)
     model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
     cfg = config_lib.Config(
-        **{**case, "mode": "train", "model_dir": model_dir, "train_steps": warmup + steps,
-           "verbose": 0, "export_saved_model": False}
+        **{
+            **case,
+            "mode": "train",
+            "model_dir": model_dir,
+            "train_steps": warmup + steps,
+            "verbose": 0,
+            "export_saved_model": False,
+        }
     )
     strategy = distribute.make_strategy(
-        cfg.strategy, tpu_name=cfg.tpu_name, tpu_zone=cfg.tpu_zone,
-        gcp_project=cfg.gcp_project, num_cpu_devices=cfg.num_cpu_devices,
+        cfg.strategy,
+        tpu_name=cfg.tpu_name,
+        tpu_zone=cfg.tpu_zone,
+        gcp_project=cfg.gcp_project,
+        num_cpu_devices=cfg.num_cpu_devices,
     )
     import keras
     import tensorflow as tf
@@ -297,8 +311,11 @@ def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_
         "machine": machine_info(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "flags": {k: v for k, v in dataclasses.asdict(cfg).items()
-                  if k in BASE_CASE or k in ("image_size", "strategy", "num_cpu_devices")},
+        "flags": {
+            k: v
+            for k, v in dataclasses.asdict(cfg).items()
+            if k in BASE_CASE or k in ("image_size", "strategy", "num_cpu_devices")
+        },
         "replicas": strategy.num_replicas_in_sync,
     }
 
@@ -320,8 +337,14 @@ def run_case(case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_
         result["build_seconds"] = time.perf_counter() - t_build
         dataset = train.train_dataset(cfg, strategy, 0)
         timer = _step_timer(keras)
-        model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer],
-                  verbose=0, shuffle=False)
+        model.fit(
+            dataset,
+            epochs=1,
+            steps_per_epoch=warmup + steps,
+            callbacks=[timer],
+            verbose=0,
+            shuffle=False,
+        )
         measured = timer.seconds[warmup:] or timer.seconds[-1:]
         median = statistics.median(measured)
         result["first_step_seconds"] = timer.seconds[0]
@@ -361,15 +384,26 @@ def _profile_ops_table(tf, aug, size: int, strength: float, ref) -> list[tuple[s
         return [tf.slice(image, [b[i, 0], b[i, 1], 0], [b[i, 2], b[i, 3], -1]) for i in range(2)]
 
     def old_resize(image, seed):  # before: float copy of each crop, then resize
-        return [tf.clip_by_value(tf.image.resize(tf.image.convert_image_dtype(c, tf.float32),
-                                                 [size, size], "bicubic"), 0.0, 1.0)
-                for c in slices(image, seed)]
+        return [
+            tf.clip_by_value(
+                tf.image.resize(
+                    tf.image.convert_image_dtype(c, tf.float32), [size, size], "bicubic"
+                ),
+                0.0,
+                1.0,
+            )
+            for c in slices(image, seed)
+        ]
 
     def decode_crops(raw, seed):  # decodes only each box, but twice the rows of one decode
         shape = tf.io.extract_jpeg_shape(raw)
         b = aug.sample_crop_boxes(seed, shape[0], shape[1], 2)
-        return [tf.image.resize(tf.io.decode_and_crop_jpeg(raw, b[i], channels=3),
-                                [size, size], "bicubic") for i in range(2)]
+        return [
+            tf.image.resize(
+                tf.io.decode_and_crop_jpeg(raw, b[i], channels=3), [size, size], "bicubic"
+            )
+            for i in range(2)
+        ]
 
     def seeds(seed, n):
         return tf.unstack(tf.random.experimental.stateless_split(seed, n))
@@ -397,69 +431,96 @@ def _profile_ops_table(tf, aug, size: int, strength: float, ref) -> list[tuple[s
             apply, sigma = aug._blur_params(seed, 2, 0.5, (0.1, 2.0))
             x = tf.unstack(views) if per_view else views
             return aug._blur_step(x, apply, sigma, per_view)
+
         return fn
 
     def gray(per_view):
         def fn(views, seed):
             mask = aug._bernoulli(seed, 2, 0.2)
             return aug._gray_step(tf.unstack(views) if per_view else views, mask, per_view)
+
         return fn
 
     def flip(per_view):
         def fn(views, seed):
             mask = aug._bernoulli(seed, 2, 0.5)
             return aug._flip_step(tf.unstack(views) if per_view else views, mask, per_view)
+
         return fn
 
     def old_whole(image, seed):  # before: per-image crops, then the batched ops on the pair
         def crop(s_crop, flip_mask):
             return tf.stack(aug._image_crop(image, 2, size, "reference")(s_crop, None)[0]), False
+
         return aug._compose_views(crop, seed, 2, strength, True, False)
 
     table = [
         ("read file", "path", lambda path, seed: tf.io.read_file(path)),
-        ("decode whole JPEG", "file",
-         lambda raw, seed: tf.io.decode_image(raw, channels=3, expand_animations=False)),
-        ("float conversion of the whole image", "image",
-         lambda image, seed: tf.image.convert_image_dtype(image, tf.float32)),
+        (
+            "decode whole JPEG",
+            "file",
+            lambda raw, seed: tf.io.decode_image(raw, channels=3, expand_animations=False),
+        ),
+        (
+            "float conversion of the whole image",
+            "image",
+            lambda image, seed: tf.image.convert_image_dtype(image, tf.float32),
+        ),
         ("2 crop boxes (reference sampler)", "image", boxes),
         ("2 crops: slice", "image", slices),
         ("2 crops: slice, float, bicubic resize (before and after)", "image", old_resize),
-        ("2 crops: slice, bicubic resize from uint8 (not used)", "image",
-         lambda image, seed: [tf.image.resize(c, [size, size], "bicubic")
-                              for c in slices(image, seed)]),
+        (
+            "2 crops: slice, bicubic resize from uint8 (not used)",
+            "image",
+            lambda image, seed: [
+                tf.image.resize(c, [size, size], "bicubic") for c in slices(image, seed)
+            ],
+        ),
         ("2 crops: decode_and_crop_jpeg each, resize (not used)", "file", decode_crops),
         ("flip, batched gather (before)", "views", flip(False)),
         ("flip, per view (after)", "views", flip(True)),
         ("colour jitter p=0.8, 15-slot schedule (before)", "views", old_jitter),
         ("colour jitter p=0.8, each op once, XLA-compiled (after)", "views", new_jitter),
-        ("colour jitter p=0.8, each op once, plain TF ops (not used)", "views",
-         new_jitter_no_xla),
-        ("hue only, HSV round trip batched (before)", "views",
-         lambda views, seed: aug._hue(views, tf.fill([2], 0.1))),
-        ("hue only, tf.image.adjust_hue per view (now inside the XLA jitter)", "views",
-         lambda views, seed: [tf.image.adjust_hue(v, 0.1) for v in tf.unstack(views)]),
+        ("colour jitter p=0.8, each op once, plain TF ops (not used)", "views", new_jitter_no_xla),
+        (
+            "hue only, HSV round trip batched (before)",
+            "views",
+            lambda views, seed: aug._hue(views, tf.fill([2], 0.1)),
+        ),
+        (
+            "hue only, tf.image.adjust_hue per view (now inside the XLA jitter)",
+            "views",
+            lambda views, seed: [tf.image.adjust_hue(v, 0.1) for v in tf.unstack(views)],
+        ),
         ("grayscale p=0.2, batched (before)", "views", gray(False)),
         ("grayscale p=0.2, per view (after)", "views", gray(True)),
         ("blur p=0.5, batched (before)", "views", blur(False)),
         ("blur p=0.5, per view (after)", "views", blur(True)),
         ("whole two views, before (decoded image)", "image", old_whole),
-        ("whole two views, after (decoded image)", "image",
-         lambda image, seed: aug.two_views(image, seed, size, strength, True)),
-        ("whole two views, after, no blur (decoded image)", "image",
-         lambda image, seed: aug.two_views(image, seed, size, strength, False)),
+        (
+            "whole two views, after (decoded image)",
+            "image",
+            lambda image, seed: aug.two_views(image, seed, size, strength, True),
+        ),
+        (
+            "whole two views, after, no blur (decoded image)",
+            "image",
+            lambda image, seed: aug.two_views(image, seed, size, strength, False),
+        ),
     ]
     if ref is not None:
+
         def ref_views(image, seed):
             views = [ref.preprocess_image(image, size, size, is_training=True) for _ in range(2)]
             return ref.batch_random_blur([tf.stack(views)], size, size)
-        table.append(("whole two views, reference (decoded image, batch blur)", "image",
-                      ref_views))
+
+        table.append(("whole two views, reference (decoded image, batch blur)", "image", ref_views))
     return table
 
 
-def profile_ops(case: dict[str, Any], num_images: int, repeats: int,
-                reference: str | None = None) -> int:
+def profile_ops(
+    case: dict[str, Any], num_images: int, repeats: int, reference: str | None = None
+) -> int:
     """Prints ms per image (two views) of every step, one thread, interleaved repeats."""
     import glob
 
@@ -474,6 +535,7 @@ def profile_ops(case: dict[str, Any], num_images: int, repeats: int,
     ref = None
     if reference:
         from absl import flags
+
         ref = _load_reference(reference)
         flags.FLAGS.color_jitter_strength = strength
     paths = sorted(glob.glob(os.path.join(case["data_dir"], "train", "*", "*.*")))[:num_images]
@@ -483,11 +545,18 @@ def profile_ops(case: dict[str, Any], num_images: int, repeats: int,
     images = [tf.io.decode_image(f, channels=3, expand_animations=False) for f in files]
     rng = tf.random.Generator.from_seed(0)
     views = [rng.uniform([2, size, size, 3]) for _ in range(min(16, len(paths)))]
-    inputs = {"path": [tf.constant(p) for p in paths], "file": files, "image": images,
-              "views": views}
-    specs = {"path": tf.TensorSpec([], tf.string), "file": tf.TensorSpec([], tf.string),
-             "image": tf.TensorSpec([None, None, 3], tf.uint8),
-             "views": tf.TensorSpec([2, size, size, 3], tf.float32)}
+    inputs = {
+        "path": [tf.constant(p) for p in paths],
+        "file": files,
+        "image": images,
+        "views": views,
+    }
+    specs = {
+        "path": tf.TensorSpec([], tf.string),
+        "file": tf.TensorSpec([], tf.string),
+        "image": tf.TensorSpec([None, None, 3], tf.uint8),
+        "views": tf.TensorSpec([2, size, size, 3], tf.float32),
+    }
     seed_spec = tf.TensorSpec([2], tf.int64)
     table = _profile_ops_table(tf, aug, size, strength, ref)
     fns = [tf.function(fn, input_signature=[specs[kind], seed_spec]) for _, kind, fn in table]
@@ -503,13 +572,27 @@ def profile_ops(case: dict[str, Any], num_images: int, repeats: int,
                 out = fn(x, sd)
             tf.nest.map_structure(lambda t: t.numpy(), out)
             times[k].append((time.perf_counter() - t0) / len(inputs[kind]))
-    info = {"machine": machine_info(), "tensorflow": tf.__version__, "image_size": size,
-            "color_jitter_strength": strength, "images": len(paths), "repeats": repeats,
-            "threads": 1}
+    info = {
+        "machine": machine_info(),
+        "tensorflow": tf.__version__,
+        "image_size": size,
+        "color_jitter_strength": strength,
+        "images": len(paths),
+        "repeats": repeats,
+        "threads": 1,
+    }
     print(json.dumps(info), flush=True)
     for (name, _, _), ts in zip(table, times, strict=True):
-        print(json.dumps({"op": name, "ms_per_image_median": round(1e3 * statistics.median(ts), 3),
-                          "ms_per_image_min": round(1e3 * min(ts), 3)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "op": name,
+                    "ms_per_image_median": round(1e3 * statistics.median(ts), 3),
+                    "ms_per_image_min": round(1e3 * min(ts), 3),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 
@@ -520,53 +603,94 @@ def profile_ops(case: dict[str, Any], num_images: int, repeats: int,
 
 def _run_child(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
-        sys.executable, os.path.abspath(__file__), "--child_case", json.dumps(case),
-        "--what", args.what, "--steps", str(args.steps), "--warmup_steps", str(args.warmup_steps),
-        "--pipeline_batches", str(args.pipeline_batches),
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child_case",
+        json.dumps(case),
+        "--what",
+        args.what,
+        "--steps",
+        str(args.steps),
+        "--warmup_steps",
+        str(args.warmup_steps),
+        "--pipeline_batches",
+        str(args.pipeline_batches),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     tail = "\n".join(proc.stderr.splitlines()[-15:])
-    return {"case": case_name(case.get("_overrides", {})), "error": f"exit {proc.returncode}",
-            "stderr_tail": tail}
+    return {
+        "case": case_name(case.get("_overrides", {})),
+        "error": f"exit {proc.returncode}",
+        "stderr_tail": tail,
+    }
 
 
 def _ratios(base: list[dict], cand: list[dict]) -> dict[str, float]:
     """Median over repeats of candidate / baseline, paired run by run."""
     out = {}
     for key in RATIO_KEYS:
-        pairs = [c[key] / b[key] for b, c in zip(base, cand, strict=False)
-                 if b.get(key) and c.get(key)]
+        pairs = [
+            c[key] / b[key] for b, c in zip(base, cand, strict=False) if b.get(key) and c.get(key)
+        ]
         if pairs:
             out[key] = round(statistics.median(pairs), 3)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", action="append", default=[], metavar="K=V,...",
-                   help="Overrides of the baseline case (Config field names).")
-    p.add_argument("--candidate", action="append", default=[], metavar="K=V,...",
-                   help="A case = baseline + these overrides; its ratio to the baseline is "
-                        "printed. Repeat for several candidates.")
-    p.add_argument("--no_baseline", action="store_true",
-                   help="Run only the candidates (no ratios).")
-    p.add_argument("--what", choices=("all", "step", "pipeline", "ops"), default="all",
-                   help="ops: the per-op profile of the per-image host path (no cases).")
-    p.add_argument("--reference_data_util", default=None, metavar="PATH",
-                   help="Path of the SimCLR reference code's tf2/data_util.py (not shipped): "
-                        "adds its input pipeline as a case (--what=pipeline); ratios to it are "
-                        "printed.")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="K=V,...",
+        help="Overrides of the baseline case (Config field names).",
+    )
+    p.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="K=V,...",
+        help="A case = baseline + these overrides; its ratio to the baseline is "
+        "printed. Repeat for several candidates.",
+    )
+    p.add_argument(
+        "--no_baseline", action="store_true", help="Run only the candidates (no ratios)."
+    )
+    p.add_argument(
+        "--what",
+        choices=("all", "step", "pipeline", "ops"),
+        default="all",
+        help="ops: the per-op profile of the per-image host path (no cases).",
+    )
+    p.add_argument(
+        "--reference_data_util",
+        default=None,
+        metavar="PATH",
+        help="Path of the SimCLR reference code's tf2/data_util.py (not shipped): "
+        "adds its input pipeline as a case (--what=pipeline); ratios to it are "
+        "printed.",
+    )
     p.add_argument("--ops_images", type=int, default=32, help="Images per op (--what=ops).")
     p.add_argument("--steps", type=int, default=4, help="Timed train steps per case.")
-    p.add_argument("--warmup_steps", type=int, default=2,
-                   help="Untimed first steps (tracing, XLA compilation, autotuning).")
+    p.add_argument(
+        "--warmup_steps",
+        type=int,
+        default=2,
+        help="Untimed first steps (tracing, XLA compilation, autotuning).",
+    )
     p.add_argument("--pipeline_batches", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=1,
-                   help="Run baseline and candidates interleaved this many times.")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="Run baseline and candidates interleaved this many times.",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="Seconds per case.")
     p.add_argument("--child_case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -575,8 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         case = json.loads(args.child_case)
         overrides = case.pop("_overrides", {})
         is_reference = "_reference" in case
-        result = run_case({**case}, args.what, args.steps, args.warmup_steps,
-                          args.pipeline_batches)
+        result = run_case({**case}, args.what, args.steps, args.warmup_steps, args.pipeline_batches)
         result["case"] = "reference" if is_reference else case_name(overrides)
         print(json.dumps(result), flush=True)
         return 0
@@ -585,8 +708,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.set:
         base_overrides.update(parse_overrides(spec))
     if args.what == "ops":
-        return profile_ops({**BASE_CASE, **base_overrides}, args.ops_images, args.repeats,
-                           args.reference_data_util)
+        return profile_ops(
+            {**BASE_CASE, **base_overrides}, args.ops_images, args.repeats, args.reference_data_util
+        )
     cases: list[tuple[str, dict[str, Any]]] = []
     if not args.no_baseline:
         cases.append(("baseline", {**BASE_CASE, **base_overrides, "_overrides": {}}))
@@ -594,12 +718,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.what != "pipeline":
             raise SystemExit("benchmark: --reference_data_util needs --what=pipeline.")
         _load_reference(args.reference_data_util)  # fails early on a wrong path
-        cases.append(("reference", {**BASE_CASE, **base_overrides, "_overrides": {},
-                                    "_reference": os.path.abspath(args.reference_data_util)}))
+        cases.append(
+            (
+                "reference",
+                {
+                    **BASE_CASE,
+                    **base_overrides,
+                    "_overrides": {},
+                    "_reference": os.path.abspath(args.reference_data_util),
+                },
+            )
+        )
     for spec in args.candidate:
         over = parse_overrides(spec)
-        cases.append((case_name(over), {**BASE_CASE, **base_overrides, **over,
-                                        "_overrides": over}))
+        cases.append((case_name(over), {**BASE_CASE, **base_overrides, **over, "_overrides": over}))
     if not cases:
         raise SystemExit("benchmark: nothing to run (pass --candidate or drop --no_baseline).")
 
@@ -617,8 +749,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for name, _ in cases:
             if name not in (base, "reference"):
-                print(json.dumps({"ratio": name, "vs": base, "repeats": args.repeats,
-                                  **_ratios(results[base], results[name])}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "ratio": name,
+                            "vs": base,
+                            "repeats": args.repeats,
+                            **_ratios(results[base], results[name]),
+                        }
+                    ),
+                    flush=True,
+                )
     return 0
 
 

@@ -26,12 +26,20 @@ from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("checkpoint", None, "Official checkpoint: TF2 ckpt, SavedModel or TF1.")
 flags.DEFINE_string("model_dir", None, "The simclr_tf run folder to write.")
-flags.DEFINE_integer("image_size", None, "Image side recorded in flags.json and used by the "
-                     "serving signatures (default: 32 for a CIFAR-stem model, else 224).")
+flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Image side recorded in flags.json and used by the "
+    "serving signatures (default: 32 for a CIFAR-stem model, else 224).",
+)
 flags.DEFINE_bool("use_ema", False, "TF1 SimCLRv2 checkpoints: take the ema_model/ weights.")
-flags.DEFINE_integer("ft_proj_selector", None, "Projection-head layer feeding the supervised "
-                     "head (default: measured on a SavedModel, else 0; TF1/TF2 checkpoints "
-                     "cannot tell, SimCLRv2 fine-tuned from layer 1).")
+flags.DEFINE_integer(
+    "ft_proj_selector",
+    None,
+    "Projection-head layer feeding the supervised "
+    "head (default: measured on a SavedModel, else 0; TF1/TF2 checkpoints "
+    "cannot tell, SimCLRv2 fine-tuned from layer 1).",
+)
 flags.DEFINE_bool("overwrite", False, "Replace an existing --model_dir.")
 flags.DEFINE_bool("export", True, "Also write the serving + TF Hub export.")
 flags.mark_flags_as_required(["checkpoint", "model_dir"])
@@ -47,9 +55,13 @@ def main(argv: list[str]) -> None:
     start = time.time()
     try:
         info = convert.convert(
-            FLAGS.checkpoint, FLAGS.model_dir, image_size=FLAGS.image_size,
-            use_ema=FLAGS.use_ema, ft_proj_selector=FLAGS.ft_proj_selector,
-            overwrite=FLAGS.overwrite, export=FLAGS.export,
+            FLAGS.checkpoint,
+            FLAGS.model_dir,
+            image_size=FLAGS.image_size,
+            use_ema=FLAGS.use_ema,
+            ft_proj_selector=FLAGS.ft_proj_selector,
+            overwrite=FLAGS.overwrite,
+            export=FLAGS.export,
         )
     except UserError as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)

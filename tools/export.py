@@ -21,10 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Folder of the run (holds flags.json and checkpoints).")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or folder (default: newest in "
-                    "--model_dir); may be an official SimCLR checkpoint (TF2, SavedModel, TF1).")
-flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (default: "
-                    "MODEL_DIR/saved_model/<step>).")
+flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "Checkpoint prefix or folder (default: newest in "
+    "--model_dir); may be an official SimCLR checkpoint (TF2, SavedModel, TF1).",
+)
+flags.DEFINE_string(
+    "export_dir", None, "Where to write the SavedModel (default: MODEL_DIR/saved_model/<step>)."
+)
 flags.DEFINE_bool("overwrite", False, "Replace an existing export at --export_dir.")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS

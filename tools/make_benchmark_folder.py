@@ -64,8 +64,9 @@ def build(source: str, out: str, num_images: int, num_test: int, seed: int, qual
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="Folder to create (must not hold files).")
     p.add_argument("--source", default=DEFAULT_SOURCE, help="CIFAR-10 image folder root.")
     p.add_argument("--num_images", type=int, default=2560, help="Training images.")

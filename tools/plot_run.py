@@ -19,8 +19,11 @@ from absl import app, flags  # noqa: E402
 
 flags.DEFINE_multi_string("model_dir", None, "A run's model_dir (repeat to overlay runs).")
 flags.DEFINE_multi_string("label", None, "Legend label per --model_dir (default: folder name).")
-flags.DEFINE_string("out", None, "Output PNG (default: MODEL_DIR/curves.png for one run, "
-                    "curves_overlay.png for several).")
+flags.DEFINE_string(
+    "out",
+    None,
+    "Output PNG (default: MODEL_DIR/curves.png for one run, curves_overlay.png for several).",
+)
 FLAGS = flags.FLAGS
 
 

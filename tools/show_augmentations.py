@@ -39,10 +39,17 @@ flags.DEFINE_bool("use_blur", None, "Blur (default: on above 32 px).")
 flags.DEFINE_integer("scale", 4, "Nearest-neighbour upscaling of small images in the PNG.")
 flags.DEFINE_integer("seed", 0, "Seed of the views.")
 flags.DEFINE_string("out", "augmentations.png", "Output PNG path.")
-flags.DEFINE_string("augmentations", None, "Comma list of operations to show, in order "
-                    "(default: the paper recipe of a real run).")
-flags.DEFINE_bool("histograms", False, "Print the mean colour-histogram intersection of two "
-                  "views of --rows images: crop alone vs crop + colour distortion.")
+flags.DEFINE_string(
+    "augmentations",
+    None,
+    "Comma list of operations to show, in order (default: the paper recipe of a real run).",
+)
+flags.DEFINE_bool(
+    "histograms",
+    False,
+    "Print the mean colour-histogram intersection of two "
+    "views of --rows images: crop alone vs crop + colour distortion.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -104,16 +111,20 @@ def main(argv: list[str]) -> None:
     picture = grid([to_uint8(o) for o in originals], [[to_uint8(v) for v in r] for r in views])
     Image.fromarray(picture).save(FLAGS.out)
     what = FLAGS.augmentations or f"paper recipe, blur {blur}"
-    print(f"Wrote {FLAGS.out}: {len(picked)} images x {FLAGS.views} views, {size} px, "
-          f"colour strength {strength}, {what}.")
+    print(
+        f"Wrote {FLAGS.out}: {len(picked)} images x {FLAGS.views} views, {size} px, "
+        f"colour strength {strength}, {what}."
+    )
 
 
 def print_histogram_similarity(images: list[tf.Tensor], size: int, strength: float) -> None:
     """Mean joint-RGB histogram intersection of two views per image, for three compositions."""
     batch = tf.stack([study_ops.centre_view(img, size) for img in images])
     seed = tf.constant([FLAGS.seed, 1])
-    print(f"Colour-histogram intersection of two views (8 bins per channel, {len(images)} "
-          "images; 1 = same colours):")
+    print(
+        f"Colour-histogram intersection of two views (8 bins per channel, {len(images)} "
+        "images; 1 = same colours):"
+    )
     for ops in (["crop"], ["crop", "color"], ["crop", "color", "grayscale"]):
         a, b = study_ops.composed_two_views(batch, seed, size, ops, strength)
         same = study_ops.colour_histogram_intersection(a, b).numpy().mean()

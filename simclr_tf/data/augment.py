@@ -198,7 +198,13 @@ def sample_crop_boxes(
         if not 0.0 <= float(min_object_covered) <= 1.0:
             raise ValueError(f"min_object_covered must be in [0, 1]; got {min_object_covered}.")
         return _reference_boxes(
-            seed, height, width, batch, area_range, aspect_ratio_range, max_attempts,
+            seed,
+            height,
+            width,
+            batch,
+            area_range,
+            aspect_ratio_range,
+            max_attempts,
             float(min_object_covered),
         )
     if sampler == "uniform_area":
@@ -249,9 +255,14 @@ def _reference_boxes(
     area = w * h
     ok = (
         ~still_small
-        & (area >= min_area) & (area <= max_area)
-        & (w <= w_img) & (h <= h_img) & (w > 0.0) & (h > 0.0)
-        & (area >= 10.0) & (area / (w_img * h_img) >= min_covered)
+        & (area >= min_area)
+        & (area <= max_area)
+        & (w <= w_img)
+        & (h <= h_img)
+        & (w > 0.0)
+        & (h > 0.0)
+        & (area >= 10.0)
+        & (area / (w_img * h_img) >= min_covered)
     )
     first = tf.argmax(tf.cast(ok, tf.int32), axis=1, output_type=tf.int32)
     found = tf.reduce_any(ok, axis=1)

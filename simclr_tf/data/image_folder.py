@@ -209,7 +209,11 @@ def load_folder_split(
     info = DatasetInfo(IMAGE_FOLDER, len(classes), classes, sizes, shape)
     logging.info(
         "image_folder %s/%s: %d images, %d classes, image_shape %s",
-        root, split, len(rel_paths), len(classes), shape,
+        root,
+        split,
+        len(rel_paths),
+        len(classes),
+        shape,
     )
 
     order = list(range(len(rel_paths)))
@@ -267,7 +271,9 @@ def _decode_files(
     )
     size_note = (
         f" It must be {shape[0]}x{shape[1]} like the sampled images of this folder (the pipeline "
-        "batches before cropping); resize or remove it." if fixed else ""
+        "batches before cropping); resize or remove it."
+        if fixed
+        else ""
     )
 
     def fail(message: list, path_index: tf.Tensor) -> tf.Tensor:
@@ -283,8 +289,11 @@ def _decode_files(
             tf.equal(i, expected),
             lambda: tf.constant(True),
             lambda: fail(
-                ["Could not read or decode image file",
-                 "(corrupt, truncated, unreadable or not a JPEG/PNG). Fix: replace or delete it."],
+                [
+                    "Could not read or decode image file",
+                    "(corrupt, truncated, unreadable or not a JPEG/PNG). "
+                    "Fix: replace or delete it.",
+                ],
                 expected,
             ),
         )

@@ -88,7 +88,11 @@ def pretrain_dataset(
         return _finish(ds)
 
     two_views = study_ops.two_views_fn(
-        image_size, color_jitter_strength, use_blur, augmentations, augment_views,
+        image_size,
+        color_jitter_strength,
+        use_blur,
+        augmentations,
+        augment_views,
         crop_sampler=crop_sampler,
     )
 

@@ -99,11 +99,22 @@ def load_split(
         train_data_fraction = min(train_data_fraction, max_examples / max(1, size))
     if dataset == IMAGE_FOLDER:
         return load_folder_split(
-            data_dir, split, train_data_fraction, fraction_seed, shuffle_files, input_context,
+            data_dir,
+            split,
+            train_data_fraction,
+            fraction_seed,
+            shuffle_files,
+            input_context,
             unlabelled,
         )
     return _load_tfds_split(
-        dataset, split, data_dir, train_data_fraction, fraction_seed, shuffle_files, input_context,
+        dataset,
+        split,
+        data_dir,
+        train_data_fraction,
+        fraction_seed,
+        shuffle_files,
+        input_context,
         unlabelled,
     )
 
@@ -139,8 +150,8 @@ def _tfds_builder(name: str, data_dir: str | None):
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise DataError(
             f"Unknown dataset '{name}'.{hint} Use --dataset=image_folder for a folder of images, "
-            "or a TFDS name (list them with `python -c \"import tensorflow_datasets as tfds; "
-            "print(tfds.list_builders())\"`)."
+            'or a TFDS name (list them with `python -c "import tensorflow_datasets as tfds; '
+            'print(tfds.list_builders())"`).'
         ) from None
     except (ValueError, AssertionError) as e:
         raise DataError(

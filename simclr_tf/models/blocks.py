@@ -44,9 +44,14 @@ class FixedPaddingConv2D(keras.layers.Layer):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
         self.conv = keras.layers.Conv2D(
-            self.filters, self.kernel_size, strides=self.strides,
-            padding="same" if self.strides == 1 else "valid", use_bias=False,
-            kernel_initializer=conv_initializer(), dtype=self.dtype_policy, name="conv",
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding="same" if self.strides == 1 else "valid",
+            use_bias=False,
+            kernel_initializer=conv_initializer(),
+            dtype=self.dtype_policy,
+            name="conv",
         )
 
     def _pads(self) -> tuple[int, int]:
@@ -71,23 +76,38 @@ class FixedPaddingConv2D(keras.layers.Layer):
         return self.conv(inputs)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "filters": self.filters,
-                "kernel_size": self.kernel_size, "strides": self.strides}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+        }
 
 
 @register
 class BNReLU(keras.layers.Layer):
     """`BatchNorm` (eps 1e-5) optionally followed by ReLU; ``zero_init`` sets gamma to 0."""
 
-    def __init__(self, relu: bool = True, zero_init: bool = False, center: bool = True,
-                 momentum: float = 0.9, global_bn: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        relu: bool = True,
+        zero_init: bool = False,
+        center: bool = True,
+        momentum: float = 0.9,
+        global_bn: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.relu, self.zero_init, self.center = bool(relu), bool(zero_init), bool(center)
         self.momentum, self.global_bn = float(momentum), bool(global_bn)
         self.bn = BatchNorm(
-            momentum=self.momentum, epsilon=BN_EPSILON, center=self.center,
+            momentum=self.momentum,
+            epsilon=BN_EPSILON,
+            center=self.center,
             gamma_initializer="zeros" if self.zero_init else "ones",
-            synchronized=self.global_bn, dtype=self.dtype_policy, name="bn",
+            synchronized=self.global_bn,
+            dtype=self.dtype_policy,
+            name="bn",
         )
 
     def build(self, input_shape: tuple) -> None:
@@ -101,8 +121,14 @@ class BNReLU(keras.layers.Layer):
         return tf.nn.relu(x) if self.relu else x
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "relu": self.relu, "zero_init": self.zero_init,
-                "center": self.center, "momentum": self.momentum, "global_bn": self.global_bn}
+        return {
+            **super().get_config(),
+            "relu": self.relu,
+            "zero_init": self.zero_init,
+            "center": self.center,
+            "momentum": self.momentum,
+            "global_bn": self.global_bn,
+        }
 
 
 @register
@@ -116,11 +142,15 @@ class SqueezeExcite(keras.layers.Layer):
         super().__init__(**kwargs)
         self.channels, self.reduced = int(channels), int(reduced)
         self.reduce = keras.layers.Dense(
-            self.reduced, kernel_initializer=conv_initializer(), dtype=self.dtype_policy,
+            self.reduced,
+            kernel_initializer=conv_initializer(),
+            dtype=self.dtype_policy,
             name="se_reduce",
         )
         self.expand = keras.layers.Dense(
-            self.channels, kernel_initializer=conv_initializer(), dtype=self.dtype_policy,
+            self.channels,
+            kernel_initializer=conv_initializer(),
+            dtype=self.dtype_policy,
             name="se_expand",
         )
 
@@ -149,26 +179,40 @@ class SelectiveKernel(keras.layers.Layer):
     2 logits per channel and softmax-ed over the two branches; output = weighted branch sum.
     """
 
-    def __init__(self, filters: int, strides: int = 1, sk_ratio: float = 0.0625,
-                 min_dim: int = 32, momentum: float = 0.9, global_bn: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        sk_ratio: float = 0.0625,
+        min_dim: int = 32,
+        momentum: float = 0.9,
+        global_bn: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.filters, self.strides = int(filters), int(strides)
         self.sk_ratio, self.min_dim = float(sk_ratio), int(min_dim)
         self.momentum, self.global_bn = float(momentum), bool(global_bn)
         self.mid_dim = max(int(self.filters * self.sk_ratio), self.min_dim)
         bn = {"momentum": self.momentum, "global_bn": self.global_bn, "dtype": self.dtype_policy}
-        self.conv = FixedPaddingConv2D(2 * self.filters, 3, self.strides,
-                                       dtype=self.dtype_policy, name="conv")
+        self.conv = FixedPaddingConv2D(
+            2 * self.filters, 3, self.strides, dtype=self.dtype_policy, name="conv"
+        )
         self.conv_bn = BNReLU(name="conv_bn", **bn)
         self.fc_reduce = keras.layers.Dense(
-            self.mid_dim, use_bias=False, kernel_initializer=conv_initializer(),
-            dtype=self.dtype_policy, name="fc_reduce",
+            self.mid_dim,
+            use_bias=False,
+            kernel_initializer=conv_initializer(),
+            dtype=self.dtype_policy,
+            name="fc_reduce",
         )
         self.fc_reduce_bn = BNReLU(name="fc_reduce_bn", **bn)
         self.fc_expand = keras.layers.Dense(
-            2 * self.filters, use_bias=False, kernel_initializer=conv_initializer(),
-            dtype=self.dtype_policy, name="fc_expand",
+            2 * self.filters,
+            use_bias=False,
+            kernel_initializer=conv_initializer(),
+            dtype=self.dtype_policy,
+            name="fc_expand",
         )
 
     def build(self, input_shape: tuple) -> None:
@@ -183,8 +227,9 @@ class SelectiveKernel(keras.layers.Layer):
         b, h, w, _ = self.conv.compute_output_shape(input_shape)
         return (b, h, w, self.filters)
 
-    def call(self, inputs: tf.Tensor, training: bool | None = None,
-             return_attention: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+    def call(
+        self, inputs: tf.Tensor, training: bool | None = None, return_attention: bool = False
+    ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
         """Output; with ``return_attention`` also the branch weights [B, 2, filters]."""
         x = self.conv_bn(self.conv(inputs), training=training)
         a, b = tf.split(x, 2, axis=-1)
@@ -196,24 +241,47 @@ class SelectiveKernel(keras.layers.Layer):
         return (out, attention) if return_attention else out
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
-                "sk_ratio": self.sk_ratio, "min_dim": self.min_dim, "momentum": self.momentum,
-                "global_bn": self.global_bn}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "strides": self.strides,
+            "sk_ratio": self.sk_ratio,
+            "min_dim": self.min_dim,
+            "momentum": self.momentum,
+            "global_bn": self.global_bn,
+        }
 
 
 @register
 class Shortcut(keras.layers.Layer):
     """Projection shortcut: 1x1 conv (stride s) + BN, or ResNet-D: avg pool, 1x1 conv, BN."""
 
-    def __init__(self, filters: int, strides: int = 1, resnet_d: bool = False,
-                 momentum: float = 0.9, global_bn: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        resnet_d: bool = False,
+        momentum: float = 0.9,
+        global_bn: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.filters, self.strides, self.resnet_d = int(filters), int(strides), bool(resnet_d)
         self.momentum, self.global_bn = float(momentum), bool(global_bn)
-        self.conv = FixedPaddingConv2D(self.filters, 1, 1 if self.resnet_d else self.strides,
-                                       dtype=self.dtype_policy, name="conv")
-        self.bn = BNReLU(relu=False, momentum=self.momentum, global_bn=self.global_bn,
-                         dtype=self.dtype_policy, name="bn")
+        self.conv = FixedPaddingConv2D(
+            self.filters,
+            1,
+            1 if self.resnet_d else self.strides,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.bn = BNReLU(
+            relu=False,
+            momentum=self.momentum,
+            global_bn=self.global_bn,
+            dtype=self.dtype_policy,
+            name="bn",
+        )
 
     def build(self, input_shape: tuple) -> None:
         b, h, w, c = input_shape
@@ -236,9 +304,14 @@ class Shortcut(keras.layers.Layer):
         return self.bn(self.conv(x), training=training)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
-                "resnet_d": self.resnet_d, "momentum": self.momentum,
-                "global_bn": self.global_bn}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "strides": self.strides,
+            "resnet_d": self.resnet_d,
+            "momentum": self.momentum,
+            "global_bn": self.global_bn,
+        }
 
 
 class _Block(keras.layers.Layer):
@@ -250,10 +323,18 @@ class _Block(keras.layers.Layer):
 
     expansion = 1
 
-    def __init__(self, filters: int, strides: int = 1, in_channels: int | None = None,
-                 sk_ratio: float = 0.0, se_ratio: float = 0.0, momentum: float = 0.9,
-                 global_bn: bool = True, force_projection: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        in_channels: int | None = None,
+        sk_ratio: float = 0.0,
+        se_ratio: float = 0.0,
+        momentum: float = 0.9,
+        global_bn: bool = True,
+        force_projection: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.filters, self.strides = int(filters), int(strides)
         self.force_projection = bool(force_projection)  # the reference ResNet-18/34 layout
@@ -261,20 +342,35 @@ class _Block(keras.layers.Layer):
         self.sk_ratio, self.se_ratio = float(sk_ratio), float(se_ratio)
         self.momentum, self.global_bn = float(momentum), bool(global_bn)
         self.out_channels = self.expansion * self.filters
-        self._bn = {"momentum": self.momentum, "global_bn": self.global_bn,
-                    "dtype": self.dtype_policy}
-        needs_projection = (self.force_projection or self.strides != 1
-                            or self.in_channels != self.out_channels)
+        self._bn = {
+            "momentum": self.momentum,
+            "global_bn": self.global_bn,
+            "dtype": self.dtype_policy,
+        }
+        needs_projection = (
+            self.force_projection or self.strides != 1 or self.in_channels != self.out_channels
+        )
         self.projection = (
-            Shortcut(self.out_channels, self.strides, resnet_d=self.sk_ratio > 0,
-                     name="projection", **self._bn)
-            if needs_projection else None
+            Shortcut(
+                self.out_channels,
+                self.strides,
+                resnet_d=self.sk_ratio > 0,
+                name="projection",
+                **self._bn,
+            )
+            if needs_projection
+            else None
         )
         self._residual_names = attach_layers(self, self._residual_layers())
         self.se = (
-            SqueezeExcite(self.out_channels, max(1, int(self.filters * self.se_ratio)),
-                          dtype=self.dtype_policy, name="se")
-            if self.se_ratio > 0 else None
+            SqueezeExcite(
+                self.out_channels,
+                max(1, int(self.filters * self.se_ratio)),
+                dtype=self.dtype_policy,
+                name="se",
+            )
+            if self.se_ratio > 0
+            else None
         )
 
     def _residual_layers(self) -> list[keras.layers.Layer]:
@@ -316,10 +412,17 @@ class _Block(keras.layers.Layer):
         return tf.nn.relu(x + self.shortcut(inputs, training=training))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
-                "in_channels": self.in_channels, "sk_ratio": self.sk_ratio,
-                "se_ratio": self.se_ratio, "momentum": self.momentum,
-                "global_bn": self.global_bn, "force_projection": self.force_projection}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "strides": self.strides,
+            "in_channels": self.in_channels,
+            "sk_ratio": self.sk_ratio,
+            "se_ratio": self.se_ratio,
+            "momentum": self.momentum,
+            "global_bn": self.global_bn,
+            "force_projection": self.force_projection,
+        }
 
 
 @register
@@ -347,11 +450,14 @@ class BottleneckBlock(_Block):
     def _residual_layers(self) -> list[keras.layers.Layer]:
         d = self.dtype_policy
         if self.sk_ratio > 0:
-            middle = [SelectiveKernel(self.filters, self.strides, self.sk_ratio, name="sk",
-                                      **self._bn)]
+            middle = [
+                SelectiveKernel(self.filters, self.strides, self.sk_ratio, name="sk", **self._bn)
+            ]
         else:
-            middle = [FixedPaddingConv2D(self.filters, 3, self.strides, dtype=d, name="conv2"),
-                      BNReLU(name="bn2", **self._bn)]
+            middle = [
+                FixedPaddingConv2D(self.filters, 3, self.strides, dtype=d, name="conv2"),
+                BNReLU(name="bn2", **self._bn),
+            ]
         return [
             FixedPaddingConv2D(self.filters, 1, 1, dtype=d, name="conv1"),
             BNReLU(name="bn1", **self._bn),

@@ -36,8 +36,15 @@ class ProjectionHead(keras.layers.Layer):
             ReLU. ``num_layers=2`` is the SimCLRv1 head, 3 the SimCLRv2 head.
     """
 
-    def __init__(self, mode: str = "nonlinear", num_layers: int = 3, out_dim: int = 128,
-                 bn_momentum: float = 0.9, global_bn: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        mode: str = "nonlinear",
+        num_layers: int = 3,
+        out_dim: int = 128,
+        bn_momentum: float = 0.9,
+        global_bn: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if mode not in PROJ_HEAD_MODES:
             raise ValueError(
@@ -73,12 +80,19 @@ class ProjectionHead(keras.layers.Layer):
         for i in range(self.depth):
             last = i == self.depth - 1
             dense = keras.layers.Dense(
-                self.out_dim if last else int(in_dim), use_bias=False,
-                kernel_initializer=_dense_init(), dtype=self.dtype_policy, name=f"dense_{i}",
+                self.out_dim if last else int(in_dim),
+                use_bias=False,
+                kernel_initializer=_dense_init(),
+                dtype=self.dtype_policy,
+                name=f"dense_{i}",
             )
             bn = BatchNorm(
-                momentum=self.bn_momentum, epsilon=BN_EPSILON, center=not last,
-                synchronized=self.global_bn, dtype=self.dtype_policy, name=f"bn_{i}",
+                momentum=self.bn_momentum,
+                epsilon=BN_EPSILON,
+                center=not last,
+                synchronized=self.global_bn,
+                dtype=self.dtype_policy,
+                name=f"bn_{i}",
             )
             dense.build((input_shape[0], int(in_dim)))
             bn.build((input_shape[0], dense.units))
@@ -105,9 +119,14 @@ class ProjectionHead(keras.layers.Layer):
         return hiddens
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "mode": self.mode, "num_layers": self.num_layers,
-                "out_dim": self.out_dim, "bn_momentum": self.bn_momentum,
-                "global_bn": self.global_bn}
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "num_layers": self.num_layers,
+            "out_dim": self.out_dim,
+            "bn_momentum": self.bn_momentum,
+            "global_bn": self.global_bn,
+        }
 
 
 @_register
@@ -125,9 +144,12 @@ class LinearHead(keras.layers.Layer):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         self.num_classes, self.zero_init = int(num_classes), bool(zero_init)
         self.dense = keras.layers.Dense(
-            self.num_classes, use_bias=True,
+            self.num_classes,
+            use_bias=True,
             kernel_initializer="zeros" if self.zero_init else _dense_init(),
-            bias_initializer="zeros", dtype=self.dtype_policy, name="dense",
+            bias_initializer="zeros",
+            dtype=self.dtype_policy,
+            name="dense",
         )
 
     def build(self, input_shape: tuple) -> None:
@@ -140,5 +162,8 @@ class LinearHead(keras.layers.Layer):
         return self.dense(h)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "num_classes": self.num_classes,
-                "zero_init": self.zero_init}
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "zero_init": self.zero_init,
+        }

@@ -156,8 +156,11 @@ class BatchNorm(keras.layers.Layer):
         # Keras BN: BN statistics overflow/underflow in float16.
         if self.scale:
             self.gamma = self.add_weight(
-                shape=shape, name="gamma", initializer=self.gamma_initializer,
-                trainable=True, autocast=False,
+                shape=shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                trainable=True,
+                autocast=False,
             )
         if self.center:
             self.beta = self.add_weight(
@@ -167,7 +170,10 @@ class BatchNorm(keras.layers.Layer):
             shape=shape, name="moving_mean", initializer="zeros", trainable=False, autocast=False
         )
         self.moving_variance = self.add_weight(
-            shape=shape, name="moving_variance", initializer="ones", trainable=False,
+            shape=shape,
+            name="moving_variance",
+            initializer="ones",
+            trainable=False,
             autocast=False,
         )
 
@@ -178,9 +184,7 @@ class BatchNorm(keras.layers.Layer):
 
     def _params(self, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
         """gamma and beta as float32 tensors (constants when scale/center are off)."""
-        gamma = (
-            tf.convert_to_tensor(self.gamma) if self.scale else tf.ones([channels], tf.float32)
-        )
+        gamma = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.convert_to_tensor(self.beta) if self.center else tf.zeros([channels], tf.float32)
         return tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
 
@@ -206,9 +210,7 @@ class BatchNorm(keras.layers.Layer):
             self.moving_variance * m + tf.stop_gradient(variance) * (1.0 - m)
         )
 
-    def _fused(
-        self, x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, training: bool
-    ) -> tf.Tensor:
+    def _fused(self, x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, training: bool) -> tf.Tensor:
         """FusedBatchNormV3 on a 4-D NHWC tensor (float32/float16/bfloat16, float32 params).
 
         The raw op, not tf.nn.fused_batch_norm: that wrapper silently raises epsilon to
@@ -216,10 +218,15 @@ class BatchNorm(keras.layers.Layer):
         """
         if training:
             y, mean, var_unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta,
-                mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
-                epsilon=self.epsilon, exponential_avg_factor=1.0,
-                data_format="NHWC", is_training=True,
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=tf.zeros([0], tf.float32),
+                variance=tf.zeros([0], tf.float32),
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=True,
             )
             # The kernel reports the Bessel-corrected variance; Keras averages the biased one.
             # (Its reserve outputs differ between CPU and GPU, so we do not use them.)
@@ -229,11 +236,15 @@ class BatchNorm(keras.layers.Layer):
             self._update_moving(mean, variance)
             return y
         y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=gamma, offset=beta,
+            x=x,
+            scale=gamma,
+            offset=beta,
             mean=tf.cast(self.moving_mean, tf.float32),
             variance=tf.cast(self.moving_variance, tf.float32),
-            epsilon=self.epsilon, exponential_avg_factor=1.0,
-            data_format="NHWC", is_training=False,
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=False,
         )
         return y
 

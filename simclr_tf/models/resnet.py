@@ -51,8 +51,16 @@ from simclr_tf.models.blocks import (
 from simclr_tf.models.layers import attach_layers, build_in_sequence, set_trainable
 
 # Blocks re-exported for callers that know them from here.
-__all__ = ["BLOCKS", "STAGE_NAMES", "BlockGroup", "FixedPaddingConv2D", "ResNet", "SelectiveKernel",
-           "SqueezeExcite", "Stem"]
+__all__ = [
+    "BLOCKS",
+    "STAGE_NAMES",
+    "BlockGroup",
+    "FixedPaddingConv2D",
+    "ResNet",
+    "SelectiveKernel",
+    "SqueezeExcite",
+    "Stem",
+]
 
 BLOCKS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -83,10 +91,20 @@ class _Chain(keras.layers.Layer):
 class BlockGroup(_Chain):
     """``blocks`` residual blocks; the first one carries the stride (and the projection)."""
 
-    def __init__(self, filters: int, block_type: str, blocks: int, strides: int,
-                 in_channels: int, sk_ratio: float = 0.0, se_ratio: float = 0.0,
-                 momentum: float = 0.9, global_bn: bool = True,
-                 first_block_projection: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        filters: int,
+        block_type: str,
+        blocks: int,
+        strides: int,
+        in_channels: int,
+        sk_ratio: float = 0.0,
+        se_ratio: float = 0.0,
+        momentum: float = 0.9,
+        global_bn: bool = True,
+        first_block_projection: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if block_type not in BLOCK_TYPES:
             raise ValueError(
@@ -99,14 +117,23 @@ class BlockGroup(_Chain):
         self.first_block_projection = bool(first_block_projection)
         cls = BLOCK_TYPES[block_type]
         self.out_channels = cls.expansion * self.filters
-        self._attach_chain([
-            cls(self.filters, self.strides if i == 0 else 1,
-                in_channels=self.in_channels if i == 0 else self.out_channels,
-                sk_ratio=self.sk_ratio, se_ratio=self.se_ratio, momentum=self.momentum,
-                global_bn=self.global_bn, force_projection=self.first_block_projection and i == 0,
-                dtype=self.dtype_policy, name=f"block{i + 1}")
-            for i in range(self.blocks)
-        ])
+        self._attach_chain(
+            [
+                cls(
+                    self.filters,
+                    self.strides if i == 0 else 1,
+                    in_channels=self.in_channels if i == 0 else self.out_channels,
+                    sk_ratio=self.sk_ratio,
+                    se_ratio=self.se_ratio,
+                    momentum=self.momentum,
+                    global_bn=self.global_bn,
+                    force_projection=self.first_block_projection and i == 0,
+                    dtype=self.dtype_policy,
+                    name=f"block{i + 1}",
+                )
+                for i in range(self.blocks)
+            ]
+        )
 
     @property
     def block_layers(self) -> list[keras.layers.Layer]:
@@ -124,11 +151,19 @@ class BlockGroup(_Chain):
         return x
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "filters": self.filters, "block_type": self.block_type,
-                "blocks": self.blocks, "strides": self.strides, "in_channels": self.in_channels,
-                "sk_ratio": self.sk_ratio, "se_ratio": self.se_ratio,
-                "momentum": self.momentum, "global_bn": self.global_bn,
-                "first_block_projection": self.first_block_projection}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "block_type": self.block_type,
+            "blocks": self.blocks,
+            "strides": self.strides,
+            "in_channels": self.in_channels,
+            "sk_ratio": self.sk_ratio,
+            "se_ratio": self.se_ratio,
+            "momentum": self.momentum,
+            "global_bn": self.global_bn,
+            "first_block_projection": self.first_block_projection,
+        }
 
 
 @register
@@ -136,9 +171,15 @@ class Stem(_Chain):
     """ImageNet stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool; ResNet-D 3x(3x3) when SK) or the
     CIFAR stem (3x3/1 conv, BN, ReLU, no pool)."""
 
-    def __init__(self, width_multiplier: float = 1.0, cifar_stem: bool = False,
-                 sk_ratio: float = 0.0, momentum: float = 0.9, global_bn: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        width_multiplier: float = 1.0,
+        cifar_stem: bool = False,
+        sk_ratio: float = 0.0,
+        momentum: float = 0.9,
+        global_bn: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.width_multiplier, self.cifar_stem = float(width_multiplier), bool(cifar_stem)
         self.sk_ratio, self.momentum, self.global_bn = float(sk_ratio), float(momentum), global_bn
@@ -146,19 +187,25 @@ class Stem(_Chain):
         d = self.dtype_policy
         self.out_channels = scaled_width(64, self.width_multiplier)
         if self.cifar_stem:
-            conv_layers = [FixedPaddingConv2D(self.out_channels, 3, 1, dtype=d, name="conv"),
-                           BNReLU(name="bn", **bn)]
+            conv_layers = [
+                FixedPaddingConv2D(self.out_channels, 3, 1, dtype=d, name="conv"),
+                BNReLU(name="bn", **bn),
+            ]
         elif self.sk_ratio > 0:
             half = max(1, self.out_channels // 2)
             conv_layers = [
-                FixedPaddingConv2D(half, 3, 2, dtype=d, name="conv1"), BNReLU(name="bn1", **bn),
-                FixedPaddingConv2D(half, 3, 1, dtype=d, name="conv2"), BNReLU(name="bn2", **bn),
+                FixedPaddingConv2D(half, 3, 2, dtype=d, name="conv1"),
+                BNReLU(name="bn1", **bn),
+                FixedPaddingConv2D(half, 3, 1, dtype=d, name="conv2"),
+                BNReLU(name="bn2", **bn),
                 FixedPaddingConv2D(self.out_channels, 3, 1, dtype=d, name="conv3"),
                 BNReLU(name="bn3", **bn),
             ]
         else:
-            conv_layers = [FixedPaddingConv2D(self.out_channels, 7, 2, dtype=d, name="conv"),
-                           BNReLU(name="bn", **bn)]
+            conv_layers = [
+                FixedPaddingConv2D(self.out_channels, 7, 2, dtype=d, name="conv"),
+                BNReLU(name="bn", **bn),
+            ]
         self._attach_chain(conv_layers)
 
     @property
@@ -171,8 +218,9 @@ class Stem(_Chain):
         stride = 1 if self.cifar_stem else 4
         return (b, out_size(h, stride), out_size(w, stride), self.out_channels)
 
-    def call(self, inputs: tf.Tensor, training: bool | None = None,
-             return_endpoints: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+    def call(
+        self, inputs: tf.Tensor, training: bool | None = None, return_endpoints: bool = False
+    ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
         """Pooled output; with ``return_endpoints`` (initial_conv, initial_max_pool)."""
         x = inputs
         for layer in self.conv_layers:
@@ -181,9 +229,14 @@ class Stem(_Chain):
         return (x, pooled) if return_endpoints else pooled
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "width_multiplier": self.width_multiplier,
-                "cifar_stem": self.cifar_stem, "sk_ratio": self.sk_ratio,
-                "momentum": self.momentum, "global_bn": self.global_bn}
+        return {
+            **super().get_config(),
+            "width_multiplier": self.width_multiplier,
+            "cifar_stem": self.cifar_stem,
+            "sk_ratio": self.sk_ratio,
+            "momentum": self.momentum,
+            "global_bn": self.global_bn,
+        }
 
 
 @register
@@ -195,10 +248,18 @@ class ResNet(keras.Model):
     their output, which is how linear evaluation (k = 5) and partial fine-tuning use the encoder.
     """
 
-    def __init__(self, depth: int = 50, width_multiplier: float = 1.0, cifar_stem: bool = False,
-                 sk_ratio: float = 0.0, se_ratio: float = 0.0, bn_momentum: float = 0.9,
-                 global_bn: bool = True, first_block_projection: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        width_multiplier: float = 1.0,
+        cifar_stem: bool = False,
+        sk_ratio: float = 0.0,
+        se_ratio: float = 0.0,
+        bn_momentum: float = 0.9,
+        global_bn: bool = True,
+        first_block_projection: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if depth not in BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS)}, got {depth!r}.")
@@ -209,22 +270,34 @@ class ResNet(keras.Model):
                 f"sk_ratio and se_ratio must be >= 0 (0 disables), got {sk_ratio}, {se_ratio}."
             )
         self.depth, self.width_multiplier = int(depth), float(width_multiplier)
-        self.cifar_stem, self.sk_ratio, self.se_ratio = bool(cifar_stem), float(sk_ratio), \
-            float(se_ratio)
+        self.cifar_stem, self.sk_ratio, self.se_ratio = (
+            bool(cifar_stem),
+            float(sk_ratio),
+            float(se_ratio),
+        )
         self.bn_momentum, self.global_bn = float(bn_momentum), bool(global_bn)
         self.first_block_projection = bool(first_block_projection)
         block_type, counts = BLOCKS[self.depth]
-        common = {"sk_ratio": self.sk_ratio, "momentum": self.bn_momentum,
-                  "global_bn": self.global_bn, "dtype": self.dtype_policy}
+        common = {
+            "sk_ratio": self.sk_ratio,
+            "momentum": self.bn_momentum,
+            "global_bn": self.global_bn,
+            "dtype": self.dtype_policy,
+        }
         stem = Stem(self.width_multiplier, self.cifar_stem, name="stem", **common)
         stages: list[keras.layers.Layer] = [stem]
         channels = stem.out_channels
         for i, (base, count) in enumerate(zip((64, 128, 256, 512), counts, strict=True)):
             group = BlockGroup(
-                scaled_width(base, self.width_multiplier), block_type, count,
-                strides=1 if i == 0 else 2, in_channels=channels, se_ratio=self.se_ratio,
+                scaled_width(base, self.width_multiplier),
+                block_type,
+                count,
+                strides=1 if i == 0 else 2,
+                in_channels=channels,
+                se_ratio=self.se_ratio,
                 first_block_projection=self.first_block_projection,
-                name=f"block_group{i + 1}", **common,
+                name=f"block_group{i + 1}",
+                **common,
             )
             channels = group.out_channels
             stages.append(group)
@@ -257,13 +330,16 @@ class ResNet(keras.Model):
         for i, stage in enumerate(self.stages):
             set_trainable(stage, i >= n)
 
-    def call(self, images: tf.Tensor, training: bool | None = None,
-             frozen_stages: int = 0) -> tf.Tensor:
-        return self.call_endpoints(images, training=training,
-                                   frozen_stages=frozen_stages)["final_avg_pool"]
+    def call(
+        self, images: tf.Tensor, training: bool | None = None, frozen_stages: int = 0
+    ) -> tf.Tensor:
+        return self.call_endpoints(images, training=training, frozen_stages=frozen_stages)[
+            "final_avg_pool"
+        ]
 
-    def call_endpoints(self, images: tf.Tensor, training: bool | None = None,
-                       frozen_stages: int = 0) -> dict[str, tf.Tensor]:
+    def call_endpoints(
+        self, images: tf.Tensor, training: bool | None = None, frozen_stages: int = 0
+    ) -> dict[str, tf.Tensor]:
         """All intermediate representations, keyed as in the reference SimCLR code."""
         if not 0 <= frozen_stages <= len(self.stages):
             raise ValueError(
@@ -293,9 +369,16 @@ class ResNet(keras.Model):
         return endpoints
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "trainable": self.trainable,
-                "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
-                "depth": self.depth, "width_multiplier": self.width_multiplier,
-                "cifar_stem": self.cifar_stem, "sk_ratio": self.sk_ratio,
-                "se_ratio": self.se_ratio, "bn_momentum": self.bn_momentum,
-                "global_bn": self.global_bn, "first_block_projection": self.first_block_projection}
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "depth": self.depth,
+            "width_multiplier": self.width_multiplier,
+            "cifar_stem": self.cifar_stem,
+            "sk_ratio": self.sk_ratio,
+            "se_ratio": self.se_ratio,
+            "bn_momentum": self.bn_momentum,
+            "global_bn": self.global_bn,
+            "first_block_projection": self.first_block_projection,
+        }

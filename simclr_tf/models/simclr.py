@@ -179,9 +179,7 @@ class SimCLRModel(keras.Model):
         return self.augment_fn(images, seed)
 
     def _sup_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        per_example = keras.losses.sparse_categorical_crossentropy(
-            labels, logits, from_logits=True
-        )
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         return tf.reduce_mean(per_example)
 
     def _scaled(self, loss: tf.Tensor) -> tf.Tensor:
@@ -267,9 +265,7 @@ class SimCLRModel(keras.Model):
         mask = tf.cast(mask, tf.float32)
         _, hiddens, _ = self._features(images, training=False)
         logits = self._supervised_logits(hiddens, training=False)
-        per_example = keras.losses.sparse_categorical_crossentropy(
-            labels, logits, from_logits=True
-        )
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         self.loss_tracker.update_state(per_example, sample_weight=mask)
         self.top1.update_state(labels, logits, sample_weight=mask)
         self.top5.update_state(labels, logits, sample_weight=mask)

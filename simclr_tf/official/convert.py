@@ -55,8 +55,11 @@ def configure(cfg: Config) -> Config:
                 f"{cfg.checkpoint} has no projection head, so --ft_proj_selector must be 0."
             )
         new = arch_config(arch, head, cfg, cfg.ft_proj_selector)
-        logging.info("Architecture from official checkpoint %s: %s", cfg.checkpoint,
-                     {k: getattr(new, k) for k in ARCHITECTURE_KEYS})
+        logging.info(
+            "Architecture from official checkpoint %s: %s",
+            cfg.checkpoint,
+            {k: getattr(new, k) for k in ARCHITECTURE_KEYS},
+        )
         return new
     keys: tuple[str, ...] = ARCHITECTURE_KEYS
     run = _converted_run(cfg.checkpoint)
@@ -69,8 +72,9 @@ def configure(cfg: Config) -> Config:
     return cfg.replace(**{k: flags[k] for k in keys if k in flags})
 
 
-def _run_config(info: OfficialInfo, checkpoint: str, model_dir: str, image_size: int,
-                use_ema: bool) -> Config:
+def _run_config(
+    info: OfficialInfo, checkpoint: str, model_dir: str, image_size: int, use_ema: bool
+) -> Config:
     return info.config.replace(
         mode="eval",
         model_dir=model_dir,
@@ -99,9 +103,16 @@ def _official_record(info: OfficialInfo, seconds: float) -> dict[str, Any]:
     }
 
 
-def convert(checkpoint: str, model_dir: str, *, image_size: int | None = None,
-            use_ema: bool = False, ft_proj_selector: int | None = None,
-            overwrite: bool = False, export: bool = True) -> OfficialInfo:
+def convert(
+    checkpoint: str,
+    model_dir: str,
+    *,
+    image_size: int | None = None,
+    use_ema: bool = False,
+    ft_proj_selector: int | None = None,
+    overwrite: bool = False,
+    export: bool = True,
+) -> OfficialInfo:
     """Writes a simclr_tf run folder holding the official ``checkpoint``; returns what loaded.
 
     The folder is written next to ``model_dir`` and renamed into place when complete; an
@@ -126,8 +137,9 @@ def convert(checkpoint: str, model_dir: str, *, image_size: int | None = None,
         _save_like_a_run(model, cfg, tmp, step)
         if export:
             export_lib.export_run(model, cfg, tmp, step, None, None)
-        model_dir_lib.write_json_atomic(os.path.join(tmp, OFFICIAL_JSON),
-                                        _official_record(info, time.time() - start))
+        model_dir_lib.write_json_atomic(
+            os.path.join(tmp, OFFICIAL_JSON), _official_record(info, time.time() - start)
+        )
         _replace(tmp, model_dir)
     except BaseException:
         if tf.io.gfile.exists(tmp):
@@ -165,9 +177,15 @@ def _replace(tmp: str, model_dir: str) -> None:
     tf.io.gfile.rmtree(old)
 
 
-def export_official(checkpoint: str, export_dir: str, *, image_size: int | None = None,
-                    use_ema: bool = False, ft_proj_selector: int | None = None,
-                    overwrite: bool = False) -> str:
+def export_official(
+    checkpoint: str,
+    export_dir: str,
+    *,
+    image_size: int | None = None,
+    use_ema: bool = False,
+    ft_proj_selector: int | None = None,
+    overwrite: bool = False,
+) -> str:
     """Writes the serving + TF Hub SavedModel of an official checkpoint to ``export_dir``."""
     from simclr_tf import export as export_lib
     from simclr_tf.model_card import model_card
@@ -177,8 +195,9 @@ def export_official(checkpoint: str, export_dir: str, *, image_size: int | None 
     cfg = _run_config(info, checkpoint, os.path.dirname(export_dir), size, use_ema)
     step = int(info.global_step or 0)
     card = model_card(model, cfg, step=step, result=None, class_names=None)
-    return export_lib.export_saved_model(model, export_dir, image_size=size, card=card,
-                                         overwrite=overwrite)
+    return export_lib.export_saved_model(
+        model, export_dir, image_size=size, card=card, overwrite=overwrite
+    )
 
 
 def export_dir_for(checkpoint: str, model_dir: str, use_ema: bool = False) -> str:

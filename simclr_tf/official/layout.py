@@ -73,8 +73,9 @@ class Slot:
         """Reference key of every variable of the layer -> expected shape."""
         out = {}
         for name in VARIABLES[self.kind]:
-            shape = self.shape if name == "kernel" or self.kind.startswith("bn") else (
-                self.shape[-1],)
+            shape = (
+                self.shape if name == "kernel" or self.kind.startswith("bn") else (self.shape[-1],)
+            )
             out[f"{self.key}/{name}"] = shape
         return out
 
@@ -111,8 +112,12 @@ def _encoder_layers(arch: Arch) -> Iterator[tuple[tuple[str, ...], str, str, tup
             if (b == 0 and arch.first_block_projection) or stride != 1 or cin != out:
                 lst = f"{blk}/{'projection_layers' if bottleneck else 'shortcut_layers'}"
                 i = (2 if stride > 1 else 1) if arch.sk_ratio > 0 else 0  # ResNet-D: pad, pool
-                yield (*ours, "projection", "conv", "conv"), "conv", f"{lst}/{i}/conv2d", (
-                    1, 1, cin, out)
+                yield (
+                    (*ours, "projection", "conv", "conv"),
+                    "conv",
+                    f"{lst}/{i}/conv2d",
+                    (1, 1, cin, out),
+                )
                 yield (*ours, "projection", "bn", "bn"), "bn", f"{lst}/{i + 1}/bn", (out,)
             if bottleneck:
                 lay = f"{blk}/conv_relu_dropblock_layers"
@@ -120,13 +125,20 @@ def _encoder_layers(arch: Arch) -> Iterator[tuple[tuple[str, ...], str, str, tup
                 yield (*ours, "bn1", "bn"), "bn", f"{lay}/1/bn", (f,)
                 if sk:
                     s = f"{lay}/3"
-                    yield (*ours, "sk", "conv", "conv"), "conv", \
-                        f"{s}/conv2d_fixed_padding/conv2d", (3, 3, f, 2 * f)
-                    yield (*ours, "sk", "conv_bn", "bn"), "bn", f"{s}/batch_norm_relu/bn", (
-                        2 * f,)
+                    yield (
+                        (*ours, "sk", "conv", "conv"),
+                        "conv",
+                        f"{s}/conv2d_fixed_padding/conv2d",
+                        (3, 3, f, 2 * f),
+                    )
+                    yield (*ours, "sk", "conv_bn", "bn"), "bn", f"{s}/batch_norm_relu/bn", (2 * f,)
                     yield (*ours, "sk", "fc_reduce"), "conv", f"{s}/conv2d_0", (1, 1, f, ANY)
-                    yield (*ours, "sk", "fc_reduce_bn", "bn"), "bn", \
-                        f"{s}/batch_norm_relu_1/bn", (ANY,)
+                    yield (
+                        (*ours, "sk", "fc_reduce_bn", "bn"),
+                        "bn",
+                        f"{s}/batch_norm_relu_1/bn",
+                        (ANY,),
+                    )
                     yield (*ours, "sk", "fc_expand"), "conv", f"{s}/conv2d_1", (1, 1, ANY, 2 * f)
                     last, se = 5, 8
                 else:
@@ -144,10 +156,8 @@ def _encoder_layers(arch: Arch) -> Iterator[tuple[tuple[str, ...], str, str, tup
                 yield (*ours, "bn2", "bn"), "bn", f"{lay}/3/bn", (f,)
                 se_key = f"{blk}/se_layer"
             if arch.se_ratio > 0:
-                yield (*ours, "se", "reduce"), "conv_bias", f"{se_key}/se_reduce", (
-                    1, 1, out, ANY)
-                yield (*ours, "se", "expand"), "conv_bias", f"{se_key}/se_expand", (
-                    1, 1, ANY, out)
+                yield (*ours, "se", "reduce"), "conv_bias", f"{se_key}/se_reduce", (1, 1, out, ANY)
+                yield (*ours, "se", "expand"), "conv_bias", f"{se_key}/se_expand", (1, 1, ANY, out)
             cin = out
 
 
@@ -181,11 +191,13 @@ def slots(arch: Arch, head: Head, fmt: str, tf1_scope: str = "base_model/") -> l
             layer = f"_projection_head/linear_layers/{j}"
             dense, bn = f"{layer}/dense", f"{layer}/bn_relu/bn"
         out.append(Slot(("projection_head", f"dense_{j}"), "dense", dense, (dim, units)))
-        out.append(Slot(("projection_head", f"bn_{j}"), "bn_scale_only" if last else "bn", bn,
-                        (units,)))
+        out.append(
+            Slot(("projection_head", f"bn_{j}"), "bn_scale_only" if last else "bn", bn, (units,))
+        )
     if head.num_classes:
-        key = ("head_supervised" if fmt == TF1_CHECKPOINT else "supervised_head") + \
-            "/linear_layer/dense"
+        key = (
+            "head_supervised" if fmt == TF1_CHECKPOINT else "supervised_head"
+        ) + "/linear_layer/dense"
         out.append(Slot(("supervised_head", "dense"), "dense_bias", key, (dim, head.num_classes)))
     return out
 
@@ -203,13 +215,17 @@ def _shape_matches(expected: tuple[int, ...], found: tuple[int, ...]) -> bool:
     return all(e in (ANY, f) for e, f in zip(expected, found, strict=True))
 
 
-def compare(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
-            ) -> tuple[list[str], list[str], list[str]]:
+def compare(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> tuple[list[str], list[str], list[str]]:
     """(missing, unexpected, mis-shaped) keys, sorted."""
     missing = sorted(k for k in expected if k not in found)
     extra = sorted(k for k in found if k not in expected)
-    bad = sorted(f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected
-                 if k in found and not _shape_matches(expected[k], found[k]))
+    bad = sorted(
+        f"{k} {list(found[k])} (expected {list(expected[k])})"
+        for k in expected
+        if k in found and not _shape_matches(expected[k], found[k])
+    )
     return missing, extra, bad
 
 
@@ -220,7 +236,8 @@ def compare(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ..
 
 def _tf1_scope(source: Source) -> str | None:
     scopes = sorted(
-        k[: -len("conv2d/kernel")] for k in source.shapes
+        k[: -len("conv2d/kernel")]
+        for k in source.shapes
         if k.endswith("conv2d/kernel") and not k.startswith(("head_", "ema_model/"))
     )
     if "base_model/" in scopes:
@@ -260,8 +277,9 @@ def _infer_head(source: Source, dim_hint: int | None) -> Head:
 
 def _ratio(pairs: list[tuple[int, int]], floor: int, preferred: float) -> float:
     """A ratio r with ``max(int(filters * r), floor) == width`` for every (filters, width)."""
-    candidates = [preferred] + [w / f for f, w in pairs if w > floor] + [floor / max(
-        f for f, _ in pairs)]
+    candidates = (
+        [preferred] + [w / f for f, w in pairs if w > floor] + [floor / max(f for f, _ in pairs)]
+    )
     for r in candidates:
         if all(max(int(f * r + 1e-9), floor) == w for f, w in pairs):
             return r
@@ -299,8 +317,10 @@ def _summary(source: Source, scope: str | None) -> str:
     else:
         blocks = sorted({"/".join(k.split("/")[:5]) for k in keys if "/block_groups/" in k})
         what = f"{len(blocks)} residual blocks"
-    return (f"found {source.format} with {len(keys)} model variables ({what}), stem kernel "
-            f"{list(stem) if stem else None}, e.g. {keys[:3]}")
+    return (
+        f"found {source.format} with {len(keys)} model variables ({what}), stem kernel "
+        f"{list(stem) if stem else None}, e.g. {keys[:3]}"
+    )
 
 
 TF1_HEAD_SCOPES = ("head_contrastive/", "head_supervised/")
@@ -343,12 +363,19 @@ def infer(source: Source) -> tuple[Arch, Head, list[Slot], str]:
     ):
         if sk and BLOCKS[depth][0] == "basic" and source.format == TF1_CHECKPOINT:
             continue  # the reference TF1 basic block with SK cannot be built (stride-2 groups)
-        arch = Arch(depth, channels / 64, cifar, SIMCLRV2_SK_RATIO if sk else 0.0,
-                    0.25 if se else 0.0, first)
+        arch = Arch(
+            depth,
+            channels / 64,
+            cifar,
+            SIMCLRV2_SK_RATIO if sk else 0.0,
+            0.25 if se else 0.0,
+            first,
+        )
         layer_slots = slots(arch, head, source.format, scope or "base_model/")
         missing, extra, bad = compare(expected_variables(layer_slots), source.shapes)
-        candidates.append((len(missing) + len(extra) + len(bad), arch, layer_slots,
-                           (missing, extra, bad)))
+        candidates.append(
+            (len(missing) + len(extra) + len(bad), arch, layer_slots, (missing, extra, bad))
+        )
     exact = [c for c in candidates if c[0] == 0]
     if exact:
         # Layouts that name the same variables are the same network (e.g. first-block
@@ -367,5 +394,6 @@ def infer(source: Source) -> tuple[Arch, Head, list[Slot], str]:
         f"{source.path} matches no supported SimCLR layout; closest is ResNet-{arch.depth} "
         f"width {arch.width_multiplier:g} (cifar_stem={arch.cifar_stem}, "
         f"sk={arch.sk_ratio > 0}, se={arch.se_ratio > 0}) with "
-        + "; ".join(parts) + f". {_summary(source, scope)}."
+        + "; ".join(parts)
+        + f". {_summary(source, scope)}."
     )

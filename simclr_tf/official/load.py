@@ -50,18 +50,29 @@ class OfficialInfo:
             parts.append(f"SE {a.se_ratio:g}")
         if a.cifar_stem:
             parts.append("CIFAR stem")
-        head = (f"{self.head.proj_layers}-layer projection head -> {self.head.proj_out_dim}"
-                if self.head.proj_layers else "no projection head")
-        sup = (f"{self.head.num_classes}-class supervised head" if self.head.num_classes
-               else "no supervised head")
+        head = (
+            f"{self.head.proj_layers}-layer projection head -> {self.head.proj_out_dim}"
+            if self.head.proj_layers
+            else "no projection head"
+        )
+        sup = (
+            f"{self.head.num_classes}-class supervised head"
+            if self.head.num_classes
+            else "no supervised head"
+        )
         if self.head.num_classes and self.head.proj_layers:
             # Not recorded in any checkpoint format: say which one is assumed.
-            how = ("measured on the SavedModel" if self.selector_measured
-                   else "SimCLRv2 fine-tuned models use 1")
+            how = (
+                "measured on the SavedModel"
+                if self.selector_measured
+                else "SimCLRv2 fine-tuned models use 1"
+            )
             sup += f" on projection layer {self.config.ft_proj_selector} (ft_proj_selector; {how})"
-        text = (f"{self.format} {self.path}: {', '.join(parts)}; {head}; {sup}; "
-                f"{self.num_variables} variables loaded"
-                f"{' (EMA weights)' if self.use_ema else ''}")
+        text = (
+            f"{self.format} {self.path}: {', '.join(parts)}; {head}; {sup}; "
+            f"{self.num_variables} variables loaded"
+            f"{' (EMA weights)' if self.use_ema else ''}"
+        )
         if self.ignored:
             text += "; ignored " + ", ".join(f"{v} {k}" for k, v in self.ignored.items())
         if self.not_found:
@@ -69,8 +80,9 @@ class OfficialInfo:
         return text
 
 
-def arch_config(arch: layout.Arch, head: layout.Head, base: Config | None = None,
-                ft_proj_selector: int = 0) -> Config:
+def arch_config(
+    arch: layout.Arch, head: layout.Head, base: Config | None = None, ft_proj_selector: int = 0
+) -> Config:
     """``base`` (default: a fresh Config) with the checkpoint's architecture flags."""
     base = base or Config()
     return base.replace(
@@ -81,7 +93,8 @@ def arch_config(arch: layout.Arch, head: layout.Head, base: Config | None = None
         se_ratio=arch.se_ratio,
         first_block_projection=arch.first_block_projection,
         proj_head_mode=head.proj_mode,
-        num_proj_layers=max(head.proj_layers, 1) if head.proj_mode == "nonlinear"
+        num_proj_layers=max(head.proj_layers, 1)
+        if head.proj_mode == "nonlinear"
         else base.num_proj_layers,
         proj_out_dim=head.proj_out_dim or base.proj_out_dim,
         ft_proj_selector=ft_proj_selector,
@@ -97,8 +110,11 @@ def _layer(model: keras.Model, path: tuple[str, ...]) -> Any:
 
 def _variables_of(layer: Any, kind: str) -> dict[str, tf.Variable]:
     if kind.startswith("bn"):
-        out = {"gamma": layer.gamma, "moving_mean": layer.moving_mean,
-               "moving_variance": layer.moving_variance}
+        out = {
+            "gamma": layer.gamma,
+            "moving_mean": layer.moving_mean,
+            "moving_variance": layer.moving_variance,
+        }
         if kind == "bn":
             out["beta"] = layer.beta
         return out
@@ -108,8 +124,12 @@ def _variables_of(layer: Any, kind: str) -> dict[str, tf.Variable]:
     return out
 
 
-def assign(model: keras.Model, source: Source, layer_slots: list[layout.Slot],
-           parts: tuple[str, ...] = ("encoder", "projection_head", "supervised_head")) -> int:
+def assign(
+    model: keras.Model,
+    source: Source,
+    layer_slots: list[layout.Slot],
+    parts: tuple[str, ...] = ("encoder", "projection_head", "supervised_head"),
+) -> int:
     """Copies every slot's variables from ``source`` into ``model``; returns the count.
 
     Every variable of the model's ``parts`` must be filled: a model of another architecture
@@ -130,8 +150,9 @@ def assign(model: keras.Model, source: Source, layer_slots: list[layout.Slot],
             target = tuple(var.shape)
             if value.shape != target:
                 # 1x1 convolutions of the reference are Dense layers here (SK, SE): same matrix.
-                squeezable = value.ndim == 4 and value.shape[:2] == (1, 1) and \
-                    value.shape[2:] == target
+                squeezable = (
+                    value.ndim == 4 and value.shape[:2] == (1, 1) and value.shape[2:] == target
+                )
                 if not squeezable:
                     raise OfficialCheckpointError(
                         f"{source.path}: {key} has shape {list(value.shape)} but "
@@ -141,8 +162,13 @@ def assign(model: keras.Model, source: Source, layer_slots: list[layout.Slot],
                 value = value.reshape(target)
             pending.append((var, value))
     filled = {id(var) for var, _ in pending}
-    unfilled = [v.path for part in parts if getattr(model, part, None) is not None
-                for v in getattr(model, part).weights if id(v) not in filled]
+    unfilled = [
+        v.path
+        for part in parts
+        if getattr(model, part, None) is not None
+        for v in getattr(model, part).weights
+        if id(v) not in filled
+    ]
     if unfilled:
         raise OfficialCheckpointError(
             f"{source.path} has no values for {len(unfilled)} variables of this model (e.g. "
@@ -161,8 +187,9 @@ def build_model(cfg: Config, num_classes: int, image_size: int = _BUILD_SIZE) ->
     return build_serving_model(cfg.replace(image_size=image_size), num_classes)
 
 
-def inspect(path: str, use_ema: bool = False) -> tuple[Source, layout.Arch, layout.Head,
-                                                        list[layout.Slot]]:
+def inspect(
+    path: str, use_ema: bool = False
+) -> tuple[Source, layout.Arch, layout.Head, list[layout.Slot]]:
     """Reads and identifies a checkpoint without building a model."""
     source = read_source(path, use_ema=use_ema)
     arch, head, layer_slots, _ = layout.infer(source)
@@ -172,8 +199,9 @@ def inspect(path: str, use_ema: bool = False) -> tuple[Source, layout.Arch, layo
 def _not_found(head: layout.Head) -> list[str]:
     missing = []
     if not head.proj_layers:
-        missing.append("projection head (SimCLRv1 checkpoints have none; proj_head_output "
-                       "is then h)")
+        missing.append(
+            "projection head (SimCLRv1 checkpoints have none; proj_head_output is then h)"
+        )
     if not head.num_classes:
         missing.append("supervised head")
     return missing
@@ -216,8 +244,12 @@ def _measure(source: Source, model: keras.Model) -> int | None:
     return None
 
 
-def load_official(path: str, use_ema: bool = False, ft_proj_selector: int | None = None,
-                  base: Config | None = None) -> tuple[keras.Model, OfficialInfo]:
+def load_official(
+    path: str,
+    use_ema: bool = False,
+    ft_proj_selector: int | None = None,
+    base: Config | None = None,
+) -> tuple[keras.Model, OfficialInfo]:
     """A simclr_tf SimCLR model holding an official checkpoint's weights, and what was loaded.
 
     ``path``: a TF2 checkpoint (prefix or folder), a TF2 SavedModel folder, or a TF1 checkpoint
@@ -235,8 +267,7 @@ def load_official(path: str, use_ema: bool = False, ft_proj_selector: int | None
             f"{head.proj_layers} layers: use 0..{head.proj_layers}."
         )
     cfg = arch_config(arch, head, base, selector)
-    cfg = cfg.replace(lineareval_while_pretraining=bool(head.num_classes),
-                      train_mode="pretrain")
+    cfg = cfg.replace(lineareval_while_pretraining=bool(head.num_classes), train_mode="pretrain")
     model = build_model(cfg, head.num_classes)
     count = assign(model, source, layer_slots)
     measured = None
@@ -245,14 +276,26 @@ def load_official(path: str, use_ema: bool = False, ft_proj_selector: int | None
         if measured is not None and measured != selector:
             model.ft_proj_selector = measured
             cfg = cfg.replace(ft_proj_selector=measured)
-    info = OfficialInfo(source.format, path, source.prefix, source.global_step, arch, head, cfg,
-                        _not_found(head), source.ignored, source.use_ema, count,
-                        selector_measured=measured is not None)
+    info = OfficialInfo(
+        source.format,
+        path,
+        source.prefix,
+        source.global_step,
+        arch,
+        head,
+        cfg,
+        _not_found(head),
+        source.ignored,
+        source.use_ema,
+        count,
+        selector_measured=measured is not None,
+    )
     return model, info
 
 
-def restore_into(model: keras.Model, path: str, parts: tuple[str, ...], use_ema: bool = False
-                 ) -> OfficialInfo:
+def restore_into(
+    model: keras.Model, path: str, parts: tuple[str, ...], use_ema: bool = False
+) -> OfficialInfo:
     """Loads the official checkpoint's ``parts`` ("encoder", "projection_head",
     "supervised_head") into an existing simclr_tf model (built with its architecture)."""
     source, arch, head, layer_slots = inspect(path, use_ema)
@@ -281,9 +324,20 @@ def restore_into(model: keras.Model, path: str, parts: tuple[str, ...], use_ema:
                 f"layer {selector}: pass --ft_proj_selector={measured}."
             )
     cfg = arch_config(arch, head, ft_proj_selector=selector)
-    return OfficialInfo(source.format, path, source.prefix, source.global_step, arch, head, cfg,
-                        _not_found(head), source.ignored, source.use_ema, count,
-                        selector_measured=measured is not None)
+    return OfficialInfo(
+        source.format,
+        path,
+        source.prefix,
+        source.global_step,
+        arch,
+        head,
+        cfg,
+        _not_found(head),
+        source.ignored,
+        source.use_ema,
+        count,
+        selector_measured=measured is not None,
+    )
 
 
 def reference_endpoints(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -36,15 +36,29 @@ EMA_SCOPE = "ema_model/"
 
 # Object-graph edges that are Keras bookkeeping (aggregate variable lists, traced functions),
 # not the layer hierarchy.
-_SKIP_EDGES = frozenset({
-    "variables", "trainable_variables", "non_trainable_variables", "regularization_losses",
-    "keras_api", "__call__", "call_and_return_all_conditional_losses",
-    "call_and_return_conditional_losses", "metrics", "layer_regularization_losses",
-    "layer_metrics", "signatures", "trainable_variables_list", "_jit_compiled_convolution_op",
-})
+_SKIP_EDGES = frozenset(
+    {
+        "variables",
+        "trainable_variables",
+        "non_trainable_variables",
+        "regularization_losses",
+        "keras_api",
+        "__call__",
+        "call_and_return_all_conditional_losses",
+        "call_and_return_conditional_losses",
+        "metrics",
+        "layer_regularization_losses",
+        "layer_metrics",
+        "signatures",
+        "trainable_variables_list",
+        "_jit_compiled_convolution_op",
+    }
+)
 # TF1 optimizer slots and bookkeeping that are never weights.
-_TF1_SLOT = re.compile(r"/(Momentum|Momentum_\d+|Adam|Adam_\d+|RMSProp|RMSProp_\d+|"
-                       r"ExponentialMovingAverage)$")
+_TF1_SLOT = re.compile(
+    r"/(Momentum|Momentum_\d+|Adam|Adam_\d+|RMSProp|RMSProp_\d+|"
+    r"ExponentialMovingAverage)$"
+)
 _TF1_BOOKKEEPING = ("global_step", "memory", "beta1_power", "beta2_power")
 
 
@@ -83,7 +97,8 @@ def find_prefix(path: str) -> tuple[str, str | None]:
         nested = os.path.join(path, "saved_model")
         if tf.io.gfile.isdir(nested):
             steps = sorted(
-                (int(n.rstrip("/")), n.rstrip("/")) for n in tf.io.gfile.listdir(nested)
+                (int(n.rstrip("/")), n.rstrip("/"))
+                for n in tf.io.gfile.listdir(nested)
                 if n.rstrip("/").isdigit()
                 and tf.io.gfile.exists(os.path.join(nested, n.rstrip("/"), "saved_model.pb"))
             )
