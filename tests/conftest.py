@@ -49,14 +49,20 @@ CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
 REQUIRE_DATA_ENV = "SIMCLR_REQUIRE_DATA"
 
 
-@pytest.fixture(scope="session")
-def cifar10_dir() -> pathlib.Path:
-    """The shared CIFAR-10 image folder (read-only); skips when absent, fails under CI."""
-    if not (CIFAR10_DIR / "train").is_dir():
-        message = f"CIFAR-10 image folder not found at {CIFAR10_DIR}"
+def require_shared(path: pathlib.Path, what: str) -> pathlib.Path:
+    """``path`` from ../shared; skips when absent, fails under CI (``SIMCLR_REQUIRE_DATA``)."""
+    if not path.is_dir():
+        message = f"{what} not found at {path}"
         if os.environ.get(REQUIRE_DATA_ENV, "") not in ("", "0"):
             pytest.fail(f"{message} ({REQUIRE_DATA_ENV} is set: data must be present)")
         pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> pathlib.Path:
+    """The shared CIFAR-10 image folder (read-only); skips when absent, fails under CI."""
+    require_shared(CIFAR10_DIR / "train", "CIFAR-10 image folder")
     return CIFAR10_DIR
 
 

@@ -216,3 +216,21 @@ def test_augmentations_reach_host_pipeline_and_device_step():
     d1, d2 = model.augment_fn(tf.constant(images), _seed(16))
     np.testing.assert_allclose(d2.numpy(), as_float, atol=1e-6)  # one view: un-augmented
     assert all(_is_quarter_turn(d1.numpy()[i], as_float[i]) for i in range(4))
+
+
+@pytest.mark.parametrize("sampler", ["reference", "uniform_area"])
+def test_composed_crop_uses_the_runs_crop_sampler(sampler):
+    """--crop_sampler reaches the composed (--augmentations) path, not only the recipe path."""
+    x = tf.constant(_images(batch=4, side=24))
+    seed = _seed(11)
+    fn = so.two_views_fn(16, 0.5, False, "crop,rotate", crop_sampler=sampler)
+    view1, _ = fn(x, seed)
+    # The second code path: view 1 is the first half of the doubled batch, crop seed first.
+    doubled = tf.concat([x, x], 0)
+    crop_seed = so._split(so._split(seed, 2)[0], 2)[0]
+    want = augment.random_resized_crop(doubled, crop_seed, 16, sampler=sampler)[:4]
+    other = "uniform_area" if sampler == "reference" else "reference"
+    unwanted = augment.random_resized_crop(doubled, crop_seed, 16, sampler=other)[:4]
+    rot = so.random_rotate(want, so._split(so._split(seed, 2)[0], 2)[1])
+    np.testing.assert_allclose(view1.numpy(), np.clip(rot.numpy(), 0, 1), atol=1e-6)
+    assert not np.allclose(view1.numpy(), np.clip(unwanted.numpy(), 0, 1), atol=1e-3)

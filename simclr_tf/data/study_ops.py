@@ -215,9 +215,11 @@ def random_rotate(image, seed) -> tf.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _apply(op: str, x: tf.Tensor, seed: tf.Tensor, size: int, strength: float) -> tf.Tensor:
+def _apply(
+    op: str, x: tf.Tensor, seed: tf.Tensor, size: int, strength: float, crop_sampler: str
+) -> tf.Tensor:
     if op == "crop":
-        return augment.random_resized_crop(x, seed, size)
+        return augment.random_resized_crop(x, seed, size, sampler=crop_sampler)
     if op == "flip":
         return augment.random_flip(x, seed)
     if op == "color":
@@ -247,7 +249,12 @@ def centre_view(image, size: int) -> tf.Tensor:
 
 
 def composed_view(
-    image, seed, size: int, ops: Sequence[str], color_jitter_strength: float = 0.5
+    image,
+    seed,
+    size: int,
+    ops: Sequence[str],
+    color_jitter_strength: float = 0.5,
+    crop_sampler: str = "reference",
 ) -> tf.Tensor:
     """One view: the ``ops`` in the given order; float32 ``size x size`` in [0, 1].
 
@@ -260,7 +267,7 @@ def composed_view(
         x = centre_view(x, size)
     seeds = _split(seed, len(ops))
     for op, s in zip(ops, seeds, strict=True):
-        x = _apply(op, x, s, size, color_jitter_strength)
+        x = _apply(op, x, s, size, color_jitter_strength, crop_sampler)
     x = tf.clip_by_value(tf.image.convert_image_dtype(x, tf.float32), 0.0, 1.0)
     rank = 3 if x.shape.rank == 3 else 4
     return tf.ensure_shape(x, [size, size, None] if rank == 3 else [None, size, size, None])
@@ -273,23 +280,27 @@ def composed_two_views(
     ops: Sequence[str],
     color_jitter_strength: float = 0.5,
     augment_views: str = "both",
+    crop_sampler: str = "reference",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Two views of the same image(s); with ``augment_views="one"`` the second is only resized."""
     if augment_views not in AUGMENT_VIEWS:
         raise ValueError(f"augment_views must be one of {AUGMENT_VIEWS}; got {augment_views!r}.")
     image = tf.convert_to_tensor(image)
     s1, s2 = _split(seed, 2)
+    view = functools.partial(
+        composed_view,
+        size=size,
+        ops=ops,
+        color_jitter_strength=color_jitter_strength,
+        crop_sampler=crop_sampler,
+    )
     if augment_views == "one":
-        view1 = composed_view(image, s1, size, ops, color_jitter_strength)
-        return view1, centre_view(image, size)
+        return view(image, s1), centre_view(image, size)
     if image.shape.rank == 3:
-        return (
-            composed_view(image, s1, size, ops, color_jitter_strength),
-            composed_view(image, s2, size, ops, color_jitter_strength),
-        )
+        return view(image, s1), view(image, s2)
     # One batched pass over both copies: every image of the doubled batch draws its own values.
     batch = tf.shape(image)[0]
-    views = composed_view(tf.concat([image, image], 0), s1, size, ops, color_jitter_strength)
+    views = view(tf.concat([image, image], 0), s1)
     return views[:batch], views[batch:]
 
 
@@ -322,6 +333,7 @@ def two_views_fn(
         ops=ops,
         color_jitter_strength=color_jitter_strength,
         augment_views=augment_views,
+        crop_sampler=crop_sampler,
     )
 
 
