@@ -276,21 +276,7 @@ def load_official(
         if measured is not None and measured != selector:
             model.ft_proj_selector = measured
             cfg = cfg.replace(ft_proj_selector=measured)
-    info = OfficialInfo(
-        source.format,
-        path,
-        source.prefix,
-        source.global_step,
-        arch,
-        head,
-        cfg,
-        _not_found(head),
-        source.ignored,
-        source.use_ema,
-        count,
-        selector_measured=measured is not None,
-    )
-    return model, info
+    return model, _info(path, source, arch, head, cfg, count, measured)
 
 
 def restore_into(
@@ -324,6 +310,11 @@ def restore_into(
                 f"layer {selector}: pass --ft_proj_selector={measured}."
             )
     cfg = arch_config(arch, head, ft_proj_selector=selector)
+    return _info(path, source, arch, head, cfg, count, measured)
+
+
+def _info(path, source, arch, head, cfg: Config, count: int, measured) -> OfficialInfo:
+    """The record of one load: what the source held, the config, what it did not hold."""
     return OfficialInfo(
         source.format,
         path,
