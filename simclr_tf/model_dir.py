@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 from typing import Any
 
 import tensorflow as tf
@@ -83,11 +84,20 @@ def export_path(model_dir: str, step: int) -> str:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to a temp file then renames it onto ``path``: readers never see half."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    """Writes ``text`` to a temp file then renames it onto ``path``: readers never see half.
+
+    The temp name is unique per call, so processes writing the same file at once (workers
+    sharing a filesystem) never write into one another's temp file; the last rename wins.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import tempfile
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -25,10 +26,12 @@ from simclr_tf.data.dataset_info import (
     DatasetInfo,
     subset_size,
 )
+from simclr_tf.model_dir import write_text_atomic
 
 IMAGE_FOLDER = "image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SHAPE_SAMPLE = 32
+LIST_CACHE_SUBDIR = "simclr_tf_lists"
 
 
 def folder_info(data_dir: str | None) -> DatasetInfo:
@@ -232,6 +235,60 @@ def load_folder_split(
     return _decode_files(split_dir, rel_paths, labels, shape), info
 
 
+def _list_cache_dir() -> str:
+    """Where image lists are cached: the temp folder (never the data folder), one per user."""
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+    return os.path.join(tempfile.gettempdir(), LIST_CACHE_SUBDIR + user)
+
+
+def _write_file_list(split_dir: str, rel_paths: list[str], labels: list[int]) -> str:
+    """The path of a text file holding ``label<TAB>relative/path`` per image, in this order.
+
+    Named by the SHA-256 of its content: a second build with the same selection and order reuses
+    it, another selection gets another file, and workers sharing a filesystem agree on the content
+    of every name. Written with the atomic helper, and compared byte for byte before reuse, so a
+    half-written or damaged file is rewritten rather than read.
+    """
+    text = "".join(f"{label}\t{path}\n" for label, path in zip(labels, rel_paths, strict=True))
+    if text.count("\n") != len(rel_paths) or "\r" in text:
+        bad = next(p for p in rel_paths if "\n" in p or "\r" in p)
+        raise DataError(
+            f"Image file {os.path.join(split_dir, bad)!r} has a line break in its name, which "
+            "the image list (one file per line) cannot hold; rename the file."
+        )
+    data = text.encode("utf-8")
+    cache_dir = _list_cache_dir()
+    path = os.path.join(cache_dir, hashlib.sha256(data).hexdigest() + ".txt")
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return path
+        logging.warning(
+            "Image list %s is damaged (its content differs from its name); rewriting it.", path
+        )
+    except OSError:  # missing (or unreadable): write it
+        pass
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        write_text_atomic(path, text)
+    except (OSError, tf.errors.OpError) as e:
+        raise DataError(
+            f"Could not write the image list {path} ({e}). Free space there or point TMPDIR at "
+            "a writable folder."
+        ) from e
+    return path
+
+
+# A list line is ``label<TAB>path``; the path may hold tabs (not line breaks). Regex ops rather
+# than ``tf.strings.split``, whose ragged machinery makes the first trace about 2x slower.
+def _path_of(line: tf.Tensor) -> tf.Tensor:
+    return tf.strings.regex_replace(line, "^[^\t]*\t", "", replace_global=False)
+
+
+def _label_of(line: tf.Tensor) -> tf.Tensor:
+    return tf.strings.to_number(tf.strings.regex_replace(line, "\t.*", ""), tf.int32)
+
+
 def _decode_files(
     split_dir: str,
     rel_paths: list[str],
@@ -240,31 +297,33 @@ def _decode_files(
 ) -> tf.data.Dataset:
     """Parallel decode whose failures are reported with the failing file's path.
 
-    Decoding errors are dropped by ``ignore_errors`` and found by a cheap sequential scan over the
-    (order-preserving) running index; a sentinel element at the end catches trailing failures.
+    The list is read from a text file (:func:`_write_file_list`) by ``TextLineDataset``, so the
+    graph stays small and no Python runs inside tf.data. Decoding errors are dropped by
+    ``ignore_errors`` and found by a cheap sequential scan over the (order-preserving) running
+    index; a sentinel element at the end catches trailing failures.
     """
     n = len(rel_paths)
     prefix = split_dir.rstrip(os.sep) + os.sep
-    paths_t = tf.constant(rel_paths)
-    labels_t = tf.constant(labels, tf.int32)
+    list_file = _write_file_list(split_dir, rel_paths, labels)
     fixed = shape is not None
 
-    def load(i):
-        path = tf.strings.join([prefix, tf.gather(paths_t, i)])
+    def load(i, line):
+        path = tf.strings.join([prefix, _path_of(line)])
         img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         ok = tf.constant(True)
         if fixed:
             ok = tf.reduce_all(tf.equal(tf.shape(img), shape))
             img = tf.cond(ok, lambda: img, lambda: tf.zeros(shape, tf.uint8))
             img = tf.ensure_shape(img, shape)
-        return img, tf.gather(labels_t, i), i, ok
+        return img, _label_of(line), i, ok
 
     sentinel_img = tf.zeros(shape if fixed else (1, 1, 3), tf.uint8)
     sentinel = tf.data.Dataset.from_tensors(
         (sentinel_img, tf.constant(-1, tf.int32), tf.constant(n, tf.int64), tf.constant(True))
     )
     decoded = (
-        tf.data.Dataset.range(n)
+        tf.data.TextLineDataset(list_file)
+        .enumerate()
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .ignore_errors()
         .concatenate(sentinel)
@@ -277,13 +336,16 @@ def _decode_files(
     )
 
     def fail(message: list, path_index: tf.Tensor) -> tf.Tensor:
-        path = tf.strings.join([prefix, tf.gather(paths_t, tf.minimum(path_index, n - 1))])
-        message = [message[0], path, *message[1:]]
+        # Only a failing run gets here: it reads the list file again to name the file.
+        # The raw op: tf.strings.split's ragged result costs about 2x in trace time.
+        lines = tf.raw_ops.StringSplitV2(input=[tf.io.read_file(list_file)], sep="\n").values
+        line = tf.gather(lines, tf.minimum(path_index, n - 1))
+        message = [message[0], tf.strings.join([prefix, _path_of(line)]), *message[1:]]
         with tf.control_dependencies([tf.debugging.Assert(False, message)]):
             return tf.constant(False)
 
     def check(expected, elem):
-        # The messages (gather + join) are built only in the failing branch: this runs per image.
+        # The messages are built only in the failing branch: this runs per image.
         img, label, i, ok = elem
         decoded_ok = tf.cond(
             tf.equal(i, expected),
