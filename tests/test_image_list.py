@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 
 import numpy as np
 import pytest
@@ -143,6 +144,41 @@ def test_atomic_write_keeps_the_old_file_until_the_new_one_is_whole(tmp_path, mo
         model_dir.write_text_atomic(path, "new")
     assert os.listdir(tmp_path) == ["result.json"]
     assert pathlib.Path(path).read_text() == "old"
+
+
+def test_concurrent_writers_of_one_list_never_show_half_a_file(tmp_path):
+    # Workers on a shared filesystem may write the same content-addressed list at once.
+    path = str(tmp_path / "list.txt")
+    text = "0\tclass/name.png\n" * 20_000
+    problems: list = []
+    done = threading.Event()
+
+    def write() -> None:
+        for _ in range(15):
+            try:
+                model_dir.write_text_atomic(path, text)
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                problems.append(repr(e))
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                with open(path, encoding="utf-8") as f:
+                    if f.read() != text:
+                        problems.append("half a file")
+            except FileNotFoundError:
+                pass
+
+    reader = threading.Thread(target=read)
+    writers = [threading.Thread(target=write) for _ in range(3)]
+    for t in [reader, *writers]:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    reader.join()
+    assert problems == []
+    assert os.listdir(tmp_path) == ["list.txt"]
 
 
 def test_tab_in_a_file_name_is_read_and_named(tmp_path):
