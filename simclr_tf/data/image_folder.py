@@ -2,11 +2,12 @@
 
 Labels are the sorted class folders of ``train``; the file list is read once per split (and
 cached until a class folder changes), decoded in parallel, and every unreadable or odd-sized
-file is named with its path. The list is a tensor captured by the tf.data functions (about
-80 MB for an ImageNet-size folder); handing it over from Python (``from_generator``) avoided
-that but hung at interpreter exit after a data error (1 run in 4), so it is not done that way. See
-:mod:`simclr_tf.data.sources` for the choices shared with TFDS (fractions, sharding, shapes).
-"""
+file is named with its path. The selected list, in its final order, is data rather than part of
+the graph: a ``label<TAB>class/file`` text file in the temp folder, named by the hash of its
+content, read by ``TextLineDataset``. As a graph constant it was about 80 MB for an
+ImageNet-size folder; handing it over from Python (``from_generator``) hung at interpreter exit
+after a data error (1 run in 4), as tf.data threads called into Python during shutdown. See
+:mod:`simclr_tf.data.sources` for the choices shared with TFDS (fractions, sharding, shapes)."""
 
 from __future__ import annotations
 
