@@ -1,10 +1,12 @@
 """The image folder's file list is data (a cached text file read by TextLineDataset), not a
-graph constant: graph size, the cache file's reuse and repair, and names with odd characters."""
+graph constant: graph size, reuse and repair of the list file, names with odd characters."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import tempfile
 import threading
 
 import numpy as np
@@ -17,12 +19,14 @@ from simclr_tf import model_dir
 from simclr_tf.data import image_folder
 from simclr_tf.data.sources import DataError, load_split
 
+_PROCESS_LIST_DIR = image_folder._list_dir  # before the fixture below replaces it
+
 
 @pytest.fixture(autouse=True)
 def list_dir(tmp_path, monkeypatch) -> pathlib.Path:
-    """Each test gets its own list cache folder."""
+    """Each test gets its own list folder."""
     folder = tmp_path / "lists"
-    monkeypatch.setattr(image_folder, "_list_cache_dir", lambda: str(folder))
+    monkeypatch.setattr(image_folder, "_list_dir", lambda: str(folder))
     return folder
 
 
@@ -108,6 +112,20 @@ def test_list_file_reused_and_one_per_selection(tmp_path, list_dir, monkeypatch)
     assert not list(list_dir.glob("*.tmp*"))
 
 
+def test_the_list_folder_is_private_to_the_process():
+    make = _PROCESS_LIST_DIR.__wrapped__  # without the per-process functools.cache
+    folders = [make(), make()]
+    try:
+        for folder in folders:
+            assert os.path.dirname(folder) == tempfile.gettempdir()
+            assert os.path.basename(folder).startswith(image_folder.LIST_DIR_PREFIX)
+            assert os.stat(folder).st_mode & 0o777 == 0o700
+        assert folders[0] != folders[1]  # each process gets its own
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder)
+
+
 def test_damaged_list_file_is_rewritten(tmp_path, list_dir):
     ids = _folder(tmp_path, {"a": [f"{k}.png" for k in range(5)]})
     expected = [(ids[k], 0) for k in sorted(ids)]
@@ -131,7 +149,7 @@ def test_writer_killed_before_rename_leaves_no_file(tmp_path, list_dir, monkeypa
         load_split("image_folder", "train", str(tmp_path))
     assert os.listdir(list_dir) == []  # neither a half list under its name nor a stray temp
     monkeypatch.undo()
-    monkeypatch.setattr(image_folder, "_list_cache_dir", lambda: str(list_dir))
+    monkeypatch.setattr(image_folder, "_list_dir", lambda: str(list_dir))
     ds, _ = load_split("image_folder", "train", str(tmp_path))
     assert _values(ds) == [(ids["a/0.png"], 0), (ids["a/1.png"], 0)]
 

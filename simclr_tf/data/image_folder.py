@@ -3,16 +3,20 @@
 Labels are the sorted class folders of ``train``; the file list is read once per split (and
 cached until a class folder changes), decoded in parallel, and every unreadable or odd-sized
 file is named with its path. The selected list, in its final order, is data rather than part of
-the graph: a ``label<TAB>class/file`` text file in the temp folder, named by the hash of its
-content, read by ``TextLineDataset``. As a graph constant it was about 80 MB for an
-ImageNet-size folder; handing it over from Python (``from_generator``) hung at interpreter exit
-after a data error (1 run in 4), as tf.data threads called into Python during shutdown. See
-:mod:`simclr_tf.data.sources` for the choices shared with TFDS (fractions, sharding, shapes)."""
+the graph: a ``label<TAB>class/file`` text file named by the hash of its content, in a folder
+of this process in the temp folder (removed at exit), read by ``TextLineDataset``. As a graph
+constant it was about 80 MB for an ImageNet-size folder; handing it over from Python
+(``from_generator``) hung at interpreter exit after a data error (1 run in 4), as tf.data
+threads called into Python during shutdown. See :mod:`simclr_tf.data.sources` for the choices
+shared with TFDS (fractions, sharding, shapes)."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Sequence
@@ -32,7 +36,7 @@ from simclr_tf.model_dir import write_text_atomic
 IMAGE_FOLDER = "image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SHAPE_SAMPLE = 32
-LIST_CACHE_SUBDIR = "simclr_tf_lists"
+LIST_DIR_PREFIX = "simclr_tf_lists-"
 
 
 def folder_info(data_dir: str | None) -> DatasetInfo:
@@ -236,19 +240,23 @@ def load_folder_split(
     return _decode_files(split_dir, rel_paths, labels, shape), info
 
 
-def _list_cache_dir() -> str:
-    """Where image lists are cached: the temp folder (never the data folder), one per user."""
-    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
-    return os.path.join(tempfile.gettempdir(), LIST_CACHE_SUBDIR + user)
+@functools.cache
+def _list_dir() -> str:
+    """This process's folder for image lists, in the temp folder: made on first use, removed at
+    exit. Private to the process (``mkdtemp``), so no other process or user can change or delete
+    a list it reads every epoch, and a worker leaves nothing behind."""
+    path = tempfile.mkdtemp(prefix=LIST_DIR_PREFIX)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _write_file_list(split_dir: str, rel_paths: list[str], labels: list[int]) -> str:
     """The path of a text file holding ``label<TAB>relative/path`` per image, in this order.
 
-    Named by the SHA-256 of its content: a second build with the same selection and order reuses
-    it, another selection gets another file, and workers sharing a filesystem agree on the content
-    of every name. Written with the atomic helper, and compared byte for byte before reuse, so a
-    half-written or damaged file is rewritten rather than read.
+    Named by the SHA-256 of its content: a second build with the same selection and order (an
+    evaluation per checkpoint, the kNN monitor) reuses it, another selection gets another file.
+    Written with the atomic helper and compared byte for byte before reuse, so a half-written
+    or damaged file is rewritten rather than read.
     """
     text = "".join(f"{label}\t{path}\n" for label, path in zip(labels, rel_paths, strict=True))
     if text.count("\n") != len(rel_paths) or "\r" in text:
@@ -258,24 +266,22 @@ def _write_file_list(split_dir: str, rel_paths: list[str], labels: list[int]) ->
             "the image list (one file per line) cannot hold; rename the file."
         )
     data = text.encode("utf-8")
-    cache_dir = _list_cache_dir()
-    path = os.path.join(cache_dir, hashlib.sha256(data).hexdigest() + ".txt")
+    name = hashlib.sha256(data).hexdigest() + ".txt"
     try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return path
-        logging.warning(
-            "Image list %s is damaged (its content differs from its name); rewriting it.", path
-        )
-    except OSError:  # missing (or unreadable): write it
-        pass
-    try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(_list_dir(), name)
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return path
+            logging.warning("Image list %s is damaged (its content differs from its name).", path)
+        except FileNotFoundError:
+            pass
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         write_text_atomic(path, text)
     except (OSError, tf.errors.OpError) as e:
         raise DataError(
-            f"Could not write the image list {path} ({e}). Free space there or point TMPDIR at "
-            "a writable folder."
+            f"Could not write the image list {name} in the temp folder ({e}). Free space there "
+            "or point TMPDIR at a writable folder."
         ) from e
     return path
 
