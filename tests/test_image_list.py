@@ -165,7 +165,7 @@ def test_atomic_write_keeps_the_old_file_until_the_new_one_is_whole(tmp_path, mo
 
 
 def test_concurrent_writers_of_one_list_never_show_half_a_file(tmp_path):
-    # Workers on a shared filesystem may write the same content-addressed list at once.
+    # Two processes (or threads) may write one file at once, e.g. workers on a shared disk.
     path = str(tmp_path / "list.txt")
     text = "0\tclass/name.png\n" * 20_000
     problems: list = []
