@@ -461,6 +461,7 @@ class KNNMonitor(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.fill_value = fill_value
         self.results: list[dict[str, float]] = []  # one entry per kNN pass
+        self.last_counts: dict[str, int] = {}  # queries and bank examples of the last pass
         self._writer: Any = None
         self._steps: dict[tuple[Any, ...], Callable[..., tuple[tf.Tensor, ...]]] = {}
 
@@ -534,6 +535,8 @@ class KNNMonitor(keras.callbacks.Callback):
         query_x, query_y = self._features(self.eval_dataset_fn())
         scores = knn_predict(query_x, bank_x, bank_y, self.num_classes, self.k, self.temperature)
         hits = tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), query_y)
+        # Logged with the result: under several workers the counts show every example once.
+        self.last_counts = {"num_queries": int(query_y.shape[0]), "bank_size": int(bank_y.shape[0])}
         return float(np.mean(hits.numpy()))
 
     def _step(self, epoch: int) -> int:
@@ -554,11 +557,14 @@ class KNNMonitor(keras.callbacks.Callback):
         seconds = time.perf_counter() - start
         step = self._step(epoch)
         logs["knn_top1"] = top1
-        self.results.append({"epoch": epoch, "step": step, "knn_top1": top1})
+        self.results.append({"epoch": epoch, "step": step, "knn_top1": top1, **self.last_counts})
         logging.info(
-            "kNN (k=%d, T=%g) top-1 after epoch %d (step %d): %.4f [%.1fs]",
+            "kNN (k=%d, T=%g) on %d queries, bank of %d: top-1 after epoch %d (step %d): %.4f "
+            "[%.1fs]",
             self.k,
             self.temperature,
+            self.last_counts["num_queries"],
+            self.last_counts["bank_size"],
             epoch + 1,
             step,
             top1,
