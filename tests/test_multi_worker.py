@@ -292,12 +292,12 @@ def test_workers_resuming_from_different_steps_stop_with_an_error(tmp_path):
         assert "--model_dir must be a folder every worker can read" in out
 
 
-# Uneven on purpose: 15 bank (train) and 13 query (test) examples, each split in 3 TFRecord
-# files, over 2 workers and eval batches of 4. tf.data's AUTO sharding would give one worker 2
-# files and the other 1 (different batch counts); neither split divides by the workers or the
-# batch, and one class of each split is smaller than the others.
-KNN_SPLITS = {"train": [4, 4, 4, 3], "test": [4, 3, 3, 3]}
-KNN_FILES, KNN_K, KNN_TEMPERATURE = 3, 5, 0.1
+# Uneven on purpose: 15 bank (train) and 11 query (test) examples, each split in 3 TFRecord
+# files, over 2 workers and eval batches of 4. Neither split divides by the workers or the batch,
+# one class of each split is smaller, and tf.data's AUTO (file) sharding would give the workers
+# different numbers of batches (checked below).
+KNN_SPLITS = {"train": [4, 4, 4, 3], "test": [3, 3, 3, 2]}
+KNN_FILES, KNN_WORKERS, KNN_EVAL_BATCH, KNN_K, KNN_TEMPERATURE = 3, 2, 4, 5, 0.1
 
 # A tiny TFDS image dataset, registered in the test process and (as a preamble) in both workers,
 # since TFDS finds a builder by its class name.
@@ -358,8 +358,14 @@ def test_two_workers_knn_monitor_and_eval_count_uneven_file_shards_once(tmp_path
     namespace["SimclrTfUnevenShards"](data_dir=str(data)).download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=KNN_FILES)
     )
+    splits = namespace["SimclrTfUnevenShards"](data_dir=str(data)).info.splits
     for split in KNN_SPLITS:
-        assert len(list(data.glob(f"*/*/*{split}.tfrecord*"))) == KNN_FILES
+        # The hazard the test is about: file sharding (file i to worker i % 2) would give the
+        # workers different batch counts.
+        lengths = splits[split].shard_lengths
+        assert len(lengths) == KNN_FILES
+        per_worker = [sum(lengths[w::KNN_WORKERS]) for w in range(KNN_WORKERS)]
+        assert len({-(-n // KNN_EVAL_BATCH) for n in per_worker}) > 1, (split, lengths)
     model_dir = tmp_path / "model"
     dump = tmp_path / "worker_dump"
     steps = 2  # 15 train examples, batch 8: two steps, one epoch, one kNN pass
@@ -379,7 +385,7 @@ def test_two_workers_knn_monitor_and_eval_count_uneven_file_shards_once(tmp_path
         f"--train_steps={steps}",
         "--warmup_epochs=0",
         "--learning_rate=0.1",
-        "--eval_batch_size=4",
+        f"--eval_batch_size={KNN_EVAL_BATCH}",
         "--knn_every_epochs=1",
         f"--knn_k={KNN_K}",
         "--export_saved_model=false",
@@ -428,7 +434,7 @@ def test_two_workers_knn_monitor_and_eval_count_uneven_file_shards_once(tmp_path
     expected = _numpy_knn_top1(query, query_labels, bank, bank_labels, KNN_K, KNN_TEMPERATURE)
     assert float(rows[-1]["knn_top1"]) == pytest.approx(expected, abs=1e-6)
 
-    # Evaluation after training: each of the 13 test examples once; top-1 and the mean
+    # Evaluation after training: each of the 11 test examples once; top-1 and the mean
     # cross-entropy equal the NumPy ones (a repeated or missing example would move both).
     chief_result = json.loads((model_dir / "result.json").read_text())
     worker_result = json.loads((dump / "result.json").read_text())
