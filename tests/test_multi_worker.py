@@ -325,11 +325,12 @@ class SimclrTfUnevenShards(tfds.core.GeneratorBasedBuilder):
         return {{s: self._generate_examples(s, c) for s, c in {KNN_SPLITS!r}.items()}}
 
     def _generate_examples(self, split, per_class):
-        rng = np.random.default_rng(len(split))
+        # One colour per class in every split (so kNN finds the class), noise per split.
+        noise_rng = np.random.default_rng(len(split))
         for label, count in enumerate(per_class):
-            base = rng.integers(0, 256, 3)
+            base = np.random.default_rng(label).integers(0, 256, 3)
             for i in range(count):
-                noise = rng.integers(-60, 60, ({SIDE}, {SIDE}, 3))
+                noise = noise_rng.integers(-30, 30, ({SIDE}, {SIDE}, 3))
                 pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
                 yield f"{{label}}-{{i}}", {{"image": pixels, "label": label}}
 """
@@ -432,6 +433,7 @@ def test_two_workers_knn_monitor_and_eval_count_uneven_file_shards_once(tmp_path
     query, query_labels = encode(evaluate.eval_input(cfg))
     assert len(bank) == num_bank and len(query) == num_queries
     expected = _numpy_knn_top1(query, query_labels, bank, bank_labels, KNN_K, KNN_TEMPERATURE)
+    assert expected > 0.5, "chance is 0.25: the classes' colours should make kNN informative"
     assert float(rows[-1]["knn_top1"]) == pytest.approx(expected, abs=1e-6)
 
     # Evaluation after training: each of the 11 test examples once; top-1 and the mean
