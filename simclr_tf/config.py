@@ -347,18 +347,20 @@ class Config:
     loss: str = setting(
         "nt_xent",
         "Contrastive loss: nt_xent (SimCLR), nt_logistic (sigmoid of similarity / "
-        "--temperature) or margin_triplet (--margin).",
+        "--temperature; the paper tuned 0.1, 0.2, 0.5, 1.0) or margin_triplet (--margin). The "
+        "alternatives use negatives from both views; the paper's Table 4 used one view's only.",
         choices=LOSSES,
     )
     margin: float = setting(
         0.4,
         "Margin m of --loss=margin_triplet on cosine similarities (the paper tuned 0, 0.4, 0.8, "
-        "1.6); also bounds its semi-hard negatives.",
+        "1.6 and does not say which won); also bounds its semi-hard negatives.",
     )
     semi_hard_negatives: bool = setting(
         False,
-        "nt_logistic / margin_triplet: use only semi-hard negatives (less similar than the "
-        "positive; for the margin loss also within --margin of it).",
+        "nt_logistic / margin_triplet: per anchor only the one semi-hard negative, the closest "
+        "of those less similar than the positive (for the margin loss also within --margin of "
+        "it), as the paper's Section 5.1 defines it.",
     )
     augmentations: str | None = setting(
         None,
