@@ -317,17 +317,16 @@ class Config:
     distill_temperature: float = setting(
         1.0,
         "distill: temperature tau of both softmaxes in the loss -sum_y P_T(y|x; tau) "
-        "log P_S(y|x; tau) (SimCLRv2 Eq. 2, no tau^2 factor). The paper uses 0.1 for "
-        "self-distillation and 1.0 for big-to-small (Section 3); its Table 3 comparison of "
-        "targets uses 1.0.",
+        "log P_S(y|x; tau) (SimCLRv2 Eq. 2). The paper uses 0.1 for self-distillation and 1.0 "
+        "for big-to-small (Section 3). No tau^2 factor, as in Eq. 2; the authors' distillation "
+        "colab multiplies the loss by tau^2, which differs only when tau != 1.",
     )
     distill_label_weight: float = setting(
         0.0,
         "distill: weight w of the labelled term, loss = w * CE(labels) over the "
         "--train_data_fraction subset + (1 - w) * distillation over all images, both summed "
         "per batch and divided by the global batch size (SimCLRv2 Eq. 3 with alpha = 1 - w). "
-        "0 = Eq. 2, distillation only: the paper's setting for its results; Table 3 compares "
-        "it with label-only and label + distillation targets.",
+        "0 = Eq. 2, distillation only: the paper's setting for its distillation results.",
     )
     distill_augment: bool = setting(
         True,
