@@ -18,6 +18,8 @@ tests/test_multi_worker.py), and how this package does it:
 * numbers that must count every example of every worker (evaluation) are read from the metric
   trackers in cross-replica context after ``evaluate`` (:func:`global_results`), not from the
   step outputs, which Keras averages over replicas;
+* evaluation and kNN batches are split across workers by rows, never by files
+  (:func:`pad_batches`), so every worker runs the same number of steps;
 * every worker saves checkpoints (a save is collective) but only the chief's land in
   ``model_dir``; the others write to a temporary folder that is removed (:class:`WriteLocation`);
   every worker *reads* (resumes) from ``model_dir``, so ``model_dir`` must be on a filesystem all
