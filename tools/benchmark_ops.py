@@ -28,8 +28,8 @@ def _profile_ops_table(tf, size: int, strength: float, ref) -> list[tuple[str, s
     """
     from simclr_tf.data.augment import blur as aug_blur
     from simclr_tf.data.augment import color as aug_color
-    from simclr_tf.data.augment import common as aug_common
     from simclr_tf.data.augment import crop as aug_crop
+    from simclr_tf.data.augment import seeds as aug_seeds
     from simclr_tf.data.augment import views as aug_views
 
     def boxes(image, seed):
@@ -68,13 +68,13 @@ def _profile_ops_table(tf, size: int, strength: float, ref) -> list[tuple[str, s
     def old_jitter(views, seed):
         s_jitter, s_apply = seeds(seed, 2)
         params = aug_color._jitter_params(s_jitter, 2, strength)
-        return aug_color._jitter_step(views, params, aug_common._bernoulli(s_apply, 2, 0.8), False)
+        return aug_color._jitter_step(views, params, aug_seeds._bernoulli(s_apply, 2, 0.8), False)
 
     def new_jitter(views, seed):
         s_jitter, s_apply = seeds(seed, 2)
         params = aug_color._jitter_params(s_jitter, 2, strength)
         return aug_color._jitter_step(
-            tf.unstack(views), params, aug_common._bernoulli(s_apply, 2, 0.8), True
+            tf.unstack(views), params, aug_seeds._bernoulli(s_apply, 2, 0.8), True
         )
 
     def new_jitter_no_xla(views, seed):
@@ -95,14 +95,14 @@ def _profile_ops_table(tf, size: int, strength: float, ref) -> list[tuple[str, s
 
     def gray(per_view):
         def fn(views, seed):
-            mask = aug_common._bernoulli(seed, 2, 0.2)
+            mask = aug_seeds._bernoulli(seed, 2, 0.2)
             return aug_color._gray_step(tf.unstack(views) if per_view else views, mask, per_view)
 
         return fn
 
     def flip(per_view):
         def fn(views, seed):
-            mask = aug_common._bernoulli(seed, 2, 0.5)
+            mask = aug_seeds._bernoulli(seed, 2, 0.5)
             return aug_crop._flip_step(tf.unstack(views) if per_view else views, mask, per_view)
 
         return fn

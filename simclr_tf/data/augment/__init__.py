@@ -20,7 +20,8 @@ One module per idea; this package defines the public API (import from here):
 * :mod:`.blur`: Gaussian blur;
 * :mod:`.views`: the view recipes (``two_views``, ``pretrain_view``, ``finetune_view``,
   ``eval_view``, ``two_crops``) that compose the ops;
-* :mod:`.common`: the plumbing they share (image/batch handling, stateless seeds and draws).
+* :mod:`.seeds`: stateless randomness (seed checks, sub-seeds, uniform and coin draws);
+* :mod:`.common`: the plumbing the ops share (one image or a batch, per-example values, checks).
 """
 
 from simclr_tf.config import default_color_strength, default_use_blur

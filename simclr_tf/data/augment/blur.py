@@ -8,15 +8,13 @@ import tensorflow as tf
 
 from simclr_tf.data.augment.common import (
     Views,
-    _bernoulli,
     _check_p,
     _cond,
     _from_batch,
     _per_example,
-    _split,
     _to_batch,
-    _uniform,
 )
+from simclr_tf.data.augment.seeds import _bernoulli, _split, _uniform
 
 
 def _gaussian_kernels(sigma: tf.Tensor, radius) -> tf.Tensor:

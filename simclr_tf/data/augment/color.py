@@ -13,18 +13,15 @@ import tensorflow as tf
 
 from simclr_tf.data.augment.common import (
     Views,
-    _as_seed,
     _bcast,
-    _bernoulli,
     _check_p,
     _check_rgb,
     _cond,
     _from_batch,
     _per_example,
-    _split,
     _to_batch,
-    _uniform,
 )
+from simclr_tf.data.augment.seeds import _as_seed, _bernoulli, _split, _uniform
 
 # tf.image.rgb_to_grayscale weights (ITU-R 601-2 luma).
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)

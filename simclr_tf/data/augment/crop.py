@@ -15,16 +15,13 @@ import tensorflow as tf
 from simclr_tf.config import CROP_SAMPLERS
 from simclr_tf.data.augment.common import (
     Views,
-    _as_seed,
-    _bernoulli,
     _check_p,
     _check_size,
     _cond,
     _from_batch,
-    _split,
     _to_batch,
-    _uniform,
 )
+from simclr_tf.data.augment.seeds import _as_seed, _bernoulli, _split, _uniform
 
 # Keys cubic parameter used by tf.image.resize(..., "bicubic") (half-pixel centres).
 _KEYS_A = -0.5
