@@ -1,4 +1,4 @@
-"""Evaluation maths as Keras metrics: top-k accuracy (one-shot and streaming), example count.
+"""Evaluation maths as Keras metrics: top-k accuracy (one-shot and streaming), counts, last value.
 
 The weighted-kNN classifier and the kNN monitor callback live in :mod:`simclr_tf.knn`.
 """
@@ -12,6 +12,7 @@ import tensorflow as tf
 
 __all__ = [
     "ExampleCount",
+    "LastValue",
     "TopKAccuracy",
     "topk_correct",
 ]
@@ -155,3 +156,28 @@ class ExampleCount(keras.metrics.Metric):
 
     def reset_state(self) -> None:
         self.count.assign(0)
+
+
+class LastValue(keras.metrics.Metric):
+    """The latest value given, kept across Keras's per-epoch metric resets.
+
+    For quantities of the *weights* (e.g. the weight-decay penalty), which are measured now and
+    then rather than averaged over the steps: between two measurements the last one stands.
+    Each replica holds its own copy; the first replica's is read (they agree: weights are
+    mirrored).
+    """
+
+    def __init__(self, name: str, dtype: Any = None) -> None:
+        super().__init__(name=name, dtype=dtype)
+        self.value = self.add_variable(
+            shape=(), initializer="zeros", aggregation="only_first_replica", name="value"
+        )
+
+    def update_state(self, value: tf.Tensor) -> None:
+        self.value.assign(tf.cast(value, self.dtype))
+
+    def result(self) -> tf.Tensor:
+        return tf.convert_to_tensor(self.value)
+
+    def reset_state(self) -> None:
+        """Keeps the value: Keras resets metrics every epoch, but the weights did not reset."""

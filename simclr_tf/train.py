@@ -261,6 +261,8 @@ def train(
             step,
         )
     _set_steps_per_execution(model, per_call)
+    # Every epoch end (and the last step) is a multiple of this: the logged penalty is current.
+    model.weight_decay_every = math.gcd(spe, schedule.total_steps)
     for span in checkpoints.fit_spans(step, schedule.steps_per_epoch, schedule.total_steps):
         if int(model.optimizer.iterations.numpy()) >= schedule.total_steps:
             break  # StopAtStep ended the run inside the previous span
