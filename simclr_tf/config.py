@@ -317,17 +317,16 @@ class Config:
     distill_temperature: float = setting(
         1.0,
         "distill: temperature tau of both softmaxes in the loss -sum_y P_T(y|x; tau) "
-        "log P_S(y|x; tau) (SimCLRv2 Eq. 2, no tau^2 factor). The paper uses 0.1 for "
-        "self-distillation and 1.0 for big-to-small (Section 3); its Table 3 comparison of "
-        "targets uses 1.0.",
+        "log P_S(y|x; tau) (SimCLRv2 Eq. 2). The paper uses 0.1 for self-distillation and 1.0 "
+        "for big-to-small (Section 3). No tau^2 factor, as in Eq. 2; the authors' distillation "
+        "colab multiplies the loss by tau^2, which differs only when tau != 1.",
     )
     distill_label_weight: float = setting(
         0.0,
         "distill: weight w of the labelled term, loss = w * CE(labels) over the "
         "--train_data_fraction subset + (1 - w) * distillation over all images, both summed "
         "per batch and divided by the global batch size (SimCLRv2 Eq. 3 with alpha = 1 - w). "
-        "0 = Eq. 2, distillation only: the paper's setting for its results; Table 3 compares "
-        "it with label-only and label + distillation targets.",
+        "0 = Eq. 2, distillation only: the paper's setting for its distillation results.",
     )
     distill_augment: bool = setting(
         True,
@@ -347,18 +346,20 @@ class Config:
     loss: str = setting(
         "nt_xent",
         "Contrastive loss: nt_xent (SimCLR), nt_logistic (sigmoid of similarity / "
-        "--temperature) or margin_triplet (--margin).",
+        "--temperature; the paper tuned 0.1, 0.2, 0.5, 1.0) or margin_triplet (--margin). The "
+        "alternatives use negatives from both views; the paper's Table 4 used one view's only.",
         choices=LOSSES,
     )
     margin: float = setting(
         0.4,
         "Margin m of --loss=margin_triplet on cosine similarities (the paper tuned 0, 0.4, 0.8, "
-        "1.6); also bounds its semi-hard negatives.",
+        "1.6 and does not say which won); also bounds its semi-hard negatives.",
     )
     semi_hard_negatives: bool = setting(
         False,
-        "nt_logistic / margin_triplet: use only semi-hard negatives (less similar than the "
-        "positive; for the margin loss also within --margin of it).",
+        "nt_logistic / margin_triplet: per anchor only the one semi-hard negative, the closest "
+        "of those less similar than the positive (for the margin loss also within --margin of "
+        "it), as the paper's Section 5.1 defines it.",
     )
     augmentations: str | None = setting(
         None,

@@ -18,6 +18,8 @@ tests/test_multi_worker.py), and how this package does it:
 * numbers that must count every example of every worker (evaluation) are read from the metric
   trackers in cross-replica context after ``evaluate`` (:func:`global_results`), not from the
   step outputs, which Keras averages over replicas;
+* evaluation and kNN batches are split across workers by rows, never by files
+  (:func:`pad_batches`), so every worker runs the same number of steps;
 * every worker saves checkpoints (a save is collective) but only the chief's land in
   ``model_dir``; the others write to a temporary folder that is removed (:class:`WriteLocation`);
   every worker *reads* (resumes) from ``model_dir``, so ``model_dir`` must be on a filesystem all
@@ -356,6 +358,12 @@ def pad_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     count some replicas get an empty batch (convolutions fail, means are NaN). Padding with
     zeros to the full static batch and masking the padding out keeps shapes static and counts
     every real example exactly once.
+
+    Across workers (MultiWorkerMirroredStrategy) the batches are split by rows, never by files:
+    every worker reads the whole split and keeps its replicas' rows of each padded batch, so all
+    workers run the same number of steps. tf.data's default (AUTO) would give each worker its own
+    files when there are enough (TFRecord/TFDS splits); a worker with fewer examples then runs
+    out first and gets empty batches (the encoder fails on them) or waits in a collective.
     """
 
     def pad(*element):
@@ -370,7 +378,10 @@ def pad_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
 
         return grow(images), grow(labels), grow(tf.cast(mask, tf.float32))
 
-    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    by_rows = tf.data.Options()
+    by_rows.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    padded = dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return padded.with_options(by_rows)
 
 
 def global_results(

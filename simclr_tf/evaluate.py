@@ -2,7 +2,8 @@
 
 Every example of the split counts exactly once: the eval pipeline keeps the last partial batch,
 pads it to the full static batch with a 0/1 mask (static shapes for TPUs, no empty replica
-batch), never repeats, and the accuracy counters are exact integers.
+batch), never repeats, splits the batches across workers by rows, and the accuracy counters are
+exact integers.
 """
 
 from __future__ import annotations

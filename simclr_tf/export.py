@@ -312,7 +312,10 @@ def export_run(
     path = model_dir_lib.export_path(model_dir, step)
     _refuse_existing(path, cfg.overwrite)  # fail before any work
     copy = build.serving_copy(model, cfg)
-    card = model_card(copy, cfg, step=step, result=result, class_names=class_names)
+    official = model_dir_lib.read_official(model_dir)
+    card = model_card(
+        copy, cfg, step=step, result=result, class_names=class_names, official=official
+    )
     export_saved_model(
         copy,
         path,
@@ -354,7 +357,10 @@ def export_from_model_dir(
     model = build.rebuild(run)
     class_names = _class_names(run.cfg, run.num_classes)
     result = model_dir_lib.read_result(model_dir, run.step)
-    card = model_card(model, run.cfg, step=run.step, result=result, class_names=class_names)
+    official = model_dir_lib.read_official(model_dir)
+    card = model_card(
+        model, run.cfg, step=run.step, result=result, class_names=class_names, official=official
+    )
     return export_saved_model(
         model,
         path,

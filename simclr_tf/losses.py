@@ -6,6 +6,8 @@ per-replica negatives only, a batch of 4096 on 32 cores would see 255 negatives 
 to the replica that produced each row) and `nt_xent` builds the 2n x 2N logits of this replica's
 anchors against all 2N candidates. `nt_logistic` and `margin_triplet` are the alternatives the
 paper compares (Tables 2 and 4), on the same candidates, optionally with semi-hard negatives.
+(For Table 4 the paper used "only ... the negatives from one augmentation view (instead of both
+sides)" (footnote 8, Appendix B.10); these functions use both views, as NT-Xent does.)
 """
 
 from __future__ import annotations
@@ -232,10 +234,12 @@ def _negatives(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(positive similarity [2n], negative mask [2n, 2N] bool) of each anchor.
 
-    Negatives are the 2N-2 candidates that are neither the anchor nor its positive. Semi-hard
-    (Schroff et al. 2015, as the paper uses it): only negatives *less* similar than the positive
-    and, when ``margin`` is given, within it (``s+ - margin < s- < s+``). The selection is a
-    constant for the gradient.
+    Negatives are the 2N-2 candidates that are neither the anchor nor its positive. Semi-hard,
+    in the paper's words (Section 5.1): "semi-hard negative terms (i.e., those that are within
+    the loss margin and closest in distance, but farther than positive examples)": per anchor,
+    the one negative most similar to it among those *less* similar than the positive and, when
+    ``margin`` is given, within it (``s+ - margin < s- < s+``); none when no negative qualifies.
+    The selection is a constant for the gradient.
     """
     width = tf.shape(sims)[1]
     positive_mask = tf.one_hot(labels, width, on_value=True, off_value=False)
@@ -244,9 +248,12 @@ def _negatives(
     if semi_hard:
         s = tf.stop_gradient(sims)
         p = tf.stop_gradient(pos_sim)[:, tf.newaxis]
-        negatives &= s < p
+        window = negatives & (s < p)
         if margin is not None:
-            negatives &= s > p - margin
+            window &= s > p - margin
+        closest = tf.argmax(tf.where(window, s, tf.fill(tf.shape(s), float("-inf"))), axis=1)
+        has_one = tf.reduce_any(window, axis=1, keepdims=True)
+        negatives = tf.one_hot(closest, width, on_value=True, off_value=False) & has_one
     return pos_sim, negatives
 
 
@@ -267,12 +274,15 @@ def nt_logistic(
 ) -> ContrastiveOutput:
     """NT-Logistic (paper, Table 2): a sigmoid of the similarity / tau for every pair.
 
-    Per anchor u with positive v+ and its (semi-hard) negatives v-, the loss is
+    Per anchor u with positive v+ and its negatives v-, the loss is
     ``-log sigmoid(s(u, v+) / tau) - mean over v- of log sigmoid(-s(u, v-) / tau)``: the mean
     over the anchor's (u, v+, v-) terms of the paper's objective, so the many negatives get the
-    same total weight as the one positive. Anchors without a semi-hard negative keep only their
-    positive term. Negatives, replicas and the returned diagnostics are as in :func:`nt_xent`
-    (accuracy and entropy of the softmax of similarity / tau).
+    same total weight as the one positive (Table 2 writes a single triple; how the paper weighs
+    many negatives is not stated). With ``semi_hard_negatives`` the one closest negative farther
+    than the positive (see :func:`_negatives`); anchors without one keep only their positive
+    term. The paper tuned tau in {0.1, 0.2, 0.5, 1.0} (Appendix B.10). Negatives, replicas and
+    the returned diagnostics are as in :func:`nt_xent` (accuracy and entropy of the softmax of
+    similarity / tau).
     """
     z1, z2 = _check_inputs(z1, z2, temperature)
     with tf.name_scope("nt_logistic"):
@@ -299,9 +309,10 @@ def margin_triplet(
 ) -> ContrastiveOutput:
     """Margin triplet (paper, Table 2) on similarities: ``max(s(u, v-) - s(u, v+) + m, 0)``.
 
-    Per anchor, the mean over its (semi-hard) negatives; semi-hard here means
-    ``s+ - m < s- < s+`` (farther than the positive, within the margin). ``temperature`` only
-    scales the logits of the reported accuracy / entropy, not the loss.
+    Per anchor, the mean over its negatives; with ``semi_hard_negatives`` only the one closest
+    negative with ``s+ - m < s- < s+`` (farther than the positive, within the margin; see
+    :func:`_negatives`), 0 for an anchor without one. ``temperature`` only scales the logits of
+    the reported accuracy / entropy, not the loss.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}; the paper tuned 0, 0.4, 0.8, 1.6.")

@@ -1,32 +1,21 @@
-"""Evaluation maths: top-k accuracy (one-shot and streaming), weighted kNN, kNN monitor.
+"""Evaluation maths as Keras metrics: top-k accuracy (one-shot and streaming), counts, last value.
 
-The kNN monitor follows the protocol of Wu et al. 2018 ("Unsupervised Feature Learning via
-Non-Parametric Instance Discrimination") that most self-supervised papers report: L2-normalised
-features, cosine similarity, the k nearest bank examples vote for their class with weight
-exp(similarity / temperature). It needs no training, so it tracks representation quality during
-pretraining for the cost of two feature passes.
+The weighted-kNN classifier and the kNN monitor callback live in :mod:`simclr_tf.knn`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
-from absl import logging
 
 __all__ = [
     "ExampleCount",
-    "KNNMonitor",
+    "LastValue",
     "TopKAccuracy",
-    "extract_features",
-    "knn_predict",
     "topk_correct",
 ]
-
 
 # ---------------------------------------------------------------------------------------------
 # Top-k accuracy
@@ -169,409 +158,26 @@ class ExampleCount(keras.metrics.Metric):
         self.count.assign(0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Weighted kNN
-# ---------------------------------------------------------------------------------------------
+class LastValue(keras.metrics.Metric):
+    """The latest value given, kept across Keras's per-epoch metric resets.
 
-
-def _knn_scores_impl(
-    query: tf.Tensor,
-    bank: tf.Tensor,
-    bank_labels: tf.Tensor,
-    num_classes: int,
-    k: int,
-    temperature: float,
-    chunk_size: int,
-) -> tf.Tensor:
-    """Class scores for L2-normalised query/bank, one query chunk per loop iteration.
-
-    A sequential while loop (parallel_iterations=1) keeps only one [chunk, bank] similarity
-    block alive at a time: 10k x 50k floats would be 2 GB.
-    """
-    num_queries = tf.shape(query)[0]
-    k_eff = tf.minimum(tf.constant(k, tf.int32), tf.shape(bank)[0])
-    num_chunks = (num_queries + chunk_size - 1) // chunk_size
-    scores = tf.TensorArray(
-        tf.float32,
-        size=num_chunks,
-        infer_shape=False,
-        element_shape=tf.TensorShape([None, num_classes]),
-    )
-
-    def body(i: tf.Tensor, scores: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
-        start = i * chunk_size
-        chunk = query[start : tf.minimum(start + chunk_size, num_queries)]
-        rows = tf.shape(chunk)[0]
-        sim = tf.matmul(chunk, bank, transpose_b=True)  # cosine: both sides are unit vectors
-        top_sim, top_idx = tf.math.top_k(sim, k=k_eff, sorted=False)
-        weights = tf.exp(top_sim / temperature)
-        neighbour_labels = tf.gather(bank_labels, top_idx)  # [rows, k]
-        # Segment id = row * num_classes + class: an [rows, num_classes] scatter-add that never
-        # builds the [rows, k, num_classes] one-hot tensor (800 MB for ImageNet's 1000 classes).
-        segments = tf.range(rows)[:, None] * num_classes + neighbour_labels
-        chunk_scores = tf.math.unsorted_segment_sum(
-            tf.reshape(weights, [-1]), tf.reshape(segments, [-1]), rows * num_classes
-        )
-        return i + 1, scores.write(i, tf.reshape(chunk_scores, [rows, num_classes]))
-
-    _, scores = tf.while_loop(
-        lambda i, _: i < num_chunks,
-        body,
-        [tf.constant(0, tf.int32), scores],
-        parallel_iterations=1,
-    )
-    return scores.concat()
-
-
-_knn_scores = tf.function(_knn_scores_impl, reduce_retracing=True, autograph=False)
-
-
-def knn_predict(
-    query: tf.Tensor,
-    bank: tf.Tensor,
-    bank_labels: tf.Tensor,
-    num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
-    chunk_size: int = 1024,
-) -> tf.Tensor:
-    """Weighted-kNN class scores [Q, num_classes] for `query` [Q, D] against `bank` [N, D].
-
-    Features are L2-normalised here, similarity is cosine, the top-k bank neighbours (k clamped
-    to N) each add exp(sim / temperature) to their class's score; argmax is the prediction.
-    Queries are processed `chunk_size` rows at a time. Scores are float32: exp(1 / temperature)
-    overflows for temperature below ~0.0113 (the protocol uses 0.07-0.1).
-    `bank_labels` are sparse ids [N] (or one-hot [N, num_classes]) in [0, num_classes).
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}.")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    query = tf.cast(tf.convert_to_tensor(query), tf.float32)
-    bank = tf.cast(tf.convert_to_tensor(bank), tf.float32)
-    if query.shape.rank != 2 or bank.shape.rank != 2:
-        raise ValueError(
-            f"knn_predict wants 2-D features, got query {query.shape} and bank {bank.shape}; "
-            "flatten or pool encoder outputs to [examples, dim] first."
-        )
-    if not query.shape[1:].is_compatible_with(bank.shape[1:]):
-        raise ValueError(
-            f"query dim {query.shape[1]} != bank dim {bank.shape[1]}: both must come from the "
-            "same encoder."
-        )
-    bank_labels = tf.convert_to_tensor(bank_labels)
-    if bank_labels.shape.rank == 2:
-        bank_labels = tf.argmax(bank_labels, axis=-1)
-    bank_labels = tf.cast(bank_labels, tf.int32)
-    if bank_labels.shape.rank != 1:
-        raise ValueError(f"bank_labels must be [N] class ids, got shape {bank_labels.shape}.")
-    if bank.shape[0] == 0:
-        raise ValueError("knn_predict got an empty bank: pass at least one bank example.")
-    if None not in (bank.shape[0], bank_labels.shape[0]) and bank.shape[0] != bank_labels.shape[0]:
-        raise ValueError(
-            f"bank has {bank.shape[0]} rows but bank_labels has {bank_labels.shape[0]}."
-        )
-    # Out-of-range ids would silently land in another query's row of the segment sum.
-    with tf.control_dependencies(
-        [
-            tf.debugging.assert_non_negative(bank_labels, message="negative bank label"),
-            tf.debugging.assert_less(bank_labels, num_classes, message="bank label >= num_classes"),
-        ]
-    ):
-        bank_labels = tf.identity(bank_labels)
-    return _knn_scores(
-        tf.math.l2_normalize(query, axis=1),
-        tf.math.l2_normalize(bank, axis=1),
-        bank_labels,
-        num_classes,
-        k,
-        float(temperature),
-        chunk_size,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Feature extraction
-# ---------------------------------------------------------------------------------------------
-
-
-def _split_element(element: Any) -> tuple[Any, Any]:
-    """(images, labels) from a dataset element: a tuple/list or a TFDS-style dict."""
-    if isinstance(element, dict):
-        if "image" in element and "label" in element:
-            return element["image"], element["label"]
-    elif isinstance(element, tuple | list) and len(element) >= 2:
-        return element[0], element[1]
-    raise ValueError(
-        "extract_features needs a dataset of (images, labels) batches (or dicts with 'image' "
-        f"and 'label'); got elements of structure {element!r}."
-    )
-
-
-def _mask_of(element: Any) -> tf.Tensor | None:
-    """The boolean row mask of a padded ``(images, labels, mask)`` batch, else None."""
-    if isinstance(element, tuple | list) and len(element) >= 3:
-        return tf.cast(element[2], tf.bool)
-    return None
-
-
-def _compile_encoder(
-    encoder_fn: Callable[[tf.Tensor], tf.Tensor], image_spec: tf.TensorSpec
-) -> Callable[[tf.Tensor], tf.Tensor]:
-    """tf.function with a batch-agnostic signature: one trace serves full and partial batches."""
-    if isinstance(encoder_fn, tf.types.experimental.PolymorphicFunction):
-        return encoder_fn
-    signature = tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)
-    return tf.function(encoder_fn, input_signature=[signature])
-
-
-def _describe(value: Any) -> str:
-    """Shape-level description for error messages (never dumps tensor contents)."""
-    if isinstance(value, tf.Tensor):
-        return f"a tensor of shape {value.shape}"
-    return f"a {type(value).__name__}"
-
-
-def _sparse_batch_labels(labels: tf.Tensor) -> tf.Tensor:
-    """int32 [batch] ids from sparse, [batch, 1] or one-hot labels."""
-    labels = tf.convert_to_tensor(labels)
-    if labels.shape.rank == 2:
-        labels = tf.squeeze(labels, 1) if labels.shape[1] == 1 else tf.argmax(labels, axis=1)
-    if labels.shape.rank != 1:
-        raise ValueError(f"labels must be [batch] ids or one-hot, got shape {labels.shape}.")
-    return tf.cast(labels, tf.int32)
-
-
-def extract_features(
-    encoder_fn: Callable[[tf.Tensor], tf.Tensor],
-    dataset: tf.data.Dataset,
-    max_examples: int | None = None,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Runs `encoder_fn` over a finite batched (images, labels) dataset.
-
-    Returns (features [N, D] float32, labels [N] int32), every example once including the last
-    partial batch; `max_examples` stops after that many. The encoder is wrapped in one
-    tf.function with an unknown batch size, so it is traced once per call, not per batch shape
-    (pass an existing tf.function to reuse its traces across calls).
-    """
-    if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be None or >= 1, got {max_examples}.")
-    if max_examples is None and dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-        raise ValueError(
-            "extract_features got an infinite dataset (drop .repeat()) and no max_examples."
-        )
-    image_spec, _ = _split_element(dataset.element_spec)
-    if not isinstance(image_spec, tf.TensorSpec) or image_spec.shape.rank in (None, 0, 1):
-        raise ValueError(
-            f"images must be batched tensors [batch, ...], got spec {image_spec}: call "
-            ".batch(n) on the dataset."
-        )
-    encode = _compile_encoder(encoder_fn, image_spec)
-    features, labels, seen = [], [], 0
-    for element in dataset:
-        images, batch_labels = _split_element(element)
-        mask = _mask_of(element)
-        if mask is not None:  # padded batches (distribute.pad_batches): keep the real rows
-            images = tf.boolean_mask(images, mask)
-            batch_labels = tf.boolean_mask(batch_labels, mask)
-        if max_examples is not None and seen + int(tf.shape(images)[0]) > max_examples:
-            images = images[: max_examples - seen]
-            batch_labels = batch_labels[: max_examples - seen]
-        batch_features = encode(images)
-        if isinstance(batch_features, dict | list | tuple) or batch_features.shape.rank != 2:
-            raise ValueError(
-                "the encoder must return one [batch, dim] tensor (pooled features), got "
-                f"{_describe(batch_features)} for images of shape {images.shape}; if the "
-                "dataset is unbatched, call .batch(n) on it."
-            )
-        features.append(tf.cast(batch_features, tf.float32))
-        labels.append(_sparse_batch_labels(batch_labels))
-        seen += int(tf.shape(features[-1])[0])
-        if max_examples is not None and seen >= max_examples:
-            break
-    if not features:
-        raise ValueError("extract_features: the dataset yielded no examples.")
-    return tf.concat(features, axis=0), tf.concat(labels, axis=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# kNN monitor callback
-# ---------------------------------------------------------------------------------------------
-
-
-class KNNMonitor(keras.callbacks.Callback):
-    """Weighted-kNN top-1 of `model.encoder` features (before the projection head) during fit.
-
-    Every `every_n_epochs` epochs (counted from 1, so epoch index e runs when
-    (e + 1) % every_n_epochs == 0) it embeds the bank and eval datasets with
-    `model.encoder(images, training=False)`, classifies the eval set with `knn_predict`, and
-    writes `logs["knn_top1"]` (a fraction in [0, 1]) so callbacks after it in the list
-    (CSVLogger, TensorBoard, History) record it. With `log_dir` it also writes a TensorBoard
-    scalar `knn_top1` at step `model.optimizer.iterations`.
-
-    `fill_value`: what `logs["knn_top1"]` holds on epochs without a kNN pass. None (default)
-    leaves the key out; set float("nan") when a CSVLogger follows and every_n_epochs > 1,
-    because CSVLogger fixes its columns from the first epoch's logs.
-
-    Under tf.distribute the encoder runs through the model's strategy (``strategy.run`` on a
-    distributed dataset, then ``strategy.gather``), as TPUStrategy requires; batches are padded
-    to a static, replica-divisible size with a mask, so every example counts once.
+    For quantities of the *weights* (e.g. the weight-decay penalty), which are measured now and
+    then rather than averaged over the steps: between two measurements the last one stands.
+    Each replica holds its own copy; the first replica's is read (they agree: weights are
+    mirrored).
     """
 
-    def __init__(
-        self,
-        bank_dataset_fn: Callable[[], tf.data.Dataset],
-        eval_dataset_fn: Callable[[], tf.data.Dataset],
-        num_classes: int,
-        every_n_epochs: int = 1,
-        k: int = 200,
-        temperature: float = 0.1,
-        bank_size: int | None = None,
-        log_dir: str | None = None,
-        *,
-        fill_value: float | None = None,
-    ) -> None:
-        super().__init__()
-        if not callable(bank_dataset_fn) or not callable(eval_dataset_fn):
-            raise TypeError(
-                "bank_dataset_fn and eval_dataset_fn must be zero-argument callables returning "
-                "datasets (e.g. lambda: make_eval_dataset(...)), not datasets."
-            )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if bank_size is not None and bank_size < 1:
-            raise ValueError(f"bank_size must be None or >= 1, got {bank_size}.")
-        self.bank_dataset_fn = bank_dataset_fn
-        self.eval_dataset_fn = eval_dataset_fn
-        self.num_classes = num_classes
-        self.every_n_epochs = every_n_epochs
-        self.k = k
-        self.temperature = temperature
-        self.bank_size = bank_size
-        self.log_dir = log_dir
-        self.fill_value = fill_value
-        self.results: list[dict[str, float]] = []  # one entry per kNN pass
-        self._writer: Any = None
-        self._steps: dict[tuple[Any, ...], Callable[..., tuple[tf.Tensor, ...]]] = {}
-
-    def set_model(self, model: keras.Model) -> None:
-        super().set_model(model)
-        self._steps = {}  # traces close over the old model's encoder
-
-    def _step_for(self, spec: tf.TensorSpec) -> Callable[..., tuple[tf.Tensor, ...]]:
-        """One compiled, replicated encoder step per batch spec, reused across epochs."""
-        encoder = getattr(self.model, "encoder", None)
-        if encoder is None:
-            raise AttributeError(
-                f"KNNMonitor needs the model to expose `.encoder` (the network up to the "
-                f"representation h, before the projection head); {type(self.model).__name__} "
-                "has none."
-            )
-        key = (tuple(spec.shape.as_list()), spec.dtype)
-        if key not in self._steps:
-            strategy = self.model.distribute_strategy
-
-            def replica_step(images, labels, mask):
-                features = tf.cast(encoder(images, training=False), tf.float32)
-                return features, _sparse_batch_labels(labels), mask
-
-            @tf.function
-            def step(images, labels, mask):
-                per_replica = strategy.run(replica_step, args=(images, labels, mask))
-                return tuple(strategy.gather(t, axis=0) for t in per_replica)
-
-            self._steps[key] = step
-        return self._steps[key]
-
-    def _features(
-        self, dataset: tf.data.Dataset, max_examples: int | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """(features [N, D], labels [N]) of every real example, encoded on every replica."""
-        from simclr_tf import distribute  # metrics has no package dependencies at import
-
-        strategy = self.model.distribute_strategy
-        replicas = strategy.num_replicas_in_sync
-        first = next(iter(dataset), None)
-        if first is None:
-            raise ValueError("KNNMonitor: a dataset yielded no examples.")
-        images, _ = _split_element(first)
-        batch = -(-int(images.shape[0]) // replicas) * replicas  # rounded up to the replicas
-
-        def as_tuple(*element):
-            element = element[0] if len(element) == 1 else element
-            mask = _mask_of(element)
-            return _split_element(element) + (() if mask is None else (mask,))
-
-        padded = distribute.pad_batches(dataset.map(as_tuple), batch)
-        step = self._step_for(padded.element_spec[0])
-        features, labels, seen = [], [], 0
-        for images, batch_labels, mask in strategy.experimental_distribute_dataset(padded):
-            x, y, m = step(images, batch_labels, mask)
-            keep = tf.cast(m, tf.bool)
-            features.append(tf.boolean_mask(x, keep))
-            labels.append(tf.boolean_mask(y, keep))
-            seen += int(tf.shape(labels[-1])[0])
-            if max_examples is not None and seen >= max_examples:
-                break
-        features_all, labels_all = tf.concat(features, 0), tf.concat(labels, 0)
-        if max_examples is not None:
-            features_all, labels_all = features_all[:max_examples], labels_all[:max_examples]
-        return features_all, labels_all
-
-    def evaluate(self) -> float:
-        """One kNN pass with the current weights; returns top-1 accuracy in [0, 1]."""
-        bank_x, bank_y = self._features(self.bank_dataset_fn(), self.bank_size)
-        query_x, query_y = self._features(self.eval_dataset_fn())
-        scores = knn_predict(query_x, bank_x, bank_y, self.num_classes, self.k, self.temperature)
-        hits = tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), query_y)
-        return float(np.mean(hits.numpy()))
-
-    def _step(self, epoch: int) -> int:
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            return epoch + 1
-        return int(np.asarray(keras.ops.convert_to_numpy(optimizer.iterations)))
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if logs is None:
-            logs = {}
-        if (epoch + 1) % self.every_n_epochs != 0:
-            if self.fill_value is not None:
-                logs["knn_top1"] = self.fill_value
-            return
-        start = time.perf_counter()
-        top1 = self.evaluate()
-        seconds = time.perf_counter() - start
-        step = self._step(epoch)
-        logs["knn_top1"] = top1
-        self.results.append({"epoch": epoch, "step": step, "knn_top1": top1})
-        logging.info(
-            "kNN (k=%d, T=%g) top-1 after epoch %d (step %d): %.4f [%.1fs]",
-            self.k,
-            self.temperature,
-            epoch + 1,
-            step,
-            top1,
-            seconds,
+    def __init__(self, name: str, dtype: Any = None) -> None:
+        super().__init__(name=name, dtype=dtype)
+        self.value = self.add_variable(
+            shape=(), initializer="zeros", aggregation="only_first_replica", name="value"
         )
-        if self.log_dir is not None:
-            if self._writer is None:
-                self._writer = tf.summary.create_file_writer(self.log_dir)
-            with self._writer.as_default():
-                tf.summary.scalar("knn_top1", top1, step=step)
-            self._writer.flush()
 
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def update_state(self, value: tf.Tensor) -> None:
+        self.value.assign(tf.cast(value, self.dtype))
+
+    def result(self) -> tf.Tensor:
+        return tf.convert_to_tensor(self.value)
+
+    def reset_state(self) -> None:
+        """Keeps the value: Keras resets metrics every epoch, but the weights did not reset."""

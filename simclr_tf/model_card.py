@@ -33,7 +33,7 @@ ENDPOINTS = (
 TOP_K = 5
 
 TEMPLATE = Template("""\
-# SimCLR $arch on $dataset
+# SimCLR $arch $title_suffix
 
 <!-- task: image-feature-vector -->
 <!-- network-architecture: resnet-$resnet_depth -->
@@ -45,8 +45,8 @@ TEMPLATE = Template("""\
 ## Overview
 
 A $arch encoder trained with SimCLR (Chen et al. 2020, arXiv:2002.05709; SimCLRv2 \
-arXiv:2006.10029) using simclr_tf, exported at step $step ($date). Training mode: \
-`$train_mode`. $params parameters (including batch-norm statistics).$distill_note
+arXiv:2006.10029) $origin, exported at step $step ($date). $params parameters (including \
+batch-norm statistics).$distill_note
 
 The representation to use downstream is `final_avg_pool` (the encoder output h, before the \
 projection head): linear classifiers on h beat those on the projection by over 10 points \
@@ -99,11 +99,7 @@ TF Serving REST: `POST /v1/models/simclr:predict` with \
 
 ## Training
 
-Data: `$dataset` split `$train_split`$fraction_note. Main flags:
-
-| flag | value |
-|---|---|
-$flag_rows
+$training
 <details><summary>All flags</summary>
 
 ```json
@@ -117,8 +113,8 @@ $all_flags
 $evaluation
 ## Limitations
 
-Trained on `$dataset` only, at ${size}x${size} pixels; representations of images far from \
-that distribution or size are untested. Not for decisions about people.
+$trained_on at ${size}x${size} pixels; representations of images far from that \
+distribution or size are untested. Not for decisions about people.
 
 ## Citation
 
@@ -249,6 +245,44 @@ def _distill_note(cfg: Config) -> str:
     )
 
 
+def _provenance(cfg: Config, official: dict[str, Any] | None) -> dict[str, str]:
+    """The template values that say who trained the weights and on what.
+
+    A converted reference checkpoint records neither its dataset nor its training flags: the
+    card must not present this package's defaults as how it was trained.
+    """
+    fraction_note = ""
+    if cfg.train_data_fraction < 1.0:
+        fraction_note = f" ({_percent(cfg.train_data_fraction)} of the labels, class-balanced)"
+    if official is None:
+        rows = "".join(f"| `--{k}` | `{_flag_value(getattr(cfg, k))}` |\n" for k in CARD_FLAGS)
+        return {
+            "title_suffix": f"on {cfg.dataset}",
+            "origin": f"using simclr_tf (training mode `{cfg.train_mode}`)",
+            "training": (
+                f"Data: `{cfg.dataset}` split `{cfg.train_split}`{fraction_note}. Main flags:\n\n"
+                f"| flag | value |\n|---|---|\n{rows}"
+            ),
+            "trained_on": f"Trained on `{cfg.dataset}` only,",
+        }
+    ema = " (its EMA weights)" if official.get("use_ema") else ""
+    return {
+        "title_suffix": "converted from the reference SimCLR code",
+        "origin": (
+            f"by the reference code (google-research/simclr): its `{official.get('format')}` "
+            f"`{official.get('source')}`{ema} was converted by simclr_tf, weights unchanged"
+        ),
+        "training": (
+            "Trained by the reference code; the checkpoint records neither its dataset nor its "
+            "training flags (see the SimCLR / SimCLRv2 papers for the published settings). "
+            "Read from the checkpoint: "
+            f"{official.get('summary', 'the architecture')}. The JSON below is the "
+            "configuration simclr_tf rebuilt the model with, not how it was trained.\n"
+        ),
+        "trained_on": "Trained on the reference checkpoint's dataset (not recorded in it),",
+    }
+
+
 def model_card(
     model: keras.Model,
     cfg: Config,
@@ -256,8 +290,13 @@ def model_card(
     step: int,
     result: dict[str, Any] | None,
     class_names: Sequence[str] | None,
+    official: dict[str, Any] | None = None,
 ) -> str:
-    """The Markdown model card of ``model`` (a built SimCLRModel) exported at ``step``."""
+    """The Markdown model card of ``model`` (a built SimCLRModel) exported at ``step``.
+
+    ``official``: the record of a converted reference checkpoint (``official.json``); the
+    card then names the source instead of describing a simclr_tf training run.
+    """
     size = int(cfg.image_size)
     outputs = model(tf.zeros([1, size, size, 3]), training=False)
     outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
@@ -266,16 +305,12 @@ def model_card(
     if has_head and class_names:
         ids = ", ".join(f"{i} `{c}`" for i, c in enumerate(class_names))
         class_ids = f"Class ids (also in `labels.txt`, line i = id i): {ids}.\n\n"
-    fraction_note = ""
-    if cfg.train_data_fraction < 1.0:
-        fraction_note = f" ({_percent(cfg.train_data_fraction)} of the labels, class-balanced)"
     return TEMPLATE.substitute(
         arch=_architecture(cfg),
-        dataset=cfg.dataset,
+        dataset=cfg.dataset if official is None else "unknown",
         resnet_depth=cfg.resnet_depth,
         step=int(step),
         date=datetime.date.today().isoformat(),
-        train_mode=cfg.train_mode,
         distill_note=_distill_note(cfg),
         params=f"{int(sum(np.prod(v.shape) for v in model.weights)):,}",
         size=size,
@@ -286,9 +321,7 @@ def model_card(
         endpoints=", ".join(f"`{e}`" for e in ENDPOINTS),
         logits_sup=", `logits_sup`" if has_head else "",
         class_ids=class_ids,
-        train_split=cfg.train_split,
-        fraction_note=fraction_note,
-        flag_rows="".join(f"| `--{k}` | `{_flag_value(getattr(cfg, k))}` |\n" for k in CARD_FLAGS),
         all_flags=cfg.to_json(),
         evaluation=_evaluation(cfg, step, result),
+        **_provenance(cfg, official),
     )

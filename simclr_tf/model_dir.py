@@ -38,6 +38,7 @@ RESULT_FILE = "result.json"
 CHECKPOINT_NAME = "ckpt"  # checkpoints are <model_dir>/ckpt-<step>.*
 EXPORT_SUBDIR = "saved_model"
 EVAL_SUMMARIES = "eval"
+OFFICIAL_FILE = "official.json"  # marks a run folder converted from a reference checkpoint
 # Recorded in flags.json beside the flags: facts of the run that are not flags.
 NUM_CLASSES_KEY = "num_classes"
 
@@ -68,6 +69,11 @@ def result_path(model_dir: str, step: int | None = None) -> str:
     """``result.json`` (the latest evaluation), or ``result_<step>.json`` for one step."""
     name = RESULT_FILE if step is None else f"result_{int(step)}.json"
     return os.path.join(model_dir, name)
+
+
+def official_path(model_dir: str) -> str:
+    """What ``tools/convert_checkpoint.py`` loaded (source, format, architecture, step)."""
+    return os.path.join(model_dir, OFFICIAL_FILE)
 
 
 def export_root(model_dir: str) -> str:
@@ -120,6 +126,11 @@ def config_from_flags(flags_dict: dict[str, Any]) -> Config:
     """The Config recorded in a flags.json (keys that are not flags are left out)."""
     names = {f.name for f in dataclasses.fields(Config)}
     return Config(**{k: v for k, v in flags_dict.items() if k in names})
+
+
+def read_official(model_dir: str) -> dict[str, Any] | None:
+    """The record of a run folder converted from a reference checkpoint, or None."""
+    return _read_json(official_path(model_dir))
 
 
 def read_result(model_dir: str, step: int) -> dict[str, Any] | None:

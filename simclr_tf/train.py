@@ -19,7 +19,7 @@ from simclr_tf import checkpoints, distribute, evaluate, loss_scale, model_dir, 
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config, Schedule, make_schedule
 from simclr_tf.data import pipeline, sources
-from simclr_tf.metrics import KNNMonitor
+from simclr_tf.knn import KNNMonitor
 from simclr_tf.models.build import build_model
 from simclr_tf.models.distill import fixed_view_dataset, load_teacher, restore_student
 from simclr_tf.models.simclr import SimCLRModel
@@ -261,6 +261,8 @@ def train(
             step,
         )
     _set_steps_per_execution(model, per_call)
+    # Every epoch end (and the last step) is a multiple of this: the logged penalty is current.
+    model.weight_decay_every = math.gcd(spe, schedule.total_steps)
     for span in checkpoints.fit_spans(step, schedule.steps_per_epoch, schedule.total_steps):
         if int(model.optimizer.iterations.numpy()) >= schedule.total_steps:
             break  # StopAtStep ended the run inside the previous span

@@ -1,6 +1,7 @@
 """tools/ablate.py on a 2x2 grid of tiny real runs, killed after two cells and resumed."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,53 @@ def test_resume_logic_with_a_stand_in_run_py(tmp_path):
     assert rows["crop"]["contrast_acc"] == "0.6"
     assert rows["color"]["status"] == "done" and rows["color+crop"]["status"] == "error"
     assert "a flag error" in rows["color+crop"]["message"]
+
+
+FAKE_EVAL_RUN = """
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+model_dir = args["model_dir"]
+os.makedirs(model_dir, exist_ok=True)
+cell = os.path.basename(args.get("checkpoint", model_dir))
+with open(os.path.join(model_dir, "call.json"), "w") as f:
+    json.dump(args, f)
+with open(os.path.join(model_dir, "metrics.csv"), "w") as f:
+    f.write("epoch,step,loss,contrast_acc,knn_top1\\n1,5,2.0,0.5,0.25\\n")
+if args["mode"] == "train_then_eval":  # a different top-1 per cell and per kind of run
+    top1 = (0.5 if "checkpoint" in args else 0.0) + 0.01 * len(cell)
+    with open(os.path.join(model_dir, "result.json"), "w") as f:
+        json.dump({"label_top_1_accuracy": top1}, f)
+"""
+
+
+@pytest.mark.parametrize("how", ["probe", "linear"])
+def test_probe_and_linear_scores_come_from_their_runs(tmp_path, how):
+    """--eval=probe scores a cell by its own run's result.json (run with train_then_eval);
+    --eval=linear runs the linear flagfile on the cell's checkpoint into <cell>/linear and
+    scores that run's result.json, not the probe's."""
+    fake = tmp_path / "fake_run.py"
+    fake.write_text(FAKE_EVAL_RUN)
+    out = tmp_path / "grid"
+    extra = ["--linear_flagfile=flags/cpu_cifar10_linear_eval.cfg"] if how == "linear" else []
+    cmd = [sys.executable, os.path.join(REPO, "tools", "ablate.py"), f"--out={out}",
+           "--ops=crop,color", f"--eval={how}", *extra, f"--run_py={fake}", "--",
+           "--seed=3"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": REPO}
+    subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    with open(out / "results.csv") as f:
+        rows = {r["cell"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["crop", "crop+color", "color"]
+    for name, row in rows.items():
+        cell = out / "cells" / name
+        pretrain = json.loads((cell / "call.json").read_text())
+        assert pretrain["mode"] == "train_then_eval" and pretrain["seed"] == "3"
+        if how == "probe":
+            assert float(row["probe_top1"]) == pytest.approx(0.01 * len(name))
+            assert row["linear_top1"] == "nan" and not (cell / "linear").exists()
+        else:
+            linear = json.loads((cell / "linear" / "call.json").read_text())
+            assert linear["checkpoint"] == str(cell) and linear["mode"] == "train_then_eval"
+            assert linear["flagfile"] == "flags/cpu_cifar10_linear_eval.cfg"
+            assert float(row["linear_top1"]) == pytest.approx(0.5 + 0.01 * len(name))
+            assert row["probe_top1"] == "nan"
+    assert (out / "results.md").exists()

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
-from simclr_tf import config, distribute, evaluate, metrics, train
+from simclr_tf import config, distribute, evaluate, knn, train
 
 SIZE = 8
 CLASSES = 3
@@ -206,7 +206,7 @@ def test_knn_monitor_runs_through_the_strategy(strategy):
     query_y = np.arange(7) % CLASSES
     with strategy.scope():
         model = _EncoderModel()
-    monitor = metrics.KNNMonitor(
+    monitor = knn.KNNMonitor(
         lambda: tf.data.Dataset.from_tensor_slices((bank_x, bank_y)).batch(4),
         lambda: tf.data.Dataset.from_tensor_slices((query_x, query_y)).batch(4),
         num_classes=CLASSES,

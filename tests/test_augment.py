@@ -10,6 +10,9 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.data import augment as aug
+from simclr_tf.data.augment import blur as aug_blur
+from simclr_tf.data.augment import color as aug_color
+from simclr_tf.data.augment import seeds as aug_seeds
 
 RNG = np.random.default_rng(1234)
 
@@ -202,7 +205,7 @@ def test_per_view_path_equals_batched_path_at_224_on_a_non_square_image():
         batched = batched_fn(image, s)
         for a, b in zip(per_view, batched, strict=True):
             np.testing.assert_allclose(a.numpy(), b[0].numpy(), atol=2e-4)
-        crop_only = aug.random_resized_crop(image, aug._split(s, 4)[0], 224)
+        crop_only = aug.random_resized_crop(image, aug_seeds._split(s, 4)[0], 224)
         plain.append(np.abs(per_view[0].numpy() - crop_only.numpy()).max())
     assert max(plain) > 0.1  # the ops did change the views
 
@@ -375,24 +378,24 @@ def test_every_op_order_matches_sequential_reference():
         "order": orders,
     }
     x = colour_test_images(n)
-    got = aug._apply_jitter(tf.constant(x), {k: tf.constant(v) for k, v in params.items()})
+    got = aug_color._apply_jitter(tf.constant(x), {k: tf.constant(v) for k, v in params.items()})
     np.testing.assert_allclose(got.numpy(), jitter_reference(x, params), atol=1e-4)
 
 
 def test_color_jitter_uses_sampled_params_and_random_order():
     x = colour_test_images(32)
     got = aug.color_jitter(x, seed(12), strength=1.0).numpy()
-    params = aug._jitter_params(seed(12), 32, 1.0)
+    params = aug_color._jitter_params(seed(12), 32, 1.0)
     np.testing.assert_allclose(got, jitter_reference(x, params), atol=1e-4)
     fixed = aug.color_jitter(x[:4], seed(12), strength=1.0, random_order=False).numpy()
-    params = aug._jitter_params(seed(12), 4, 1.0, random_order=False)
+    params = aug_color._jitter_params(seed(12), 4, 1.0, random_order=False)
     assert (params["order"].numpy() == np.arange(4)).all()
     np.testing.assert_allclose(fixed, jitter_reference(x[:4], params), atol=1e-4)
 
 
 def test_jitter_param_ranges_and_order_distribution():
     n, s = 4000, 0.5
-    p = {k: v.numpy() for k, v in aug._jitter_params(seed(13), n, s).items()}
+    p = {k: v.numpy() for k, v in aug_color._jitter_params(seed(13), n, s).items()}
     for name in ("brightness", "contrast", "saturation"):
         assert p[name].min() >= 1 - 0.8 * s and p[name].max() <= 1 + 0.8 * s
         assert abs(p[name].mean() - 1.0) < 0.02
@@ -401,7 +404,7 @@ def test_jitter_param_ranges_and_order_distribution():
     for op, pos in itertools.product(range(4), range(4)):
         assert binomial_ok(int((p["order"][:, pos] == op).sum()), n, 0.25)
     # Strength > 1.25 keeps factors non-negative (brightness' max(0, 1 - 0.8 s) rule).
-    big = aug._jitter_params(seed(13), 500, 2.0)
+    big = aug_color._jitter_params(seed(13), 500, 2.0)
     assert float(tf.reduce_min(big["brightness"])) >= 0.0
 
 
@@ -414,9 +417,9 @@ def test_strength_zero_and_neutral_factors_are_identity():
         "contrast": tf.ones([n]),
         "saturation": tf.ones([n]),
         "hue": tf.zeros([n]),
-        "order": aug._jitter_params(seed(14), n, 1.0)["order"],
+        "order": aug_color._jitter_params(seed(14), n, 1.0)["order"],
     }
-    assert np.all(aug._apply_jitter(tf.constant(x), neutral).numpy() == x)
+    assert np.all(aug_color._apply_jitter(tf.constant(x), neutral).numpy() == x)
     out = aug.color_distortion(x, seed(14), 0.0, grayscale_p=0.0).numpy()
     assert np.all(out == x)
 
@@ -491,7 +494,7 @@ def test_random_blur_rate_sigma_and_kernel_size():
     n, side = 400, 40  # radius 40 // 20 = 2 -> 5 taps
     x = rand_images(n, side, side)
     out = aug.random_blur(x, seed(16)).numpy()
-    apply, sigma = (t.numpy() for t in aug._blur_params(seed(16), n, 0.5, (0.1, 2.0)))
+    apply, sigma = (t.numpy() for t in aug_blur._blur_params(seed(16), n, 0.5, (0.1, 2.0)))
     assert binomial_ok(int(apply.sum()), n, 0.5)
     assert sigma.min() >= 0.1 and sigma.max() <= 2.0
     assert np.all(out[~apply] == x[~apply])
@@ -500,7 +503,7 @@ def test_random_blur_rate_sigma_and_kernel_size():
     # CIFAR-sized: 32 // 20 -> radius 1 (3 taps).
     small = rand_images(4, 32, 32)
     out_small = aug.random_blur(small, seed(17), p=1.0).numpy()
-    _, sig = aug._blur_params(seed(17), 4, 1.0, (0.1, 2.0))
+    _, sig = aug_blur._blur_params(seed(17), 4, 1.0, (0.1, 2.0))
     np.testing.assert_allclose(out_small[0], np_blur(small[0], sig.numpy()[0], 1), atol=1e-5)
 
 

@@ -454,5 +454,5 @@ def test_presets_are_valid_distill_runs(preset):
             values[name] = flags.FLAGS[name].parser.parse(value)
     cfg = config.Config(**values).validate()
     assert cfg.train_mode == "distill" and cfg.distill_label_weight == 0.0
-    # The paper: tau = 0.1 for self-distillation, 1.0 big-to-small (and in Table 3).
+    # The paper: tau = 0.1 for self-distillation, 1.0 big-to-small (Section 3 settings).
     assert cfg.distill_temperature == (0.1 if preset.endswith("_self") else 1.0)

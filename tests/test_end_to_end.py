@@ -178,6 +178,16 @@ def test_run_numbers_match_in_process_references(pretrained):
     )
 
 
+def test_logged_weight_decay_is_the_penalty_of_the_saved_weights(pretrained):
+    """metrics.csv's ``weight_decay`` (measured only at the epoch end) against NumPy over the
+    kernels of the checkpoint the run ended with."""
+    cfg, model = _model_of_run(pretrained)
+    kernels = [v.numpy().astype(np.float64) for v in model.trainable_variables if len(v.shape) > 1]
+    expected = cfg.weight_decay * sum(0.5 * np.sum(np.square(k)) for k in kernels)
+    logged = float(_csv_rows(pretrained / "metrics.csv")[-1]["weight_decay"])
+    assert expected > 0 and logged == pytest.approx(expected, rel=1e-4)
+
+
 def test_rerun_resumes_and_eval_is_repeatable(pretrained, run_cli):
     before = json.loads((pretrained / "result.json").read_text())
     # Same command again: already at the last step, nothing trained; eval gives the same numbers.

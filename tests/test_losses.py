@@ -335,8 +335,10 @@ def _np_sigmoid_log(x):
 def np_pair_loss(z1, z2, kind, tau=0.5, margin=0.4, semi_hard=False, hidden_norm=True):
     """The paper's Table 2 objectives, one anchor at a time, over all 2N anchors (float64).
 
-    Per anchor i with positive p: negatives are every k other than i and p; semi-hard keeps
-    those with s_k < s_p (and, for the margin loss, s_k > s_p - margin). NT-Logistic:
+    Per anchor i with positive p: negatives are every k other than i and p; semi-hard keeps,
+    as the paper's Section 5.1 words it ("those that are within the loss margin and closest in
+    distance, but farther than positive examples"), the one k of largest s_k among those with
+    s_k < s_p (and, for the margin loss, s_k > s_p - margin). NT-Logistic:
     -log sig(s_p/tau) - mean_k log sig(-s_k/tau); margin: mean_k max(s_k - s_p + margin, 0).
     Also returns how many negatives semi-hard mining dropped (so tests can check it bites).
     """
@@ -362,6 +364,9 @@ def np_pair_loss(z1, z2, kind, tau=0.5, margin=0.4, semi_hard=False, hidden_norm
                 negs.append(s_k)
             else:
                 dropped += 1
+        if semi_hard and negs:
+            dropped += len(negs) - 1
+            negs = [max(negs)]  # the closest of the semi-hard window
         if kind == "nt_logistic":
             term = -_np_sigmoid_log(s_p / tau)
             if negs:
@@ -426,6 +431,25 @@ def test_pair_losses_values_and_gradients_match_numpy(kind, semi_hard, tau_or_ma
     np.testing.assert_allclose(gb, fd2, rtol=1e-3, atol=2e-5)
     # The reported accuracy is that of the similarity ranking, whatever the loss.
     np.testing.assert_allclose(out.accuracy.numpy(), np_nt_xent(z1, z2, tau)[1], atol=1e-7)
+
+
+def test_semi_hard_keeps_the_one_closest_negative_farther_than_the_positive():
+    """Paper, Section 5.1: semi-hard terms are "those that are within the loss margin and
+    closest in distance, but farther than positive examples"."""
+    from simclr_tf.losses import _negatives
+
+    # One anchor (column 0 is itself, column 1 its positive at s+ = 0.9).
+    sims = tf.constant([[1.0, 0.9, 0.95, 0.8, 0.6, 0.3]])
+    labels = tf.constant([1])
+    self_mask = tf.constant([[True, False, False, False, False, False]])
+    pos, neg = _negatives(sims, labels, self_mask, semi_hard=True, margin=0.4)
+    np.testing.assert_allclose(pos.numpy(), [0.9])
+    # 0.95 is harder than the positive, 0.3 beyond the margin, 0.8 is closer than 0.6.
+    assert neg.numpy().tolist() == [[False, False, False, True, False, False]]
+    _, neg = _negatives(sims, labels, self_mask, semi_hard=True, margin=0.05)
+    assert not neg.numpy().any()  # nothing within the margin: no negative term
+    _, neg = _negatives(sims, labels, self_mask, semi_hard=False, margin=None)
+    assert neg.numpy().tolist() == [[False, False, True, True, True, True]]
 
 
 def test_margin_triplet_is_zero_when_every_negative_is_beyond_the_margin():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import metrics
+from simclr_tf import knn, metrics
 
 # ------------------------------------------------------------------------------------------
 # NumPy references
@@ -157,7 +157,7 @@ def test_knn_predict_matches_numpy(k, chunk_size):
     bank = rng.normal(size=(50, 8)).astype(np.float32) * rng.uniform(0.5, 3.0, size=(50, 1))
     bank_labels = rng.integers(0, 5, size=50)
     expected = np_knn_scores(query, bank, bank_labels, 5, k, 0.1)
-    got = metrics.knn_predict(query, bank, bank_labels, 5, k=k, chunk_size=chunk_size)
+    got = knn.knn_predict(query, bank, bank_labels, 5, k=k, chunk_size=chunk_size)
     assert got.shape == (37, 5)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(np.argmax(got.numpy(), 1), np.argmax(expected, 1))
@@ -173,7 +173,7 @@ def test_knn_predict_k_above_bank_uses_whole_bank_and_temperature():
     b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
     weights = np.exp((q @ b.T) / 0.5)
     expected = np.stack([weights[:, bank_labels == c].sum(1) for c in range(3)], axis=1)
-    got = metrics.knn_predict(query, bank, bank_labels, 3, k=200, temperature=0.5, chunk_size=4)
+    got = knn.knn_predict(query, bank, bank_labels, 3, k=200, temperature=0.5, chunk_size=4)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
 
 
@@ -184,17 +184,17 @@ def test_knn_predict_separable_clusters_are_all_correct():
     query_labels = np.tile(np.arange(4), 20)
     bank = centres[bank_labels] + rng.normal(size=(200, 16))
     query = centres[query_labels] + rng.normal(size=(80, 16))
-    scores = metrics.knn_predict(query, bank, bank_labels, 4, k=20, chunk_size=30)
+    scores = knn.knn_predict(query, bank, bank_labels, 4, k=20, chunk_size=30)
     np.testing.assert_array_equal(np.argmax(scores.numpy(), axis=1), query_labels)
 
 
 def test_knn_predict_validates_inputs():
     with pytest.raises(tf.errors.InvalidArgumentError):
-        metrics.knn_predict(np.ones((2, 3)), np.ones((2, 3)), np.array([0, 3]), 3)
+        knn.knn_predict(np.ones((2, 3)), np.ones((2, 3)), np.array([0, 3]), 3)
     with pytest.raises(ValueError, match="same encoder"):
-        metrics.knn_predict(np.ones((2, 3)), np.ones((2, 4)), np.array([0, 1]), 3)
+        knn.knn_predict(np.ones((2, 3)), np.ones((2, 4)), np.array([0, 1]), 3)
     with pytest.raises(ValueError, match="temperature"):
-        metrics.knn_predict(np.ones((2, 3)), np.ones((2, 3)), np.array([0, 1]), 3, temperature=0)
+        knn.knn_predict(np.ones((2, 3)), np.ones((2, 3)), np.array([0, 1]), 3, temperature=0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -220,14 +220,14 @@ def test_extract_features_counts_each_example_once_with_partial_batch():
         traces.append(x.shape)
         return tf.stack([tf.reduce_sum(x, axis=[1, 2, 3]), tf.reduce_max(x, axis=[1, 2, 3])], 1)
 
-    feats, labs = metrics.extract_features(encoder, ds)
+    feats, labs = knn.extract_features(encoder, ds)
     assert len(traces) == 1  # one trace serves full and partial batches
     expected = np.stack([images.sum(axis=(1, 2, 3)), images.max(axis=(1, 2, 3))], axis=1)
     assert feats.dtype == tf.float32 and labs.dtype == tf.int32
     np.testing.assert_allclose(feats.numpy(), expected, rtol=1e-5)
     np.testing.assert_array_equal(labs.numpy(), labels)
 
-    feats, labs = metrics.extract_features(encoder, ds, max_examples=12)
+    feats, labs = knn.extract_features(encoder, ds, max_examples=12)
     np.testing.assert_allclose(feats.numpy(), expected[:12], rtol=1e-5)
     np.testing.assert_array_equal(labs.numpy(), labels[:12])
 
@@ -235,12 +235,12 @@ def test_extract_features_counts_each_example_once_with_partial_batch():
 def test_extract_features_one_hot_labels_and_errors():
     ds, images, labels = _toy_dataset(7, 3)
     one_hot_ds = ds.map(lambda x, y: (x, tf.one_hot(y, 3)))
-    _, labs = metrics.extract_features(lambda x: tf.reshape(x, [-1, 48]), one_hot_ds)
+    _, labs = knn.extract_features(lambda x: tf.reshape(x, [-1, 48]), one_hot_ds)
     np.testing.assert_array_equal(labs.numpy(), labels)
     with pytest.raises(ValueError, match="infinite"):
-        metrics.extract_features(lambda x: x, ds.repeat())
+        knn.extract_features(lambda x: x, ds.repeat())
     with pytest.raises(ValueError, match=r"\.batch"):
-        metrics.extract_features(lambda x: x, ds.unbatch())
+        knn.extract_features(lambda x: x, ds.unbatch())
 
 
 # ------------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def test_knn_monitor_in_fit_writes_logs_and_tensorboard(tmp_path, distributed):
             optimizer=keras.optimizers.SGD(0.5),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-    monitor = metrics.KNNMonitor(
+    monitor = knn.KNNMonitor(
         lambda: tf.data.Dataset.from_tensor_slices((bank_x, bank_y)).batch(8),
         lambda: tf.data.Dataset.from_tensor_slices((eval_x, eval_y)).batch(4),
         num_classes=3,
@@ -357,7 +357,7 @@ def test_knn_monitor_schedule_without_fill_and_missing_encoder():
     def make_ds():
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
 
-    monitor = metrics.KNNMonitor(make_ds, make_ds, num_classes=3, every_n_epochs=3, k=1)
+    monitor = knn.KNNMonitor(make_ds, make_ds, num_classes=3, every_n_epochs=3, k=1)
     model = TinySimCLR()
     model(x)
     monitor.set_model(model)
@@ -375,7 +375,7 @@ def test_knn_monitor_schedule_without_fill_and_missing_encoder():
     with pytest.raises(AttributeError, match="encoder"):
         monitor.on_epoch_end(2, {})
     with pytest.raises(TypeError, match="callables"):
-        metrics.KNNMonitor(make_ds(), make_ds, num_classes=3)
+        knn.KNNMonitor(make_ds(), make_ds, num_classes=3)
 
 
 class IdentityEncoderModel(keras.Model):
@@ -396,7 +396,7 @@ def test_knn_monitor_bank_size_takes_first_examples():
     query_x, query_y = np.array([e1], np.float32)[:, :, None], np.array([0])
 
     def monitor_top1(bank_size):
-        monitor = metrics.KNNMonitor(
+        monitor = knn.KNNMonitor(
             lambda: tf.data.Dataset.from_tensor_slices((bank_x, bank_y)).batch(2),
             lambda: tf.data.Dataset.from_tensor_slices((query_x, query_y)).batch(2),
             num_classes=2,

@@ -84,6 +84,46 @@ def test_train_step_reports_the_paper_loss_of_its_projections():
     assert float(logs["weight_decay"]) == pytest.approx(cfg.weight_decay * wd, rel=1e-3)
 
 
+def _np_penalty(model, weight_decay: float) -> float:
+    """0.5 * wd * sum ||w||^2 over the kernels (rank > 1), in float64 NumPy."""
+    return weight_decay * sum(
+        0.5 * float(np.sum(np.square(v.numpy().astype(np.float64))))
+        for v in model.trainable_variables
+        if len(v.shape) > 1
+    )
+
+
+@pytest.mark.parametrize("mirrored", [False, True], ids=["one_device", "mirrored"])
+def test_weight_decay_is_measured_only_on_every_nth_step(mirrored, request):
+    """With ``weight_decay_every=2`` the penalty is measured after steps 2 and 4 only; in
+    between the log repeats the last measurement although the weights moved (also on 2
+    replicas, where the measurement sits in a ``tf.cond`` inside the replica step)."""
+    strategy = request.getfixturevalue("strategy") if mirrored else tf.distribute.get_strategy()
+    cfg = _cfg(lineareval_while_pretraining=False)
+    with strategy.scope():
+        model = _model(cfg)
+    model.weight_decay_every = 2
+
+    @tf.function
+    def step(data):
+        logs = strategy.run(model.train_step, args=(data,))
+        return strategy.experimental_local_results(logs)[0]
+
+    v1, v2 = _views(8, 16)
+    data = ((v1, v2), tf.zeros([8], tf.int32))
+    logged, actual = [], []
+    for _ in range(4):
+        logged.append(float(step(data)["weight_decay"]))
+        actual.append(_np_penalty(model, cfg.weight_decay))
+    assert logged[0] == 0.0  # nothing measured yet
+    assert logged[1] == pytest.approx(actual[1], rel=1e-4)
+    assert logged[2] == logged[1] and actual[2] != pytest.approx(actual[1], rel=1e-6)
+    assert logged[3] == pytest.approx(actual[3], rel=1e-4)
+    # Keras resets metrics at every epoch start; the measurement of the weights must survive it.
+    model.reset_metrics()
+    assert float(model.weight_decay_tracker.result()) == logged[3]
+
+
 def test_pretraining_learns_on_a_tiny_set():
     """Contrastive accuracy rises and the loss falls well below ln(2N-1) on 16 images.
 

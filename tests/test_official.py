@@ -285,6 +285,19 @@ def test_convert_refuses_to_overwrite(converted):
 
 
 @pytest.mark.slow  # shares the converted folder (conversion + export)
+def test_converted_model_card_names_the_source_not_a_simclr_tf_run(converted):
+    """The checkpoint records neither dataset nor training flags: the card must say where the
+    weights come from and must not present this package's defaults as their training."""
+    card = (converted / "saved_model" / "500" / "README.md").read_text()
+    assert "converted from the reference SimCLR code" in card
+    assert f"`tf2_checkpoint` `{CIFAR}`" in card and "weights unchanged" in card
+    assert "ResNet-18 0.25x, CIFAR stem" in card  # what was read from the checkpoint
+    assert "<!-- dataset: unknown -->" in card
+    for wrong in ("using simclr_tf", "Main flags", "Trained on `"):
+        assert wrong not in card, wrong
+
+
+@pytest.mark.slow  # shares the converted folder (conversion + export)
 def test_converted_tf_hub_export_matches_reference(converted):
     import tensorflow_hub as hub
 
@@ -338,3 +351,7 @@ def test_converted_fine_tunes_under_run_py_and_exports(converted, tmp_path, writ
     changed = relative_differences(out, {"block_group4": ref["block_group4"]})
     assert changed["block_group4"] > 1e-3  # block_group4 was trained
     assert out["logits_sup"].shape == (4, 3)
+    # This run trained with simclr_tf (from converted weights): its card says so.
+    card = (run_dir / "saved_model" / "2" / "README.md").read_text()
+    assert "using simclr_tf (training mode `finetune`)" in card and "Main flags" in card
+    assert "converted from the reference" not in card

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from simclr_tf.data import image_folder
-from simclr_tf.data.sources import DataError, dataset_info, load_split
+from simclr_tf.data.sources import UNLABELLED, DataError, dataset_info, load_split
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -380,6 +380,23 @@ def test_tfds_fraction_and_sharding(tiny_tfds, no_network):
     assert sorted(parts[0] + parts[1]) == chosen(0.5, 0)[0]
     sliced, info = chosen(1.0, 0, split="train[:10]")
     assert len(sliced) == 10 and info.split_sizes["train[:10]"] == 10
+
+
+def test_tfds_unlabelled_keeps_every_example_and_labels_the_fine_tuning_subset(
+    tiny_tfds, no_network
+):
+    """Distillation's unlabelled split (TFDS branch): every example once; exactly the examples
+    the same fraction and seed select for fine-tuning keep their label, the rest get -1."""
+    args = dict(train_data_fraction=0.25, fraction_seed=0)
+    ds, info = load_split("simclr_tf_tiny_gray", "train", tiny_tfds, unlabelled=True, **args)
+    items = _items(ds)
+    assert sorted(int(x[0, 0, 0]) for x, _ in items) == list(range(30))
+    assert info.split_sizes["train"] == 30
+    labelled = {int(x[0, 0, 0]): int(y) for x, y in items if y != UNLABELLED}
+    assert all(y == UNLABELLED for x, y in items if int(x[0, 0, 0]) not in labelled)
+    subset, _ = load_split("simclr_tf_tiny_gray", "train", tiny_tfds, **args)
+    assert labelled == {int(x[0, 0, 0]): int(y) for x, y in _items(subset)}
+    assert all(y == v % 3 for v, y in labelled.items()) and len(labelled) == 6
 
 
 # ------------------------------------------------------------------------------- shared CIFAR-10

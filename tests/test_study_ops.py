@@ -130,7 +130,7 @@ def test_composition_order_views_and_recipe_path():
 
 
 def test_new_ops_compile_with_xla_and_match_eager():
-    """The device path (jit-compiled train step); augment.py's ops have their own XLA test."""
+    """The device path (jit-compiled train step); augment's ops have their own XLA test."""
     x = tf.constant(_images(batch=3, side=16))
     ops = ["rotate", "cutout", "noise", "sobel"]
     eager = so.composed_two_views(x, _seed(11), 16, ops)

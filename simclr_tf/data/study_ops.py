@@ -73,7 +73,7 @@ def parse_augmentations(text: str | Sequence[str] | None, use_blur: bool = True)
 
 
 # --------------------------------------------------------------------------------------------
-# Seed and batch plumbing (own copies: augment.py's private helpers are not an API)
+# Seed and batch plumbing (own copies: the augment package's private helpers are not an API)
 # --------------------------------------------------------------------------------------------
 
 

@@ -48,7 +48,8 @@ def distillation_loss(
 ) -> tf.Tensor:
     """Per-example ``-sum_y softmax(t / tau)_y log softmax(s / tau)_y``, float32 ``[batch]``.
 
-    No ``tau^2`` factor (the paper's Eq. 2 has none). The teacher side is a constant: no gradient
+    No ``tau^2`` factor (the paper's Eq. 2 has none; the authors' distillation colab weights the
+    loss by ``tau**2``, the same at tau = 1). The teacher side is a constant: no gradient
     flows into the teacher. d loss / d s = (softmax(s / tau) - softmax(t / tau)) / tau.
     """
     t = tf.cast(teacher_logits, tf.float32) / temperature

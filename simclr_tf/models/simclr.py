@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import distribute, losses, optim
-from simclr_tf.metrics import ExampleCount, TopKAccuracy
+from simclr_tf.metrics import ExampleCount, LastValue, TopKAccuracy
 from simclr_tf.models import gradient_cache
 from simclr_tf.models.heads import LinearHead, ProjectionHead
 from simclr_tf.models.layers import set_trainable
@@ -40,7 +40,8 @@ class SimCLRModel(keras.Model):
       frozen_stages: encoder stages (stem + 4 block groups) kept frozen in finetune mode; 5 is
         the linear evaluation protocol (the projection head below the selector is frozen too).
       zero_init_logits_layer: start the supervised head at zero (really, unlike the reference).
-      weight_decay: only *reported* here (``weight_decay`` metric); the optimizer applies it.
+      weight_decay: only *reported* here (``weight_decay`` metric, the penalty of the current
+        weights, measured every :attr:`weight_decay_every` steps); the optimizer applies it.
       augment_fn: device-side augmentation ``(uint8 images, seed) -> (view1, view2)``; when
         set, pretraining batches hold decoded images instead of two views.
       seed: base seed of the device-side augmentation.
@@ -103,7 +104,10 @@ class SimCLRModel(keras.Model):
             self.contrast_acc = mean("contrast_acc")
             self.contrast_entropy = mean("contrast_entropy")
         self.loss_tracker = mean("loss")
-        self.weight_decay_tracker = mean("weight_decay")
+        self.weight_decay_tracker = LastValue("weight_decay")
+        # Steps between two measurements of the penalty (a pass over every weight, for the log
+        # only). train.py sets it so the measurement lands on every epoch end; 1 = every step.
+        self.weight_decay_every = 1
         self.lr_tracker = mean("learning_rate")
         if self.supervised_head is not None:
             self.supervised_loss = mean("supervised_loss")
@@ -196,10 +200,26 @@ class SimCLRModel(keras.Model):
 
     def _report_common(self, loss: tf.Tensor) -> None:
         self.loss_tracker.update_state(loss)
-        self.weight_decay_tracker.update_state(
-            optim.weight_decay_penalty(self.trainable_variables, self.weight_decay)
-        )
+        self.weight_decay_tracker.update_state(self._weight_decay_penalty())
         self.lr_tracker.update_state(self.optimizer.learning_rate)
+
+    def _weight_decay_penalty(self) -> tf.Tensor:
+        """The penalty of the weights after this step's update, or the last one measured.
+
+        Measured when the optimizer's step count is a multiple of ``weight_decay_every`` (the
+        epoch ends, where the logs are written), so the pass over every weight is not paid at
+        every step only to be overwritten.
+        """
+        if not self.weight_decay:
+            return tf.constant(0.0, tf.float32)
+
+        def measure() -> tf.Tensor:
+            return optim.weight_decay_penalty(self.trainable_variables, self.weight_decay)
+
+        if self.weight_decay_every <= 1:
+            return measure()
+        due = tf.equal(self.optimizer.iterations % self.weight_decay_every, 0)
+        return tf.cond(due, measure, self.weight_decay_tracker.result)
 
     def _update_supervised(self, labels, logits, sup_loss) -> None:
         self.supervised_loss.update_state(sup_loss)

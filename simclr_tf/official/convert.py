@@ -23,8 +23,6 @@ from simclr_tf.config import ARCHITECTURE_KEYS, Config
 from simclr_tf.official.load import OfficialInfo, arch_config, inspect, load_official
 from simclr_tf.official.reader import OfficialCheckpointError, is_official
 
-OFFICIAL_JSON = "official.json"  # marks a run folder converted from an official checkpoint
-
 
 def default_image_size(cifar_stem: bool) -> int:
     """The reference picks the CIFAR stem exactly for images <= 32 px; ImageNet models: 224."""
@@ -36,7 +34,7 @@ def _converted_run(path: str | None) -> str | None:
     if not path or path == "none":
         return None
     folder = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
-    if folder and tf.io.gfile.exists(os.path.join(folder, OFFICIAL_JSON)):
+    if folder and tf.io.gfile.exists(model_dir_lib.official_path(folder)):
         return folder
     return None
 
@@ -135,11 +133,12 @@ def convert(
     try:
         model_dir_lib.prepare(cfg, tmp, write_flags=True, num_classes=info.head.num_classes)
         _save_like_a_run(model, cfg, tmp, step)
+        # Written before the export, whose model card names the source from it.
+        model_dir_lib.write_json_atomic(
+            model_dir_lib.official_path(tmp), _official_record(info, time.time() - start)
+        )
         if export:
             export_lib.export_run(model, cfg, tmp, step, None, None)
-        model_dir_lib.write_json_atomic(
-            os.path.join(tmp, OFFICIAL_JSON), _official_record(info, time.time() - start)
-        )
         _replace(tmp, model_dir)
     except BaseException:
         if tf.io.gfile.exists(tmp):
@@ -194,7 +193,8 @@ def export_official(
     size = int(image_size or default_image_size(info.arch.cifar_stem))
     cfg = _run_config(info, checkpoint, os.path.dirname(export_dir), size, use_ema)
     step = int(info.global_step or 0)
-    card = model_card(model, cfg, step=step, result=None, class_names=None)
+    record = _official_record(info, seconds=0.0)
+    card = model_card(model, cfg, step=step, result=None, class_names=None, official=record)
     return export_lib.export_saved_model(
         model, export_dir, image_size=size, card=card, overwrite=overwrite
     )

@@ -1,0 +1,309 @@
+"""One benchmark case: what a case is (the baseline and ``K=V`` overrides) and how one is measured.
+
+``run_case`` runs in a fresh subprocess started by ``tools/benchmark.py`` (see its docstring for
+what is measured); ``machine_info`` and ``load_reference`` also serve the per-op profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10")
+# What the reference run of the task used: ResNet-18 with the CIFAR stem at 32 px, batch 256.
+BASE_CASE: dict[str, Any] = {
+    "dataset": "image_folder",
+    "data_dir": DEFAULT_DATA,
+    "resnet_depth": 18,
+    "width_multiplier": 1.0,
+    "train_batch_size": 256,
+    "temperature": 0.5,
+    "learning_rate": 1.0,
+    "optimizer": "lars",
+    "mixed_precision": "none",
+    "jit_compile": False,
+    "augment_on": "host",
+    "micro_batch_size": 0,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Case descriptions
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    """'true'/'false' -> bool, then int, float, 'none'/'null' -> None, else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null",):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(spec: str) -> dict[str, Any]:
+    """``"k=v,k2=v2"`` -> dict, checked against the Config fields (typos fail loudly)."""
+    from simclr_tf.config import Config
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if "=" not in item:
+            raise SystemExit(
+                f"benchmark: override {item!r} is not KEY=VALUE (e.g. jit_compile=true)."
+            )
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key not in fields:
+            raise SystemExit(
+                f"benchmark: unknown key {key!r}; use a Config field name such as "
+                "mixed_precision, jit_compile, augment_on, micro_batch_size, train_batch_size."
+            )
+        out[key] = _parse_value(value)
+    return out
+
+
+def case_name(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "baseline"
+
+
+# --------------------------------------------------------------------------------------------
+# Child: one case, measured in this process
+# --------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line
+                    break
+    except OSError:
+        pass
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_features": features,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }
+
+
+def _peak_rss_gb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
+
+
+def _device_peak_bytes(tf) -> int | None:
+    for dev in tf.config.list_logical_devices():
+        if dev.device_type in ("GPU", "TPU"):
+            try:
+                return int(tf.config.experimental.get_memory_info(dev.name)["peak"])
+            except (ValueError, KeyError, RuntimeError):
+                return None
+    return None
+
+
+def _step_timer(keras):
+    """A callback recording the wall time of each train step."""
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+            self.last_loss: float | None = None
+            self._t0 = 0.0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            # Reading the loss waits for the step's work to finish.
+            if logs and "loss" in logs:
+                self.last_loss = float(logs["loss"])
+            self.seconds.append(time.perf_counter() - self._t0)
+
+    return StepTimer()
+
+
+def _time_batches(dataset, batches: int) -> list[float]:
+    it = iter(dataset)
+    next(it)  # fills the shuffle buffer
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        next(it)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def load_reference(path: str):
+    """Imports the reference code's data_util.py from ``path`` (not shipped with simclr_tf)."""
+    import importlib.util
+
+    from absl import flags
+
+    if not os.path.isfile(path):
+        raise SystemExit(
+            f"benchmark: no reference file '{path}'. Fetch tf2/data_util.py of "
+            "google-research/simclr and pass its path to --reference_data_util."
+        )
+    spec = importlib.util.spec_from_file_location("reference_data_util", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if "color_jitter_strength" not in flags.FLAGS:
+        flags.DEFINE_float("color_jitter_strength", 1.0, "Read by the reference data_util.")
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["benchmark"])
+    return module
+
+
+def reference_dataset(cfg, path: str):
+    """The reference code's training input over the same files (its tf2/data.py layout)."""
+    import tensorflow as tf
+    from absl import flags
+
+    from simclr_tf.data import sources
+
+    ref = load_reference(path)
+    flags.FLAGS.color_jitter_strength = cfg.color_jitter_strength
+    images, _ = sources.load_split(
+        cfg.dataset, cfg.train_split, data_dir=cfg.data_dir, shuffle_files=True
+    )  # decoded as for our pipeline
+    size = cfg.image_size
+
+    def two_views(image, label):
+        views = [ref.preprocess_image(image, size, size, is_training=True) for _ in range(2)]
+        return tf.concat(views, -1), label
+
+    def blur(images, labels):
+        views = tf.split(images, 2, axis=-1)
+        return tf.concat(ref.batch_random_blur(views, size, size), -1), labels
+
+    ds = images.shuffle(min(10_000, max(10 * cfg.train_batch_size, 1)), seed=0).repeat()
+    ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(cfg.train_batch_size, drop_remainder=True)
+    if cfg.use_blur:  # the reference blurs the batch inside its train step
+        ds = ds.map(blur, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def run_case(
+    case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_batches: int
+) -> dict[str, Any]:
+    """Builds the run exactly as ``run.py`` does and measures it (call in a fresh process)."""
+    from simclr_tf import config as config_lib
+    from simclr_tf import distribute
+
+    case = dict(case)
+    reference = case.pop("_reference", None)
+    model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
+    cfg = config_lib.Config(
+        **{
+            **case,
+            "mode": "train",
+            "model_dir": model_dir,
+            "train_steps": warmup + steps,
+            "verbose": 0,
+            "export_saved_model": False,
+        }
+    )
+    strategy = distribute.make_strategy(
+        cfg.strategy,
+        tpu_name=cfg.tpu_name,
+        tpu_zone=cfg.tpu_zone,
+        gcp_project=cfg.gcp_project,
+        num_cpu_devices=cfg.num_cpu_devices,
+    )
+    import keras
+    import tensorflow as tf
+
+    from simclr_tf import train
+    from simclr_tf.data import sources
+
+    info = sources.dataset_info(cfg.dataset, cfg.data_dir)
+    side = info.image_shape[0] if info.image_shape and info.image_shape[0] else None
+    cfg = config_lib.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    result: dict[str, Any] = {
+        "case": case_name(case.get("_overrides", {})),
+        "machine": machine_info(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "flags": {
+            k: v
+            for k, v in dataclasses.asdict(cfg).items()
+            if k in BASE_CASE or k in ("image_size", "strategy", "num_cpu_devices")
+        },
+        "replicas": strategy.num_replicas_in_sync,
+    }
+
+    if what in ("pipeline", "all"):
+        if reference:
+            dataset = reference_dataset(cfg, reference)
+            result["flags"]["pipeline"] = f"reference data_util ({reference})"
+        else:
+            dataset = train.train_dataset(cfg, strategy, 0)
+        times = _time_batches(dataset, pipeline_batches)
+        del dataset
+        result["pipeline_batch_seconds_median"] = statistics.median(times)
+        result["pipeline_images_per_sec"] = cfg.train_batch_size / statistics.median(times)
+
+    if what in ("step", "all"):
+        schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
+        t_build = time.perf_counter()
+        model = train.build_for_run(cfg, strategy, info, schedule)
+        result["build_seconds"] = time.perf_counter() - t_build
+        dataset = train.train_dataset(cfg, strategy, 0)
+        timer = _step_timer(keras)
+        model.fit(
+            dataset,
+            epochs=1,
+            steps_per_epoch=warmup + steps,
+            callbacks=[timer],
+            verbose=0,
+            shuffle=False,
+        )
+        measured = timer.seconds[warmup:] or timer.seconds[-1:]
+        median = statistics.median(measured)
+        result["first_step_seconds"] = timer.seconds[0]
+        result["step_seconds"] = [round(s, 3) for s in timer.seconds]
+        result["step_seconds_median"] = median
+        result["step_images_per_sec"] = cfg.train_batch_size / median
+        # The fastest timed step: the least disturbed by other processes on a shared machine.
+        result["step_images_per_sec_best"] = cfg.train_batch_size / min(measured)
+        result["final_loss"] = timer.last_loss
+
+    result["peak_rss_gb"] = _peak_rss_gb()
+    result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    result["device_peak_bytes"] = _device_peak_bytes(tf)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return result
