@@ -62,7 +62,11 @@ def tiny_config(model_dir: str, **changes) -> Config:
 
 
 def perturbed_model(cfg: Config, seed: int = 0):
-    """A built model whose every weight is random (no zero-init gamma, non-trivial BN stats)."""
+    """A built model whose every weight is random (no zero-init gamma, non-trivial BN stats).
+
+    Seeded, so its weights do not depend on which tests ran before in the same process.
+    """
+    keras.utils.set_random_seed(seed)
     model = train.build_model(cfg, len(CLASSES))
     model(tf.zeros([1, SIZE, SIZE, 3]), training=False)
     rng = np.random.default_rng(seed)
