@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.atomic import write_text_atomic
 from simclr_tf.checkpoints import Checkpointer
 from simclr_tf.errors import UserError
-from simclr_tf.model_dir import write_text_atomic
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

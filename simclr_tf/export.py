@@ -47,6 +47,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import model_dir as model_dir_lib
+from simclr_tf.atomic import replace_folder
 from simclr_tf.config import Config
 from simclr_tf.data import augment, sources
 from simclr_tf.errors import ExportError
@@ -218,37 +219,21 @@ def export_saved_model(
     module, signatures = build_module(model, image_size)
     parent = os.path.dirname(export_dir) or "."
     tf.io.gfile.makedirs(parent)
-    tag = uuid.uuid4().hex[:8]
-    tmp = f"{export_dir}.partial-{tag}"
+    tmp = f"{export_dir}.partial-{uuid.uuid4().hex[:8]}"
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
         if card is not None:
             _write_text(os.path.join(tmp, MODEL_CARD), card)
         if class_names:
             _write_text(os.path.join(tmp, LABELS_FILE), "".join(f"{c}\n" for c in class_names))
-        _move_into_place(tmp, export_dir, overwrite, tag)
+        _refuse_existing(export_dir, overwrite)  # appeared while we were writing
+        replace_folder(tmp, export_dir)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
         raise
     logging.info("Exported SavedModel (serving + TF Hub) to %s", export_dir)
     return export_dir
-
-
-def _move_into_place(tmp: str, export_dir: str, overwrite: bool, tag: str) -> None:
-    """Renames the finished ``tmp`` to ``export_dir``, replacing an old export if allowed."""
-    if not tf.io.gfile.exists(export_dir):
-        tf.io.gfile.rename(tmp, export_dir)
-        return
-    _refuse_existing(export_dir, overwrite)  # appeared while we were writing
-    old = f"{export_dir}.replaced-{tag}"
-    tf.io.gfile.rename(export_dir, old)
-    try:
-        tf.io.gfile.rename(tmp, export_dir)
-    except BaseException:
-        tf.io.gfile.rename(old, export_dir)
-        raise
-    tf.io.gfile.rmtree(old)
 
 
 def _export_steps(export_root: str) -> list[tuple[int, str]]:

@@ -9,9 +9,10 @@ every path in it (no other module joins a file name onto a run folder).
       train/, eval/              TensorBoard logs
       result.json, result_<step>.json   evaluation results
       saved_model/<step>/        serving + TF Hub SavedModel exports
+      official.json              what a converted reference checkpoint held
 
-Writes of small files are atomic (:func:`write_text_atomic`: temp file + rename) so a crash
-never leaves half a result.
+Every file here is written atomically (:mod:`simclr_tf.atomic`) so a crash never leaves half a
+result.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from typing import Any
 
 import tensorflow as tf
 
+from simclr_tf.atomic import write_json_atomic
 from simclr_tf.config import ARCHITECTURE_KEYS, Config
 from simclr_tf.errors import UserError
 
@@ -87,27 +88,6 @@ def export_path(model_dir: str, step: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Writing and reading
 # --------------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to a temp file then renames it onto ``path``: readers never see half.
-
-    The temp name is unique per call, so processes writing the same file at once (workers
-    sharing a filesystem) never write into one another's temp file; the last rename wins.
-    """
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
-
-
-def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

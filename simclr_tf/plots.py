@@ -16,6 +16,8 @@ from typing import Any
 
 from absl import logging
 
+from simclr_tf.atomic import atomic_path
+
 CURVES_FILE = "curves.png"
 
 # (panel title, metric columns of metrics.csv drawn in it). A panel without any of its columns
@@ -128,10 +130,11 @@ def write_curves(model_dirs: Sequence[str], out: str, labels: Sequence[str] | No
             )
         runs[label] = read_metrics(path)
     fig = curves_figure(runs)
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        _pyplot().close(fig)
     return out
 
 

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from simclr_tf import checkpoints, config, distribute, model_dir, train
+from simclr_tf import atomic, checkpoints, config, distribute, train
 from simclr_tf.data import pipeline, sources
 from simclr_tf.models import distill
 
@@ -141,7 +141,7 @@ def teacher_dir(tmp_path_factory) -> pathlib.Path:
         tf.train.Checkpoint(model=model), str(folder), 1, checkpoint_name="ckpt"
     )
     manager.save(checkpoint_number=7)
-    model_dir.write_json_atomic(str(folder / "flags.json"), dataclasses.asdict(cfg))
+    atomic.write_json_atomic(str(folder / "flags.json"), dataclasses.asdict(cfg))
     return folder
 
 

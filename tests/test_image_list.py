@@ -7,7 +7,6 @@ import os
 import pathlib
 import shutil
 import tempfile
-import threading
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.framework import graph_pb2
 
-from simclr_tf import model_dir
+from simclr_tf import atomic
 from simclr_tf.data import image_folder
 from simclr_tf.data.sources import DataError, load_split
 
@@ -144,7 +143,7 @@ def test_writer_killed_before_rename_leaves_no_file(tmp_path, list_dir, monkeypa
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the writer stops between writing the temp file and renaming
 
-    monkeypatch.setattr(tf.io.gfile, "rename", killed)
+    monkeypatch.setattr(atomic, "_rename", killed)
     with pytest.raises(KeyboardInterrupt):
         load_split("image_folder", "train", str(tmp_path))
     assert os.listdir(list_dir) == []  # neither a half list under its name nor a stray temp
@@ -152,51 +151,6 @@ def test_writer_killed_before_rename_leaves_no_file(tmp_path, list_dir, monkeypa
     monkeypatch.setattr(image_folder, "_list_dir", lambda: str(list_dir))
     ds, _ = load_split("image_folder", "train", str(tmp_path))
     assert _values(ds) == [(ids["a/0.png"], 0), (ids["a/1.png"], 0)]
-
-
-def test_atomic_write_keeps_the_old_file_until_the_new_one_is_whole(tmp_path, monkeypatch):
-    path = str(tmp_path / "result.json")
-    model_dir.write_text_atomic(path, "old")
-    monkeypatch.setattr(tf.io.gfile, "rename", lambda *a, **k: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        model_dir.write_text_atomic(path, "new")
-    assert os.listdir(tmp_path) == ["result.json"]
-    assert pathlib.Path(path).read_text() == "old"
-
-
-def test_concurrent_writers_of_one_list_never_show_half_a_file(tmp_path):
-    # Two processes (or threads) may write one file at once, e.g. workers on a shared disk.
-    path = str(tmp_path / "list.txt")
-    text = "0\tclass/name.png\n" * 20_000
-    problems: list = []
-    done = threading.Event()
-
-    def write() -> None:
-        for _ in range(15):
-            try:
-                model_dir.write_text_atomic(path, text)
-            except Exception as e:  # noqa: BLE001 - collected and asserted below
-                problems.append(repr(e))
-
-    def read() -> None:
-        while not done.is_set():
-            try:
-                with open(path, encoding="utf-8") as f:
-                    if f.read() != text:
-                        problems.append("half a file")
-            except FileNotFoundError:
-                pass
-
-    reader = threading.Thread(target=read)
-    writers = [threading.Thread(target=write) for _ in range(3)]
-    for t in [reader, *writers]:
-        t.start()
-    for t in writers:
-        t.join()
-    done.set()
-    reader.join()
-    assert problems == []
-    assert os.listdir(tmp_path) == ["list.txt"]
 
 
 def test_tab_in_a_file_name_is_read_and_named(tmp_path):

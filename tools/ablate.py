@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from simclr_tf import plots  # noqa: E402
+from simclr_tf.atomic import atomic_path, write_json_atomic  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE_FILE = "ablate_cell.json"
@@ -148,13 +149,6 @@ def _run(cmd: list[str], log_path: str) -> tuple[int, str]:
     return proc.returncode, (lines[-1] if lines else "")
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def run_cell(cell: Cell, out: str, base: list[str], how: str) -> dict:
     """Runs (or resumes) one cell; returns its row. Writes the done marker only when the cell
     finished or failed for good (a flag error, exit code 2): a crash or kill is retried."""
@@ -194,7 +188,7 @@ def run_cell(cell: Cell, out: str, base: list[str], how: str) -> dict:
         row["status"] = "error"
         row["message"] = "no kNN value in metrics.csv: add --knn_every_epochs=<train_epochs>."
     if code in (0, 2):
-        _write_json(os.path.join(model_dir, DONE_FILE), row)
+        write_json_atomic(os.path.join(model_dir, DONE_FILE), row)
     return row
 
 
@@ -205,11 +199,10 @@ def score_column(how: str) -> str:
 def write_outputs(cells: list[Cell], out: str, how: str, pairwise: bool, title: str) -> None:
     """results.csv, results.md and the picture from every cell finished so far."""
     rows = [c.result for c in cells if c.result]
-    with open(os.path.join(out, "results.csv.tmp"), "w", newline="") as f:
+    with atomic_path(os.path.join(out, "results.csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(os.path.join(out, "results.csv.tmp"), os.path.join(out, "results.csv"))
     column = score_column(how)
 
     def pct(v) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf.atomic import write_text_atomic
 from simclr_tf.data.dataset_info import (
     FRACTION_KEY,
     UNLABELLED,
@@ -31,7 +32,6 @@ from simclr_tf.data.dataset_info import (
     DatasetInfo,
     subset_size,
 )
-from simclr_tf.model_dir import write_text_atomic
 
 IMAGE_FOLDER = "image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import model_dir as model_dir_lib
+from simclr_tf.atomic import replace_folder, write_json_atomic
 from simclr_tf.config import ARCHITECTURE_KEYS, Config
 from simclr_tf.official.load import OfficialInfo, arch_config, inspect, load_official
 from simclr_tf.official.reader import OfficialCheckpointError, is_official
@@ -134,12 +135,12 @@ def convert(
         model_dir_lib.prepare(cfg, tmp, write_flags=True, num_classes=info.head.num_classes)
         _save_like_a_run(model, cfg, tmp, step)
         # Written before the export, whose model card names the source from it.
-        model_dir_lib.write_json_atomic(
+        write_json_atomic(
             model_dir_lib.official_path(tmp), _official_record(info, time.time() - start)
         )
         if export:
             export_lib.export_run(model, cfg, tmp, step, None, None)
-        _replace(tmp, model_dir)
+        replace_folder(tmp, model_dir)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
@@ -160,20 +161,6 @@ def _save_like_a_run(model, cfg: Config, directory: str, step: int) -> None:
     train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
     model.optimizer.iterations.assign(step)
     checkpoints.Checkpointer(model, directory, max_to_keep=1).save(step)
-
-
-def _replace(tmp: str, model_dir: str) -> None:
-    if not tf.io.gfile.exists(model_dir):
-        tf.io.gfile.rename(tmp, model_dir)
-        return
-    old = f"{model_dir}.replaced-{uuid.uuid4().hex[:8]}"
-    tf.io.gfile.rename(model_dir, old)
-    try:
-        tf.io.gfile.rename(tmp, model_dir)
-    except BaseException:
-        tf.io.gfile.rename(old, model_dir)
-        raise
-    tf.io.gfile.rmtree(old)
 
 
 def export_official(
