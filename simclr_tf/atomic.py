@@ -34,11 +34,14 @@ def _exists(path: str) -> bool:
     return _gfile().exists(path) if _remote(path) else os.path.exists(path)
 
 
-def _rename(src: str, dst: str) -> None:
+def _rename(src: str, dst: str, overwrite: bool = False) -> None:
+    """Renames a file or folder; ``overwrite`` replaces an existing file at ``dst``."""
     if _remote(dst):
-        _gfile().rename(src, dst, overwrite=True)
-    else:
+        _gfile().rename(src, dst, overwrite=overwrite)
+    elif overwrite:
         os.replace(src, dst)
+    else:
+        os.rename(src, dst)
 
 
 def _remove(path: str) -> None:
@@ -66,7 +69,7 @@ def atomic_path(path: str) -> Iterator[str]:
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         yield tmp
-        _rename(tmp, path)
+        _rename(tmp, path, overwrite=True)
     except BaseException:
         _remove(tmp)
         raise
@@ -95,20 +98,13 @@ def replace_folder(tmp: str, dest: str) -> None:
     decide beforehand whether replacing is allowed.
     """
     if not _exists(dest):
-        _rename_folder(tmp, dest)
+        _rename(tmp, dest)
         return
     old = f"{dest}.replaced-{uuid.uuid4().hex[:8]}"
-    _rename_folder(dest, old)
+    _rename(dest, old)
     try:
-        _rename_folder(tmp, dest)
+        _rename(tmp, dest)
     except BaseException:
-        _rename_folder(old, dest)
+        _rename(old, dest)
         raise
     _remove(old)
-
-
-def _rename_folder(src: str, dst: str) -> None:
-    if _remote(dst):
-        _gfile().rename(src, dst)
-    else:
-        os.rename(src, dst)

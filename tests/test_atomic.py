@@ -87,16 +87,16 @@ def test_replace_folder_swaps_whole_folders(tmp_path):
 def test_replace_folder_puts_the_old_folder_back_when_the_rename_fails(tmp_path, monkeypatch):
     dest = _folder_with(tmp_path / "export", "old")
     new = _folder_with(tmp_path / "new", "new")
-    real = atomic._rename_folder
+    real = atomic._rename
     calls = []
 
-    def second_rename_fails(src: str, dst: str) -> None:
+    def second_rename_fails(src: str, dst: str, overwrite: bool = False) -> None:
         calls.append((src, dst))
         if len(calls) == 2:  # moving the new folder into place
             raise OSError("disk full")
-        real(src, dst)
+        real(src, dst, overwrite)
 
-    monkeypatch.setattr(atomic, "_rename_folder", second_rename_fails)
+    monkeypatch.setattr(atomic, "_rename", second_rename_fails)
     with pytest.raises(OSError, match="disk full"):
         atomic.replace_folder(new, dest)
     assert (tmp_path / "export" / "file.txt").read_text() == "old"
