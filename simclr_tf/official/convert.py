@@ -85,8 +85,9 @@ def _run_config(
     )
 
 
-def _official_record(info: OfficialInfo, seconds: float) -> dict[str, Any]:
-    return {
+def _official_record(info: OfficialInfo, seconds: float | None = None) -> dict[str, Any]:
+    """What was loaded (``official.json``, and the model card's source); ``seconds`` when timed."""
+    record = {
         "source": info.path,
         "format": info.format,
         "checkpoint_prefix": info.prefix,
@@ -97,9 +98,11 @@ def _official_record(info: OfficialInfo, seconds: float) -> dict[str, Any]:
         "ignored": info.ignored,
         "use_ema": info.use_ema,
         "variables_loaded": info.num_variables,
-        "seconds": round(seconds, 2),
         "summary": info.describe(),
     }
+    if seconds is not None:
+        record["seconds"] = round(seconds, 2)
+    return record
 
 
 def convert(
@@ -180,7 +183,7 @@ def export_official(
     size = int(image_size or default_image_size(info.arch.cifar_stem))
     cfg = _run_config(info, checkpoint, os.path.dirname(export_dir), size, use_ema)
     step = int(info.global_step or 0)
-    record = _official_record(info, seconds=0.0)
+    record = _official_record(info)
     card = model_card(model, cfg, step=step, result=None, class_names=None, official=record)
     return export_lib.export_saved_model(
         model, export_dir, image_size=size, card=card, overwrite=overwrite
