@@ -20,3 +20,10 @@ class ExportError(UserError, RuntimeError):
     Here rather than in export.py because rebuilding a run's model (``simclr_tf.models.build``)
     raises it too.
     """
+
+
+class StrategyError(UserError, RuntimeError):
+    """A tf.distribute setup that cannot work (TPU, cluster, batch split); names the fix.
+
+    Here because both :mod:`simclr_tf.tpu` and :mod:`simclr_tf.distribute` raise it.
+    """
