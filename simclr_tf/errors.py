@@ -17,7 +17,7 @@ class UserError(Exception):
 class ExportError(UserError, RuntimeError):
     """An export that cannot be written, or a run that cannot be rebuilt for one; names the fix.
 
-    Here rather than in export.py because rebuilding a run's model (``simclr_tf.models.build``)
+    Here rather than in export.py because rebuilding a run's model (``simclr_tf.restore``)
     raises it too.
     """
 
