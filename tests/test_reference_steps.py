@@ -1,0 +1,109 @@
+"""Whole train steps against the reference code's (google-research/simclr tf2/).
+
+Each case starts from a checkpoint written by the reference code, takes the reference's training
+steps on fixed inputs with our real step (``SimCLRModel.train_step`` driven by ``fit``, our LARS,
+our weight-decay and exclusion rules, compiled by ``train.compile_model`` as run.py does) and
+compares the inference outputs afterwards with the reference model's. The figure is
+
+    max|ours_after - ref_after| / max|ref_after - ref_before|
+
+per endpoint: the disagreement measured against the size of the steps' own effect (0 = the same
+steps, 1 = as far off as taking no step). It catches the objective's scale, weight decay, which
+variables LARS adapts, batch-norm moving statistics and the live probe all at once.
+
+Cases: ../shared/official_checkpoints/<ckpt>/train_steps/ (their READMEs give the inputs and
+settings) and tests/fixtures/reference_steps/ (more settings, made with the reference code; see
+its README).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import require_shared
+
+from simclr_tf import optim, train
+from simclr_tf.official import load_official, restore_into
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "official_checkpoints"
+TOLERANCE = 1e-3
+ENDPOINTS = ("final_avg_pool", "proj_head_output", "logits_sup")
+
+# case name -> (checkpoint folder, train_steps case)
+SHARED_CASES = {
+    "r18_one_step": ("tf2_ckpt_r18_cifar", "one_step"),
+    "r18_three_steps": ("tf2_ckpt_r18_cifar", "three_steps"),
+    "r50_sk1_finetune_two_steps": ("tf2_ckpt_r50_sk1", "finetune_two_steps"),
+}
+
+
+def load_case(folder: str, case: str) -> tuple[dict, dict[str, np.ndarray]]:
+    base = require_shared(SHARED / folder / "train_steps", "reference train-step fixtures")
+    settings = json.loads((base / f"{case}.json").read_text())
+    with np.load(base / f"{case}.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    return settings, arrays
+
+
+def run_our_steps(checkpoint: str, settings: dict, arrays: dict[str, np.ndarray]) -> dict:
+    """Our model after the case's steps, from the checkpoint: inference outputs on the probe."""
+    _, info = load_official(checkpoint)
+    finetune = settings["train_mode"] == "finetune"
+    cfg = info.config.replace(
+        train_mode=settings["train_mode"],
+        fine_tune_after_block=settings.get("fine_tune_after_block", -1),
+        ft_proj_selector=settings.get("ft_proj_selector", 0),
+        lineareval_while_pretraining=settings.get("lineareval_while_pretraining", True),
+        temperature=settings.get("temperature", 0.1),
+        hidden_norm=settings.get("hidden_norm", True),
+        weight_decay=settings["weight_decay"],
+        momentum=settings["momentum"],
+        optimizer=settings["optimizer"],
+        batch_norm_decay=settings["batch_norm_decay"],
+        global_bn=settings["global_bn"],
+        learning_rate=settings["learning_rate"],
+        train_batch_size=settings["batch"],
+        image_size=int(arrays["probe_images"].shape[1]),
+        augment_on="host",
+        mixed_precision="none",
+    )
+    train.set_precision(cfg)
+    model = train.build_model(cfg, info.head.num_classes)
+    # A constant learning rate: the optimizer run.py builds, without the schedule around it.
+    opt = optim.build_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum, cfg.weight_decay)
+    train.compile_model(cfg, model, opt)
+    parts = ("encoder", "projection_head", "supervised_head")
+    restore_into(model, checkpoint, parts)
+    labels = tf.constant(arrays["labels"], tf.int64)
+    if finetune:
+        inputs = tf.constant(arrays["images"])
+    else:
+        inputs = (tf.constant(arrays["view1"]), tf.constant(arrays["view2"]))
+    data = tf.data.Dataset.from_tensors((inputs, labels)).repeat(settings["steps"])
+    model.fit(data, epochs=1, steps_per_epoch=settings["steps"], verbose=0, shuffle=False)
+    assert int(model.optimizer.iterations.numpy()) == settings["steps"]
+    out = model(tf.constant(arrays["probe_images"]), training=False)
+    return {k: np.asarray(out[k]) for k in ENDPOINTS}
+
+
+def step_figures(ours: dict, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    figures = {}
+    for key in ENDPOINTS:
+        after, before = arrays[f"after_{key}"], arrays[f"before_{key}"]
+        figures[key] = float(np.abs(ours[key] - after).max() / np.abs(after - before).max())
+    return figures
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_CASES))
+def test_train_steps_equal_the_reference(name):
+    folder, case = SHARED_CASES[name]
+    settings, arrays = load_case(folder, case)
+    ours = run_our_steps(str(SHARED / folder), settings, arrays)
+    figures = step_figures(ours, arrays)
+    print(name, figures)
+    assert max(figures.values()) <= TOLERANCE, figures
