@@ -23,6 +23,7 @@ from simclr_tf.config import LOSSES
 __all__ = [
     "LOSSES",
     "ContrastiveOutput",
+    "contrastive_objective",
     "cross_replica_concat",
     "make_contrastive_loss",
     "margin_triplet",
@@ -330,6 +331,23 @@ def margin_triplet(
 
 
 ContrastiveLossFn = Callable[[tf.Tensor, tf.Tensor], ContrastiveOutput]
+
+# The reference optimises the SUM of its two directions' mean losses (`loss_a + loss_b` in
+# tf2/objective.py, also the TF1 code), i.e. twice the mean over the 2n anchors that the loss
+# functions here return. Its learning rates and weight decays were tuned for that scale: LARS's
+# trust ratio hides the factor for the kernels it adapts, not for the variables it does not
+# (batch-norm gamma/beta, biases) nor for weight decay's balance against the gradient.
+DIRECTIONS = 2
+
+
+def contrastive_objective(output: ContrastiveOutput) -> tf.Tensor:
+    """What the train step optimises and logs as ``contrast_loss``: the reference's objective.
+
+    ``DIRECTIONS * output.loss``: the sum over the two views-as-anchors directions of each
+    direction's mean over the batch (about 2 ln(2N-1) at random init, as the reference's
+    TensorBoard shows). The loss functions keep their per-anchor mean contract.
+    """
+    return DIRECTIONS * output.loss
 
 
 def make_contrastive_loss(

@@ -50,10 +50,9 @@ def load_case(folder: str, case: str) -> tuple[dict, dict[str, np.ndarray]]:
     return settings, arrays
 
 
-def run_our_steps(checkpoint: str, settings: dict, arrays: dict[str, np.ndarray]) -> dict:
-    """Our model after the case's steps, from the checkpoint: inference outputs on the probe."""
+def case_model(checkpoint: str, settings: dict, image_size: int):
+    """Our model of the checkpoint with the case's settings, compiled as run.py compiles it."""
     _, info = load_official(checkpoint)
-    finetune = settings["train_mode"] == "finetune"
     cfg = info.config.replace(
         train_mode=settings["train_mode"],
         fine_tune_after_block=settings.get("fine_tune_after_block", -1),
@@ -68,7 +67,7 @@ def run_our_steps(checkpoint: str, settings: dict, arrays: dict[str, np.ndarray]
         global_bn=settings["global_bn"],
         learning_rate=settings["learning_rate"],
         train_batch_size=settings["batch"],
-        image_size=int(arrays["probe_images"].shape[1]),
+        image_size=image_size,
         augment_on="host",
         mixed_precision="none",
     )
@@ -77,18 +76,26 @@ def run_our_steps(checkpoint: str, settings: dict, arrays: dict[str, np.ndarray]
     # A constant learning rate: the optimizer run.py builds, without the schedule around it.
     opt = optim.build_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum, cfg.weight_decay)
     train.compile_model(cfg, model, opt)
-    parts = ("encoder", "projection_head", "supervised_head")
-    restore_into(model, checkpoint, parts)
+    restore_into(model, checkpoint, ("encoder", "projection_head", "supervised_head"))
+    return model
+
+
+def case_batch(settings: dict, arrays: dict[str, np.ndarray]):
+    """The case's one batch as run.py's input pipeline gives it to the train step."""
     labels = tf.constant(arrays["labels"], tf.int64)
-    if finetune:
-        inputs = tf.constant(arrays["images"])
-    else:
-        inputs = (tf.constant(arrays["view1"]), tf.constant(arrays["view2"]))
-    data = tf.data.Dataset.from_tensors((inputs, labels)).repeat(settings["steps"])
+    if settings["train_mode"] == "finetune":
+        return tf.constant(arrays["images"]), labels
+    return (tf.constant(arrays["view1"]), tf.constant(arrays["view2"])), labels
+
+
+def run_our_steps(checkpoint: str, settings: dict, arrays: dict[str, np.ndarray]):
+    """Our model after the case's steps from the checkpoint, and its outputs on the probe."""
+    model = case_model(checkpoint, settings, int(arrays["probe_images"].shape[1]))
+    data = tf.data.Dataset.from_tensors(case_batch(settings, arrays)).repeat(settings["steps"])
     model.fit(data, epochs=1, steps_per_epoch=settings["steps"], verbose=0, shuffle=False)
     assert int(model.optimizer.iterations.numpy()) == settings["steps"]
     out = model(tf.constant(arrays["probe_images"]), training=False)
-    return {k: np.asarray(out[k]) for k in ENDPOINTS}
+    return model, {k: np.asarray(out[k]) for k in ENDPOINTS}
 
 
 def step_figures(ours: dict, arrays: dict[str, np.ndarray]) -> dict[str, float]:
@@ -103,7 +110,7 @@ def step_figures(ours: dict, arrays: dict[str, np.ndarray]) -> dict[str, float]:
 def test_train_steps_equal_the_reference(name):
     folder, case = SHARED_CASES[name]
     settings, arrays = load_case(folder, case)
-    ours = run_our_steps(str(SHARED / folder), settings, arrays)
+    _, ours = run_our_steps(str(SHARED / folder), settings, arrays)
     figures = step_figures(ours, arrays)
     print(name, figures)
     assert max(figures.values()) <= TOLERANCE, figures

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from simclr_tf import distribute
+from simclr_tf import distribute, losses
 from simclr_tf.config import check_micro_batch
 from simclr_tf.models.layers import BatchNorm, deferred_moving_updates
 
@@ -123,7 +123,7 @@ def cached_train_step(model: SimCLRModel, view1: tf.Tensor, view2: tf.Tensor, la
     with tf.GradientTape() as tape:
         tape.watch([z1, z2])
         con = model.contrastive_loss(z1, z2)
-        scaled = con.loss / tf.cast(replicas, tf.float32)
+        scaled = losses.contrastive_objective(con) / tf.cast(replicas, tf.float32)
     g1, g2 = tape.gradient(scaled, [z1, z2])
     cached = tf.concat([by_chunk(g1), by_chunk(g2)], axis=1)  # [chunks, 2m, d]
 
@@ -172,7 +172,7 @@ def cached_train_step(model: SimCLRModel, view1: tf.Tensor, view2: tf.Tensor, la
         bn.moving_mean.assign(mean)
         bn.moving_variance.assign(variance)
     model.optimizer.apply(grads, variables)
-    total = con.loss
+    total = losses.contrastive_objective(con)
     if sup:
         all_labels = tf.reshape(chunk_labels, [-1])
         all_logits = tf.reshape(logits_acc.stack(), [2 * n, -1])

@@ -249,7 +249,7 @@ class SimCLRModel(keras.Model):
             _, hiddens, _ = self._features(tf.concat([view1, view2], 0), training=True)
             z = hiddens[-1]
             con = self.contrastive_loss(z[:n], z[n:])
-            loss = con.loss
+            loss = losses.contrastive_objective(con)
             if self.supervised_head is not None:
                 both_labels = tf.concat([labels, labels], 0)
                 logits = self._supervised_logits(hiddens, training=True)
@@ -263,7 +263,7 @@ class SimCLRModel(keras.Model):
         return self._results()
 
     def _report_contrast(self, con: losses.ContrastiveOutput, loss: tf.Tensor) -> None:
-        self.contrast_loss.update_state(con.loss)
+        self.contrast_loss.update_state(losses.contrastive_objective(con))
         self.contrast_acc.update_state(con.accuracy)
         self.contrast_entropy.update_state(con.entropy)
         self._report_common(loss)
