@@ -196,8 +196,9 @@ def nt_xent(
 
     Returns a `ContrastiveOutput` whose `loss` is the mean over the 2n local anchors, i.e.
     (mean over view-1 anchors + mean over view-2 anchors) / 2; at random init it is about
-    ln(2N-1). Note: the reference implementation (google-research/simclr) reports the SUM of the
-    two directions (about 2 ln(2N-1)), so its loss numbers are 2x ours; its `contrast_acc` also
+    ln(2N-1). The reference implementation (google-research/simclr) optimises and reports the
+    SUM of the two directions (about 2 ln(2N-1)); the train step does too, through
+    :func:`contrastive_objective`. Its `contrast_acc` also
     only ranks the N cross-view candidates of view-1 anchors, so ours (all 2N-1 candidates,
     both directions) is slightly stricter.
 

@@ -34,24 +34,49 @@ SHARED = REPO.parent / "shared" / "official_checkpoints"
 TOLERANCE = 1e-3
 ENDPOINTS = ("final_avg_pool", "proj_head_output", "logits_sup")
 
-# case name -> (checkpoint folder, train_steps case)
-SHARED_CASES = {
-    "r18_one_step": ("tf2_ckpt_r18_cifar", "one_step"),
-    "r18_three_steps": ("tf2_ckpt_r18_cifar", "three_steps"),
-    "r50_sk1_finetune_two_steps": ("tf2_ckpt_r50_sk1", "finetune_two_steps"),
+FIXTURES = REPO / "tests" / "fixtures" / "reference_steps"
+
+# name -> (checkpoint folder, case, settings changed from the case's json, file of the reference
+# outputs after the steps: None = the shared case's own npz). The shared three_steps and
+# finetune_two_steps cases are not here: float32 rounding grows so fast in them that the
+# reference code itself, re-run, lands 0.22-0.30 (three_steps) and 3.8 (two fine-tuning
+# steps) away from them (tests/fixtures/reference_steps/README.md).
+CASES = {
+    "r18_pretrain_one_step": ("tf2_ckpt_r18_cifar", "one_step", {}, None),
+    "r18_pretrain_three_steps_lr0.1": (
+        "tf2_ckpt_r18_cifar",
+        "three_steps",
+        {"learning_rate": 0.1, "weight_decay": 1e-4, "temperature": 0.5},
+        "r18_pretrain_three_steps_lr0.1.npz",
+    ),
+    "r50_sk1_finetune_one_step": (
+        "tf2_ckpt_r50_sk1",
+        "finetune_two_steps",
+        {"steps": 1},
+        "r50_sk1_finetune_one_step.npz",
+    ),
 }
 
 
-def load_case(folder: str, case: str) -> tuple[dict, dict[str, np.ndarray]]:
+def load_case(name: str) -> tuple[str, dict, dict[str, np.ndarray]]:
+    """(checkpoint folder path, settings, arrays: inputs and reference outputs) of a case."""
+    folder, case, changes, outputs = CASES[name]
     base = require_shared(SHARED / folder / "train_steps", "reference train-step fixtures")
-    settings = json.loads((base / f"{case}.json").read_text())
+    settings = {**json.loads((base / f"{case}.json").read_text()), **changes}
     with np.load(base / f"{case}.npz") as data:
         arrays = {k: data[k] for k in data.files}
-    return settings, arrays
+    if outputs is not None:  # the reference's outputs after these settings' steps
+        with np.load(FIXTURES / outputs) as data:
+            arrays.update({k: data[k] for k in data.files})
+    return str(SHARED / folder), settings, arrays
 
 
-def case_model(checkpoint: str, settings: dict, image_size: int):
-    """Our model of the checkpoint with the case's settings, compiled as run.py compiles it."""
+def case_model(checkpoint: str, settings: dict, image_size: int, moments: str = "reference"):
+    """Our model of the checkpoint with the case's settings, compiled as run.py compiles it.
+
+    ``moments``: ``--batch_norm_moments``; "reference" computes the batch variance with the
+    reference's float32 arithmetic, so that only a difference of rule can remain.
+    """
     _, info = load_official(checkpoint)
     cfg = info.config.replace(
         train_mode=settings["train_mode"],
@@ -70,6 +95,7 @@ def case_model(checkpoint: str, settings: dict, image_size: int):
         image_size=image_size,
         augment_on="host",
         mixed_precision="none",
+        batch_norm_moments=moments,
     )
     train.set_precision(cfg)
     model = train.build_model(cfg, info.head.num_classes)
@@ -88,9 +114,11 @@ def case_batch(settings: dict, arrays: dict[str, np.ndarray]):
     return (tf.constant(arrays["view1"]), tf.constant(arrays["view2"])), labels
 
 
-def run_our_steps(checkpoint: str, settings: dict, arrays: dict[str, np.ndarray]):
+def run_our_steps(
+    checkpoint: str, settings: dict, arrays: dict[str, np.ndarray], moments: str = "reference"
+):
     """Our model after the case's steps from the checkpoint, and its outputs on the probe."""
-    model = case_model(checkpoint, settings, int(arrays["probe_images"].shape[1]))
+    model = case_model(checkpoint, settings, int(arrays["probe_images"].shape[1]), moments)
     data = tf.data.Dataset.from_tensors(case_batch(settings, arrays)).repeat(settings["steps"])
     model.fit(data, epochs=1, steps_per_epoch=settings["steps"], verbose=0, shuffle=False)
     assert int(model.optimizer.iterations.numpy()) == settings["steps"]
@@ -106,11 +134,28 @@ def step_figures(ours: dict, arrays: dict[str, np.ndarray]) -> dict[str, float]:
     return figures
 
 
-@pytest.mark.parametrize("name", sorted(SHARED_CASES))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_train_steps_equal_the_reference(name):
-    folder, case = SHARED_CASES[name]
-    settings, arrays = load_case(folder, case)
-    _, ours = run_our_steps(str(SHARED / folder), settings, arrays)
+    """With the reference's batch-norm arithmetic, our steps are the reference's to float noise.
+
+    Measured: 5e-4 (r18 one step; the reference code re-run lands the same 5e-4 from this
+    fixture), 2e-6 (r50-SK fine-tuning step). Before the objective became the sum of the two
+    directions: 0.43 (r18 one step).
+    """
+    checkpoint, settings, arrays = load_case(name)
+    _, ours = run_our_steps(checkpoint, settings, arrays)
     figures = step_figures(ours, arrays)
-    print(name, figures)
     assert max(figures.values()) <= TOLERANCE, figures
+
+
+def test_default_batch_norm_step_is_the_reference_step_up_to_rounding():
+    """The default (exact) batch-norm variance: the same step but for float rounding.
+
+    The reference's one-pass E[x^2] - E[x]^2 rounds differently from the fused kernel, and the
+    step amplifies it (7e-3 measured); a difference of rule is far larger (the halved objective
+    gave 0.43).
+    """
+    checkpoint, settings, arrays = load_case("r18_pretrain_one_step")
+    _, ours = run_our_steps(checkpoint, settings, arrays, moments="exact")
+    figures = step_figures(ours, arrays)
+    assert max(figures.values()) <= 2e-2, figures

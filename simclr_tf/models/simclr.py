@@ -20,7 +20,7 @@ from simclr_tf import distribute, losses, optim
 from simclr_tf.metrics import ExampleCount, LastValue, TopKAccuracy
 from simclr_tf.models import gradient_cache
 from simclr_tf.models.heads import LinearHead, ProjectionHead
-from simclr_tf.models.layers import set_trainable
+from simclr_tf.models.layers import set_batch_moments, set_trainable
 from simclr_tf.models.resnet import ResNet
 
 AugmentFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -48,6 +48,8 @@ class SimCLRModel(keras.Model):
       micro_batch_size: gradient caching chunk (images per view per replica); 0 = off.
       contrastive_loss: ``(z1, z2) -> ContrastiveOutput`` (``losses.make_contrastive_loss``);
         default NT-Xent with ``temperature`` and ``hidden_norm``.
+      batch_norm_moments: ``exact`` or ``reference`` (``--batch_norm_moments``): how training
+        batch norm computes the batch variance (:mod:`simclr_tf.models.layers`).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SimCLRModel(keras.Model):
         seed: int = 0,
         micro_batch_size: int = 0,
         contrastive_loss: losses.ContrastiveLossFn | None = None,
+        batch_norm_moments: str = "exact",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,6 +89,10 @@ class SimCLRModel(keras.Model):
             "nt_xent", temperature, hidden_norm
         )
         self.num_classes = num_classes
+        # How training batch norm computes the batch variance (layers.BatchNorm); set again in
+        # build_all for the batch norms created only when their layer is built.
+        self.batch_norm_moments = batch_norm_moments
+        set_batch_moments(self.encoder, batch_norm_moments)
         wants_head = train_mode == "finetune" or lineareval_while_pretraining
         self.supervised_head = (
             LinearHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
@@ -328,6 +335,7 @@ class SimCLRModel(keras.Model):
     def build_all(self, image_size: int) -> None:
         """Creates every variable (model and optimizer) so checkpoints restore eagerly."""
         self(tf.zeros([1, image_size, image_size, 3]), training=False)
+        set_batch_moments(self, self.batch_norm_moments)
         self._freeze()
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
