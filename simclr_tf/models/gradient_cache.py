@@ -120,7 +120,7 @@ def cached_train_step(model: keras.Model, view1: tf.Tensor, view2: tf.Tensor, la
     variables = model.trainable_variables
     grads, logits_acc = _rerun_chunks(model, both, cached, chunk_labels, chunks, replicas, loop)
     model.optimizer.apply(grads, variables)
-    total = losses.contrastive_objective(con)
+    total = con.loss  # logged in the paper's accounting, as SimCLRModel.train_step
     if sup:
         all_labels = tf.reshape(chunk_labels, [-1])
         all_logits = tf.reshape(logits_acc.stack(), [2 * n, -1])

@@ -106,6 +106,7 @@ class SimCLRModel(keras.Model):
         mean = keras.metrics.Mean
         if train_mode == "pretrain":
             self.contrast_loss = mean("contrast_loss")
+            self.contrast_objective = mean("contrast_objective")
             self.contrast_acc = mean("contrast_acc")
             self.contrast_entropy = mean("contrast_entropy")
         self.loss_tracker = mean("loss")
@@ -254,13 +255,15 @@ class SimCLRModel(keras.Model):
             _, hiddens, _ = self._features(tf.concat([view1, view2], 0), training=True)
             z = hiddens[-1]
             con = self.contrastive_loss(z[:n], z[n:])
-            loss = losses.contrastive_objective(con)
+            objective = losses.contrastive_objective(con)
+            loss = con.loss  # logged in the paper's accounting (contrast_loss + supervised)
             if self.supervised_head is not None:
                 both_labels = tf.concat([labels, labels], 0)
                 logits = self._supervised_logits(hiddens, training=True)
                 sup_loss = self._sup_loss(both_labels, logits)
+                objective = objective + sup_loss
                 loss = loss + sup_loss
-            scaled = self._scaled(loss)
+            scaled = self._scaled(objective)
         self._apply(tape, scaled)
         self._report_contrast(con, loss)
         if self.supervised_head is not None:
@@ -268,7 +271,10 @@ class SimCLRModel(keras.Model):
         return self._results()
 
     def _report_contrast(self, con: losses.ContrastiveOutput, loss: tf.Tensor) -> None:
-        self.contrast_loss.update_state(losses.contrastive_objective(con))
+        """``contrast_loss``: the paper's L (mean over the 2N anchors); ``contrast_objective``:
+        what the step optimises, the reference's ``train/contrast_loss`` (2 L)."""
+        self.contrast_loss.update_state(con.loss)
+        self.contrast_objective.update_state(losses.contrastive_objective(con))
         self.contrast_acc.update_state(con.accuracy)
         self.contrast_entropy.update_state(con.entropy)
         self._report_common(loss)
@@ -309,7 +315,12 @@ class SimCLRModel(keras.Model):
     def _results(self) -> dict[str, tf.Tensor]:
         trackers = [self.loss_tracker]
         if self.train_mode == "pretrain":
-            trackers += [self.contrast_loss, self.contrast_acc, self.contrast_entropy]
+            trackers += [
+                self.contrast_loss,
+                self.contrast_objective,
+                self.contrast_acc,
+                self.contrast_entropy,
+            ]
         if self.supervised_head is not None:
             trackers += [self.supervised_loss, self.supervised_acc]
         trackers += [self.weight_decay_tracker, self.lr_tracker]
