@@ -197,8 +197,8 @@ def nt_xent(
     Returns a `ContrastiveOutput` whose `loss` is the mean over the 2n local anchors, i.e.
     (mean over view-1 anchors + mean over view-2 anchors) / 2; at random init it is about
     ln(2N-1). The reference implementation (google-research/simclr) optimises and reports the
-    SUM of the two directions (about 2 ln(2N-1)); the train step does too, through
-    :func:`contrastive_objective`. Its `contrast_acc` also
+    SUM of the two directions (about 2 ln(2N-1)); the train step optimises that too
+    (:func:`contrastive_objective`, logged as `contrast_objective`). Its `contrast_acc` also
     only ranks the N cross-view candidates of view-1 anchors, so ours (all 2N-1 candidates,
     both directions) is slightly stricter.
 
@@ -342,7 +342,7 @@ DIRECTIONS = 2
 
 
 def contrastive_objective(output: ContrastiveOutput) -> tf.Tensor:
-    """What the train step optimises and logs as ``contrast_loss``: the reference's objective.
+    """What the train step optimises (logged as ``contrast_objective``): the reference's objective.
 
     ``DIRECTIONS * output.loss``: the sum over the two views-as-anchors directions of each
     direction's mean over the batch (about 2 ln(2N-1) at random init, as the reference's
