@@ -27,6 +27,7 @@ from absl import flags
 from simclr_tf.config_checks import (
     AUGMENT_PLACES,
     AUGMENT_VIEWS,
+    BN_MOMENTS,
     CROP_SAMPLERS,
     LOSSES,
     LR_SCALINGS,
@@ -198,6 +199,15 @@ class Config(ConfigChecks):
     )
     batch_norm_decay: float = setting(0.9, "Batch-norm moving-average momentum.")
     global_bn: bool = setting(True, "Synchronise batch-norm statistics across replicas.")
+    batch_norm_moments: str = setting(
+        "exact",
+        "How training batch norm computes the batch variance: 'exact' (fused kernel / shifted "
+        "sums: fast, accurate) or 'reference' (E[x^2] - E[x]^2 in one float32 pass, as the "
+        "reference code's SyncBatchNormalization: reproduces its train steps to float32 noise; "
+        "the exact form differs from them by float rounding amplified through the step, "
+        "docs/reference_steps.md).",
+        choices=BN_MOMENTS,
+    )
     proj_head_mode: str = setting("nonlinear", "Projection head type.", choices=PROJ_HEAD_MODES)
     num_proj_layers: int = setting(3, "Layers of the nonlinear head (2 = SimCLR v1).")
     proj_out_dim: int = setting(128, "Projection output dimension.")

@@ -16,6 +16,7 @@ from simclr_tf.errors import UserError
 __all__ = [  # the choices of the settings table, including the augmentation ones
     "AUGMENT_PLACES",
     "AUGMENT_VIEWS",
+    "BN_MOMENTS",
     "CROP_SAMPLERS",
     "LOSSES",
     "LR_SCALINGS",
@@ -46,6 +47,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("none", "bfloat16", "float16")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
+BN_MOMENTS = ("exact", "reference")  # how training batch norm computes the batch variance
 
 
 def head_depth(proj_head_mode: str, num_proj_layers: int) -> int:

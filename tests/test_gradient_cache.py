@@ -115,7 +115,9 @@ def _reference_chunked(model: SimCLRModel, v1, v2, labels, m: int):
             np.concatenate(lab), tf.concat(logits, 0), from_logits=True
         )
         loss = con.loss + tf.reduce_mean(ce)
-    grads = tape.gradient(loss, model.trainable_variables)
+        # The train step optimises the reference's objective: the sum of both directions.
+        objective = losses.contrastive_objective(con) + tf.reduce_mean(ce)
+    grads = tape.gradient(objective, model.trainable_variables)
     return [g.numpy() for g in grads], float(con.loss), float(loss)
 
 

@@ -79,6 +79,7 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
         contrastive_loss=losses.make_contrastive_loss(
             cfg.loss, cfg.temperature, cfg.hidden_norm, cfg.margin, cfg.semi_hard_negatives
         ),
+        batch_norm_moments=cfg.batch_norm_moments,
         name="simclr",
     )
 

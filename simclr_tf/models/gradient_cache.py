@@ -29,7 +29,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf import distribute
+from simclr_tf import distribute, losses
 from simclr_tf.config_checks import check_micro_batch
 from simclr_tf.models.layers import BatchNorm, deferred_moving_updates
 
@@ -120,7 +120,7 @@ def cached_train_step(model: keras.Model, view1: tf.Tensor, view2: tf.Tensor, la
     variables = model.trainable_variables
     grads, logits_acc = _rerun_chunks(model, both, cached, chunk_labels, chunks, replicas, loop)
     model.optimizer.apply(grads, variables)
-    total = con.loss
+    total = con.loss  # logged in the paper's accounting, as SimCLRModel.train_step
     if sup:
         all_labels = tf.reshape(chunk_labels, [-1])
         all_logits = tf.reshape(logits_acc.stack(), [2 * n, -1])
@@ -149,7 +149,7 @@ def _projection_gradients(model: keras.Model, both: tf.Tensor, chunks, m: int, r
     with tf.GradientTape() as tape:
         tape.watch([z1, z2])
         con = model.contrastive_loss(z1, z2)
-        scaled = con.loss / tf.cast(replicas, tf.float32)
+        scaled = losses.contrastive_objective(con) / tf.cast(replicas, tf.float32)
     g1, g2 = tape.gradient(scaled, [z1, z2])
     cached = tf.concat([_by_chunk(g1, chunks, m), _by_chunk(g2, chunks, m)], axis=1)
     return con, cached

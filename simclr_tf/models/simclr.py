@@ -20,7 +20,7 @@ from simclr_tf import distribute, losses, optim
 from simclr_tf.metrics import ExampleCount, LastValue, TopKAccuracy
 from simclr_tf.models import gradient_cache
 from simclr_tf.models.heads import LinearHead, ProjectionHead
-from simclr_tf.models.layers import set_trainable
+from simclr_tf.models.layers import set_batch_moments, set_trainable
 from simclr_tf.models.resnet import ResNet
 
 AugmentFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -48,6 +48,8 @@ class SimCLRModel(keras.Model):
       micro_batch_size: gradient caching chunk (images per view per replica); 0 = off.
       contrastive_loss: ``(z1, z2) -> ContrastiveOutput`` (``losses.make_contrastive_loss``);
         default NT-Xent with ``temperature`` and ``hidden_norm``.
+      batch_norm_moments: ``exact`` or ``reference`` (``--batch_norm_moments``): how training
+        batch norm computes the batch variance (:mod:`simclr_tf.models.layers`).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SimCLRModel(keras.Model):
         seed: int = 0,
         micro_batch_size: int = 0,
         contrastive_loss: losses.ContrastiveLossFn | None = None,
+        batch_norm_moments: str = "exact",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,6 +89,10 @@ class SimCLRModel(keras.Model):
             "nt_xent", temperature, hidden_norm
         )
         self.num_classes = num_classes
+        # How training batch norm computes the batch variance (layers.BatchNorm); set again in
+        # build_all for the batch norms created only when their layer is built.
+        self.batch_norm_moments = batch_norm_moments
+        set_batch_moments(self.encoder, batch_norm_moments)
         wants_head = train_mode == "finetune" or lineareval_while_pretraining
         self.supervised_head = (
             LinearHead(num_classes, zero_init=zero_init_logits_layer, name="head_supervised")
@@ -99,6 +106,7 @@ class SimCLRModel(keras.Model):
         mean = keras.metrics.Mean
         if train_mode == "pretrain":
             self.contrast_loss = mean("contrast_loss")
+            self.contrast_objective = mean("contrast_objective")
             self.contrast_acc = mean("contrast_acc")
             self.contrast_entropy = mean("contrast_entropy")
         self.loss_tracker = mean("loss")
@@ -247,13 +255,15 @@ class SimCLRModel(keras.Model):
             _, hiddens, _ = self._features(tf.concat([view1, view2], 0), training=True)
             z = hiddens[-1]
             con = self.contrastive_loss(z[:n], z[n:])
-            loss = con.loss
+            objective = losses.contrastive_objective(con)
+            loss = con.loss  # logged in the paper's accounting (contrast_loss + supervised)
             if self.supervised_head is not None:
                 both_labels = tf.concat([labels, labels], 0)
                 logits = self._supervised_logits(hiddens, training=True)
                 sup_loss = self._sup_loss(both_labels, logits)
+                objective = objective + sup_loss
                 loss = loss + sup_loss
-            scaled = self._scaled(loss)
+            scaled = self._scaled(objective)
         self._apply(tape, scaled)
         self._report_contrast(con, loss)
         if self.supervised_head is not None:
@@ -261,7 +271,10 @@ class SimCLRModel(keras.Model):
         return self._results()
 
     def _report_contrast(self, con: losses.ContrastiveOutput, loss: tf.Tensor) -> None:
+        """``contrast_loss``: the paper's L (mean over the 2N anchors); ``contrast_objective``:
+        what the step optimises, the reference's ``train/contrast_loss`` (2 L)."""
         self.contrast_loss.update_state(con.loss)
+        self.contrast_objective.update_state(losses.contrastive_objective(con))
         self.contrast_acc.update_state(con.accuracy)
         self.contrast_entropy.update_state(con.entropy)
         self._report_common(loss)
@@ -302,7 +315,12 @@ class SimCLRModel(keras.Model):
     def _results(self) -> dict[str, tf.Tensor]:
         trackers = [self.loss_tracker]
         if self.train_mode == "pretrain":
-            trackers += [self.contrast_loss, self.contrast_acc, self.contrast_entropy]
+            trackers += [
+                self.contrast_loss,
+                self.contrast_objective,
+                self.contrast_acc,
+                self.contrast_entropy,
+            ]
         if self.supervised_head is not None:
             trackers += [self.supervised_loss, self.supervised_acc]
         trackers += [self.weight_decay_tracker, self.lr_tracker]
@@ -328,6 +346,7 @@ class SimCLRModel(keras.Model):
     def build_all(self, image_size: int) -> None:
         """Creates every variable (model and optimizer) so checkpoints restore eagerly."""
         self(tf.zeros([1, image_size, image_size, 3]), training=False)
+        set_batch_moments(self, self.batch_norm_moments)
         self._freeze()
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
