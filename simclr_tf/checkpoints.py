@@ -119,18 +119,30 @@ def check_intact(prefix: str) -> None:
         )
 
 
-def _intact_prefixes(directory: str, damaged: list[str]) -> Iterator[str]:
+def _intact_prefixes(directory: str, damaged: list[str], log: bool = True) -> Iterator[str]:
     """The checkpoints of ``directory`` newest first, skipping damaged ones.
 
-    Each skipped one is logged and appended to ``damaged`` as "file (what is wrong)".
+    Each skipped one is appended to ``damaged`` as "file (what is wrong)" (and logged).
     """
     for _, prefix in checkpoint_prefixes(directory):
         found = damage(prefix)
         if found is None:
             yield prefix
             continue
-        logging.warning("Checkpoint %s is damaged (%s %s): not used.", prefix, *found)
+        if log:
+            logging.warning("Checkpoint %s is damaged (%s %s): not used.", prefix, *found)
         damaged.append(f"{found[0]} ({found[1]})")
+
+
+def check_resumable(directory: str) -> None:
+    """Refuses a run folder whose checkpoints are all damaged, before a model is built.
+
+    (Which one a resume uses, and the messages about the others, is
+    :meth:`Checkpointer.restore_latest`'s.)
+    """
+    damaged: list[str] = []
+    if next(_intact_prefixes(directory, damaged, log=False), None) is None and damaged:
+        raise _all_damaged(directory, damaged)
 
 
 def newest_intact(directory: str) -> str | None:

@@ -26,14 +26,14 @@ FLAGS = flags.FLAGS
 def run_config(cfg: config.Config) -> dict | None:
     """Runs one configured job; returns the evaluation result when the mode evaluates.
 
-    The steps, in order: :func:`check_checkpoints`, :func:`take_run_folder` (the lock),
+    The steps, in order: :func:`take_run_folder` (the lock), :func:`check_checkpoints`,
     :func:`pick_strategy`, :func:`read_dataset`, then in the run's folder
     (:func:`run_in_folder`) :func:`train_model`, :func:`model_to_evaluate`,
     :func:`evaluate_model`, :func:`export_model`.
     """
-    check_checkpoints(cfg)
     lock = take_run_folder(cfg)
     try:
+        check_checkpoints(cfg)
         strategy = pick_strategy(cfg)
         cfg, info = read_dataset(cfg, strategy)
         return run_in_folder(cfg, strategy, info, lock is not None)
@@ -43,9 +43,13 @@ def run_config(cfg: config.Config) -> dict | None:
 
 
 def check_checkpoints(cfg: config.Config) -> None:
-    """A damaged ``--checkpoint`` or ``--teacher_checkpoint``: one line, before any other work."""
+    """A damaged ``--checkpoint`` or ``--teacher_checkpoint``, or a run folder whose checkpoints
+    are all damaged: one line, before any other work (the lock's folder, when the lock created
+    it, is removed again on the way out)."""
+    from simclr_tf import checkpoints
     from simclr_tf.official import reader
 
+    checkpoints.check_resumable(cfg.model_dir)
     reader.check_readable(cfg.checkpoint, "--checkpoint")
     if cfg.train_mode == "distill":
         reader.check_readable(cfg.teacher_checkpoint, "--teacher_checkpoint")
@@ -55,10 +59,9 @@ def take_run_folder(cfg: config.Config):
     """The lock of ``--model_dir`` (:mod:`simclr_tf.run_lock`), taken before anything is
     written; None on the workers of a multi-worker run that are not the chief (they write
     elsewhere). Refuses at once when another run holds the folder."""
-    from simclr_tf import distribute, model_dir, run_lock
+    from simclr_tf import run_lock, tf_config  # no TensorFlow yet: a second run stops at once
 
-    model_dir.check_is_folder(cfg.model_dir)
-    if not distribute.is_chief_task(cfg.strategy_name):
+    if not tf_config.is_chief_task(cfg.strategy_name):
         return None
     lock = run_lock.RunLock(cfg.model_dir)
     lock.acquire()

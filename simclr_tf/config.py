@@ -560,8 +560,6 @@ class Config:
 
     def _study_errors(self) -> list[str]:
         """Checks of the loss and augmentation study flags."""
-        from simclr_tf.data import study_ops  # TensorFlow-level import, only when validating
-
         err = []
         if self.margin < 0:
             err.append("--margin must be >= 0.")
@@ -571,6 +569,10 @@ class Config:
                 "weighs negatives by hardness itself): drop it or change --loss."
             )
         if self.augmentations is not None:
+            # A TensorFlow-level import, only for a given list: the default validates without
+            # TensorFlow, so the run lock is taken (and a second run refused) within seconds.
+            from simclr_tf.data import study_ops
+
             try:
                 study_ops.parse_augmentations(self.augmentations)
             except ValueError as e:

@@ -40,6 +40,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf.errors import UserError
+from simclr_tf.tf_config import chief_of
 
 
 class StrategyError(UserError, RuntimeError):
@@ -311,29 +312,13 @@ def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
     return bool(in_multi()) if callable(in_multi) else True
 
 
-def _chief(task_type: str | None, task_id: int | None, cluster: Mapping) -> bool:
-    """The chief: the ``chief`` task, else worker 0 of a cluster without one."""
-    if task_type in (None, "chief"):
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in cluster
-
-
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the one task that writes checkpoints, summaries, results and exports."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    return _chief(resolver.task_type, resolver.task_id, cluster)
-
-
-def is_chief_task(strategy_name: str, environ: Mapping[str, str] | None = None) -> bool:
-    """:func:`is_chief` read from ``TF_CONFIG`` before the strategy exists (the run lock)."""
-    if strategy_name != "multi_worker":
-        return True
-    tf_config = check_tf_config(environ)
-    task = tf_config["task"]
-    return _chief(task["type"], int(task["index"]), tf_config["cluster"])
+    return chief_of(resolver.task_type, resolver.task_id, cluster)
 
 
 def step_outputs(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -34,6 +34,7 @@ from absl import logging
 from simclr_tf.atomic import write_json_atomic, write_text_atomic
 from simclr_tf.config import ARCHITECTURE_KEYS, Config
 from simclr_tf.errors import UserError
+from simclr_tf.run_lock import LOCK_FILE
 
 
 class ModelDirError(UserError, RuntimeError):
@@ -42,7 +43,6 @@ class ModelDirError(UserError, RuntimeError):
 
 FLAGS_FILE = "flags.json"
 FLAGS_HISTORY_FILE = "flags_history.jsonl"
-LOCK_FILE = "run.lock"
 METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.json"
 CHECKPOINT_NAME = "ckpt"  # checkpoints are <model_dir>/ckpt-<step>.*

@@ -5,9 +5,9 @@ ends; a second run on the same folder stops at once, naming the holder. The lock
 took it (host, pid, start time) and a heartbeat that a daemon thread refreshes while the run
 lives, so a lock left behind by a killed run is recognised and taken over (with a log line):
 
-* on the same host, when the holder's process is gone (or its pid now belongs to another
-  process: the recorded process start time differs, or it is this very process, as after a
-  container restart);
+* on the same host, when the holder's process is gone, or its pid now belongs to another
+  process (the recorded process start time differs: e.g. a restarted container, whose new run
+  often gets the pid of the killed one);
 * on any host, when the heartbeat is older than ``expiry_seconds`` (a crashed machine of a
   shared file system).
 
@@ -16,6 +16,9 @@ which fails when the lock exists, so two runs can never both create it, and a re
 half-written lock. ``gs://`` and other remote paths have no create-if-absent through
 ``tf.io.gfile``: there the lock is best effort (check, write, read back), which refuses a run
 started while another one is alive but not two runs started within the same second.
+
+No TensorFlow here (but for remote paths): the lock is taken before TensorFlow is imported, so
+a second run stops within a second or two.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from typing import Any
 from absl import logging
 
 from simclr_tf.errors import UserError
-from simclr_tf.model_dir import lock_path
 
+LOCK_FILE = "run.lock"
 HEARTBEAT_SECONDS = 60.0
 EXPIRY_SECONDS = 15 * 60.0  # no heartbeat for this long: the holder is gone (any host)
 _UNREADABLE_GRACE_SECONDS = 10.0  # a remote lock being written may be briefly unreadable
@@ -129,7 +132,7 @@ class RunLock:
         expiry_seconds: float = EXPIRY_SECONDS,
     ):
         self.model_dir = model_dir
-        self.path = lock_path(model_dir)
+        self.path = os.path.join(model_dir, LOCK_FILE)
         self.heartbeat_seconds = heartbeat_seconds
         self.expiry_seconds = expiry_seconds
         self._token = uuid.uuid4().hex
@@ -243,13 +246,11 @@ class RunLock:
         """Why ``holder`` no longer holds the folder, or None while it does."""
         now = time.time() if now is None else now
         if holder.host == socket.gethostname():
-            if holder.pid == os.getpid() and holder.token != self._token:
-                return f"its pid {holder.pid} is this process (a restarted container?)"
             if not _pid_alive(holder.pid):
                 return f"process {holder.pid} is gone"
             current = _process_start(holder.pid)
             if holder.process_start and current and current != holder.process_start:
-                return f"pid {holder.pid} now belongs to another process"
+                return f"pid {holder.pid} now belongs to another process (started later)"
         if now - holder.heartbeat > self.expiry_seconds:
             return f"no heartbeat for {now - holder.heartbeat:.0f} s (> {self.expiry_seconds:.0f})"
         return None
@@ -259,6 +260,8 @@ class RunLock:
         """Takes the lock (creating the folder); RunLockError naming the holder otherwise."""
         if _remote(self.model_dir):
             _gfile().makedirs(self.model_dir)
+        elif os.path.lexists(self.model_dir) and not os.path.isdir(self.model_dir):
+            return  # a file: refused by model_dir.check_is_folder before anything is written
         elif not os.path.isdir(self.model_dir):
             os.makedirs(self.model_dir, exist_ok=True)
             self._created_folder = True

@@ -1,5 +1,6 @@
 """A run folder that protects itself: the lock, damaged checkpoints, flags history, leftovers,
-settings refused before any work.
+settings refused before any work. (The stale lock of a run killed with -9 is taken over in
+tests/test_fault_tolerance.py, whose kill -9 run provides it.)
 
 Unit tests call the pieces directly (cheap); the run.py tests share one tiny training run (the
 fault-tolerance tests' 16 px folder and ResNet-18 of width 1/16) whose folder the later tests
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import checkpoints, config, distribute, run_lock
+from simclr_tf import checkpoints, config, run_lock, tf_config
 from simclr_tf import model_dir as model_dir_lib
 from simclr_tf.errors import UserError
 from simclr_tf.official import reader
@@ -32,7 +33,7 @@ from simclr_tf.official import reader
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES, PER_CLASS, SIDE, BATCH = 4, 8, 16, 8
 STEPS_PER_EPOCH = CLASSES * PER_CLASS // BATCH  # 4
-EPOCHS = 3
+EPOCHS = 2
 RUN_TIMEOUT_S = 240
 
 
@@ -122,11 +123,11 @@ def test_chief_task_is_read_from_tf_config():
             )
         }
 
-    assert distribute.is_chief_task("auto", {})
-    assert distribute.is_chief_task("multi_worker", env("worker", 0))
-    assert not distribute.is_chief_task("multi_worker", env("worker", 1))
-    assert not distribute.is_chief_task("multi_worker", env("worker", 0, chief=True))
-    assert distribute.is_chief_task("multi_worker", env("chief", 0, chief=True))
+    assert tf_config.is_chief_task("auto", {})
+    assert tf_config.is_chief_task("multi_worker", env("worker", 0))
+    assert not tf_config.is_chief_task("multi_worker", env("worker", 1))
+    assert not tf_config.is_chief_task("multi_worker", env("worker", 0, chief=True))
+    assert tf_config.is_chief_task("multi_worker", env("chief", 0, chief=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,6 +484,7 @@ def test_failed_resume_changes_nothing(concurrent_runs, data_dir, tmp_path):
     assert f"Every checkpoint in {run} is damaged" in line
     assert all(f"ckpt-{s}.data-00000-of-00001" in line for s in _steps(run))
     assert _fingerprint(run) == before, "flags.json and every file stay as they were"
+    assert "Training" not in failed.stderr, "refused before a model was built"
 
 
 def test_truncated_checkpoint_flag_is_one_line_before_any_work(concurrent_runs, data_dir, tmp_path):
