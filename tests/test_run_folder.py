@@ -34,7 +34,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES, PER_CLASS, SIDE, BATCH = 4, 8, 16, 8
 STEPS_PER_EPOCH = CLASSES * PER_CLASS // BATCH  # 4
 EPOCHS = 2
-RUN_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 400  # generous: a loaded 2-core machine
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +407,9 @@ def concurrent_runs(data_dir, tmp_path_factory):
     """Two identical commands on one folder: the second starts while the first holds it."""
     folder = tmp_path_factory.mktemp("shared") / "run"
     cmd = _command(data_dir, folder, f"--train_epochs={EPOCHS}", "--checkpoint_epochs=1")
-    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True)
+    log = folder.parent / "first.log"  # a file, not a pipe nobody reads while the second runs
+    with open(log, "w") as stderr:
+        first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not (folder / "run.lock").exists():
@@ -418,11 +420,12 @@ def concurrent_runs(data_dir, tmp_path_factory):
         second = _run(cmd)
         second_seconds = time.monotonic() - start
         first_alive_after_second = first.poll() is None
-        _, first_err = first.communicate(timeout=RUN_TIMEOUT_S)
+        first.wait(timeout=RUN_TIMEOUT_S)
     finally:
         if first.poll() is None:
             first.kill()
             first.wait()
+    first_err = log.read_text()
     return folder, first, first_err, second, second_seconds, first_alive_after_second
 
 
@@ -458,8 +461,14 @@ def test_truncated_newest_checkpoint_resumes_from_the_older_one(
     damaged_bytes = _data(run, last).read_bytes()
     leftovers = _make_leftovers(run)
     total = last + 2
-    done = _run(_command(data_dir, run, f"--train_steps={total}", "--checkpoint_epochs=1"))
+    done = _run(
+        # --checkpoint=the run itself (as a user might): the run resumes and says it is unused.
+        _command(
+            data_dir, run, f"--train_steps={total}", "--checkpoint_epochs=1", f"--checkpoint={run}"
+        )
+    )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"--checkpoint={run} is not used" in done.stderr
     older = last - STEPS_PER_EPOCH
     assert f"Resuming from {run / f'ckpt-{older}'} at step {older}: the newer" in done.stderr
     assert f"ckpt-{last}.data-00000-of-00001" in done.stderr
@@ -471,7 +480,9 @@ def test_truncated_newest_checkpoint_resumes_from_the_older_one(
     (line,) = model_dir_lib.read_flags_history(str(run))
     assert line["step"] == older
     assert line["changed"]["train_steps"] == [0, total]
-    assert json.loads((run / "flags.json").read_text())["train_steps"] == total
+    recorded = json.loads((run / "flags.json").read_text())
+    assert (recorded["train_steps"], recorded["checkpoint"]) == (total, None)
+    assert "checkpoint" not in line["changed"]
 
 
 def test_failed_resume_changes_nothing(concurrent_runs, data_dir, tmp_path):

@@ -31,6 +31,7 @@ from simclr_tf.checkpoints import (
     DamagedCheckpointError,
     check_intact,
     damage,
+    newest_intact,
 )
 from simclr_tf.model_dir import checkpoint_prefixes
 
@@ -100,7 +101,9 @@ def find_prefix(path: str) -> tuple[str, str | None]:
         for candidate in (path, os.path.join(path, "saved_model")):
             if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
                 return "saved_model", candidate
-        latest = tf.train.latest_checkpoint(path) or _newest_prefix(path)
+        # simclr_tf's and the TF2 reference's ckpt-<step>: the newest intact one (a damaged newer
+        # one is reported); other names (TF1 model.ckpt-<step>): the state file, else the files.
+        latest = newest_intact(path) or tf.train.latest_checkpoint(path) or _newest_prefix(path)
         if latest is not None:
             return "checkpoint", latest
         nested = os.path.join(path, "saved_model")
