@@ -6,6 +6,12 @@ pretrained model and loading a teacher, is :mod:`simclr_tf.restore`, above both 
 :mod:`simclr_tf.official`. The resume arithmetic is here: :func:`resumed_seed` (new views after a
 resume) and :func:`fit_spans` (finishing an interrupted epoch before whole ones).
 
+Damaged checkpoints (truncated data or index file, missing shard, not a checkpoint at all) are
+named, never used and never deleted: :func:`damage` finds them cheaply (the index, the object
+graph, which TF writes last into the data file, and the data files' sizes), and every read error
+of a restore becomes a :class:`DamagedCheckpointError` naming the file. Resuming goes on from
+the newest intact checkpoint, saying which step that is.
+
 ``tf.train.Checkpoint`` is used (not Keras ``.keras`` files) because it saves model *and*
 optimizer state, writes atomically (the ``checkpoint`` index file is replaced only after the new
 files are complete, so a crash during a save leaves the previous checkpoint loadable), and works
@@ -21,22 +27,149 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from simclr_tf.errors import UserError
-from simclr_tf.model_dir import CHECKPOINT_NAME
+from simclr_tf.model_dir import CHECKPOINT_NAME, checkpoint_prefixes
 
 # Seeds of resumed runs are moved by this factor times the start step, so a resumed run sees
 # new views rather than replaying the first epoch's.
 RESUME_SEED_STRIDE = 1_000_003
 
 
+# The serialized object graph of a TF2 checkpoint: written last into its data file.
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used as asked; the message names the fix."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read (truncated, missing shard, not a checkpoint)."""
+
+
+# What TensorFlow raises reading damaged checkpoint files: OpError (not an sstable, missing
+# shard, checksum mismatch), IndexError ("Read less bytes than requested": a truncated data
+# file), and a protobuf DecodeError (a ValueError) of a garbled object graph.
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)
+_SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
+
+
+def damage(prefix: str) -> tuple[str, str] | None:
+    """(file, what is wrong) for a checkpoint whose files cannot be read; None when they can.
+
+    Cheap (no tensor but the object graph is read), so it runs before every restore and on
+    ``--checkpoint`` before any other work.
+    """
+    index = prefix + ".index"
+    if not tf.io.gfile.exists(index):
+        return index, "missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        dtypes = reader.get_variable_to_dtype_map()
+        shapes = reader.get_variable_to_shape_map()
+    except _READ_ERRORS as e:
+        return index, _first_line(e)
+    data = sorted(tf.io.gfile.glob(prefix + ".data-*-of-*"))
+    shards = {_SHARD.search(f).groups() for f in data if _SHARD.search(f)}
+    total = max((int(n) for _, n in shards), default=1)
+    for i in range(total):
+        name = f"{prefix}.data-{i:05d}-of-{total:05d}"
+        if name not in data:
+            return name, "missing"
+    if OBJECT_GRAPH_KEY in dtypes:
+        try:
+            reader.get_tensor(OBJECT_GRAPH_KEY)
+        except _READ_ERRORS as e:
+            return (data[0] if len(data) == 1 else prefix + ".data-*"), _first_line(e)
+    needed = sum(
+        int(np.prod(shapes[k], dtype=np.int64)) * dtypes[k].size
+        for k in shapes
+        if dtypes[k] != tf.string
+    )
+    held = sum(tf.io.gfile.stat(f).length for f in data)
+    if held < needed:
+        return (
+            data[0] if len(data) == 1 else prefix + ".data-*",
+            f"truncated: {held} bytes, its variables need {needed}",
+        )
+    return None
+
+
+def check_intact(prefix: str) -> None:
+    """DamagedCheckpointError naming the file when :func:`damage` finds one."""
+    found = damage(prefix)
+    if found is not None:
+        raise DamagedCheckpointError(
+            f"Checkpoint {prefix} is damaged: {found[0]} {found[1]}. Use another checkpoint "
+            "(an older ckpt-<step> of the same folder), or restore the files from a copy."
+        )
+
+
+def _intact_prefixes(directory: str, damaged: list[str], log: bool = True) -> Iterator[str]:
+    """The checkpoints of ``directory`` newest first, skipping damaged ones.
+
+    Each skipped one is appended to ``damaged`` as "file (what is wrong)" (and logged).
+    """
+    for _, prefix in checkpoint_prefixes(directory):
+        found = damage(prefix)
+        if found is None:
+            yield prefix
+            continue
+        if log:
+            logging.warning("Checkpoint %s is damaged (%s %s): not used.", prefix, *found)
+        damaged.append(f"{found[0]} ({found[1]})")
+
+
+def check_resumable(directory: str) -> None:
+    """Refuses a run folder whose checkpoints are all damaged, before a model is built.
+
+    (Which one a resume uses, and the messages about the others, is
+    :meth:`Checkpointer.restore_latest`'s.)
+    """
+    damaged: list[str] = []
+    if next(_intact_prefixes(directory, damaged, log=False), None) is None and damaged:
+        raise _all_damaged(directory, damaged)
+
+
+def newest_intact(directory: str) -> str | None:
+    """The newest checkpoint of ``directory`` whose files read; None when there is none.
+
+    Damaged newer ones are reported (named, kept); all damaged: DamagedCheckpointError.
+    """
+    damaged: list[str] = []
+    for prefix in _intact_prefixes(directory, damaged):
+        if damaged:
+            logging.warning(
+                "Using %s: the newer %s %s damaged (kept, not used).",
+                prefix,
+                "; ".join(damaged),
+                "is" if len(damaged) == 1 else "are",
+            )
+        return prefix
+    if damaged:
+        raise _all_damaged(directory, damaged)
+    return None
+
+
+def _all_damaged(directory: str, damaged: list[str]) -> DamagedCheckpointError:
+    return DamagedCheckpointError(
+        f"Every checkpoint in {directory} is damaged: {'; '.join(damaged)}. Nothing was changed: "
+        "restore the files from a copy, or start over in a new --model_dir."
+    )
 
 
 def _saved_keys(root: tf.train.Checkpoint) -> dict[str, list[int]]:
@@ -57,9 +190,12 @@ def untracked_variables(model: keras.Model) -> list[str]:
 
 
 def resolve_checkpoint_path(path: str) -> str:
-    """A checkpoint prefix from a prefix or a folder; CheckpointError naming the fix otherwise."""
+    """A checkpoint prefix from a prefix or a folder; CheckpointError naming the fix otherwise.
+
+    A folder means its newest intact checkpoint (:func:`newest_intact`).
+    """
     if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
+        latest = newest_intact(path) or tf.train.latest_checkpoint(path)
         if latest is None:
             raise CheckpointError(
                 f"No checkpoint in {path}: point --checkpoint at a model_dir of a finished "
@@ -104,26 +240,54 @@ class Checkpointer:
 
         ``directory``: where to look instead of the save folder (multi-worker: every worker
         resumes from the chief's model_dir while non-chiefs save to a temporary folder).
+        Checkpoints are found by their files (:func:`simclr_tf.model_dir.checkpoint_prefixes`),
+        so a damaged ``checkpoint`` state file cannot make a run start over at step 0.
+
+        A damaged newest checkpoint is reported and the next older intact one is used (the
+        damaged files are kept; this run's save of the same step replaces them); all damaged:
+        DamagedCheckpointError naming the files, before anything is written.
         """
-        if directory is None or directory == self.manager.directory:
-            latest = self.manager.latest_checkpoint
-        else:
-            latest = tf.train.latest_checkpoint(directory)
-        if latest is None:
-            return 0
-        restore_exactly(self.checkpoint, latest)
-        step = int(self.model.optimizer.iterations.numpy())
-        logging.info("Resumed from %s at step %d", latest, step)
-        return step
+        directory = directory or self.manager.directory
+        damaged: list[str] = []
+        for prefix in _intact_prefixes(directory, damaged):
+            try:
+                restore_exactly(self.checkpoint, prefix)
+            except DamagedCheckpointError as e:  # a read error that damage() did not foresee
+                logging.warning("%s Trying the next older checkpoint.", e)
+                damaged.append(f"{prefix} ({e})")
+                continue
+            step = int(self.model.optimizer.iterations.numpy())
+            if damaged:
+                logging.warning(
+                    "Resuming from %s at step %d: the newer %s %s damaged (kept, not used).",
+                    prefix,
+                    step,
+                    "; ".join(damaged),
+                    "is" if len(damaged) == 1 else "are",
+                )
+            logging.info("Resumed from %s at step %d", prefix, step)
+            return step
+        if damaged:
+            raise _all_damaged(directory, damaged)
+        return 0
 
 
 def restore_exactly(root: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
-    """Restores ``root`` from ``path``; a mismatch raises CheckpointError naming the variables."""
+    """Restores ``root`` from ``path``; a mismatch raises CheckpointError naming the variables.
+
+    Damaged files raise DamagedCheckpointError (checked first, and for any read error).
+    """
+    check_intact(path)
     try:
         status = root.restore(path)
         if partial:
             status.expect_partial()
         status.assert_existing_objects_matched()
+    except (IndexError, tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+        raise DamagedCheckpointError(
+            f"Checkpoint {path} is damaged: {_first_line(e)}. Use another checkpoint (an older "
+            "ckpt-<step> of the same folder), or restore the files from a copy."
+        ) from e
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         raise CheckpointError(
             f"Checkpoint {path} does not match this model.\n{describe_mismatch(root, path)}\n"

@@ -19,26 +19,73 @@ config.define_flags()
 FLAGS = flags.FLAGS
 
 # The TensorFlow modules are imported inside the steps below: ``--help`` and flag errors stay
-# fast, and the strategy (which may split the CPU) is made before anything touches TF.
+# fast, and the strategy (which may split the CPU) is made before anything runs in TF (reading
+# checkpoint files and the lock before it does not start TF's runtime).
 
 
 def run_config(cfg: config.Config) -> dict | None:
     """Runs one configured job; returns the evaluation result when the mode evaluates.
 
-    The steps, in order: :func:`pick_strategy`, :func:`read_dataset`, then in the run's folder
-    :func:`train_model`, :func:`model_to_evaluate`, :func:`evaluate_model`, :func:`export_model`.
+    The steps, in order: :func:`take_run_folder` (the lock), :func:`check_checkpoints`,
+    :func:`pick_strategy`, :func:`read_dataset`, then in the run's folder
+    (:func:`run_in_folder`) :func:`train_model`, :func:`model_to_evaluate`,
+    :func:`evaluate_model`, :func:`export_model`.
     """
-    strategy = pick_strategy(cfg)
-    cfg, info = read_dataset(cfg, strategy)
+    lock = take_run_folder(cfg)
+    try:
+        check_checkpoints(cfg)
+        strategy = pick_strategy(cfg)
+        cfg, info = read_dataset(cfg, strategy)
+        return run_in_folder(cfg, strategy, info, lock is not None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_checkpoints(cfg: config.Config) -> None:
+    """A damaged ``--checkpoint`` or ``--teacher_checkpoint``, or a run folder whose checkpoints
+    are all damaged: one line, before any other work (the lock's folder, when the lock created
+    it, is removed again on the way out)."""
+    from simclr_tf import checkpoints
+    from simclr_tf.official import reader
+
+    checkpoints.check_resumable(cfg.model_dir)
+    reader.check_readable(cfg.checkpoint, "--checkpoint")
+    if cfg.train_mode == "distill":
+        reader.check_readable(cfg.teacher_checkpoint, "--teacher_checkpoint")
+
+
+def take_run_folder(cfg: config.Config):
+    """The lock of ``--model_dir`` (:mod:`simclr_tf.run_lock`), taken before anything is
+    written; None on the workers of a multi-worker run that are not the chief (they write
+    elsewhere). Refuses at once when another run holds the folder."""
+    from simclr_tf import run_lock, tf_config  # no TensorFlow yet: a second run stops at once
+
+    if not tf_config.is_chief_task(cfg.strategy_name):
+        return None
+    lock = run_lock.RunLock(cfg.model_dir)
+    lock.acquire()
+    return lock
+
+
+def run_in_folder(cfg: config.Config, strategy, info, locked: bool) -> dict | None:
+    """Trains, evaluates and exports in the run folder (the lock held by the chief)."""
     from simclr_tf import distribute, model_dir
 
     location = distribute.WriteLocation(cfg.model_dir, distribute.is_chief(strategy))
+    if location.chief != locked:
+        raise distribute.StrategyError(
+            "TF_CONFIG and the strategy disagree about which worker is the chief: check the "
+            "task type and index in TF_CONFIG."
+        )
     try:
         if not location.chief:
             # Every worker refuses an incompatible model_dir, not only the chief (which would
             # otherwise leave the others waiting in a collective).
             model_dir.check_compatible(cfg, location.read_path)
-        model_dir.prepare(cfg, location.path, write_flags=cfg.trains, num_classes=info.num_classes)
+        model_dir.prepare(cfg, location.path)
+        if location.chief:
+            model_dir.remove_leftovers(location.path)  # under the lock: no live run's files
         model = train_model(cfg, strategy, info, location.path) if cfg.trains else None
         if not cfg.evaluates:
             return None

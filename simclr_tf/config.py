@@ -116,7 +116,9 @@ class Config(ConfigChecks):
     checkpoint: str | None = setting(
         None,
         "Checkpoint (file prefix or folder) to start from: the pretrained model for finetune, "
-        "or the weights to evaluate in eval mode.",
+        "or the weights to evaluate in eval mode. Only a new run uses it: when --model_dir "
+        "already holds checkpoints, the run resumes from them and says that --checkpoint is "
+        "not used. A damaged checkpoint is refused before any other work.",
     )
     seed: int = setting(0, "Seed for augmentations, shuffling and initial weights.")
 

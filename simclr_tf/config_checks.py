@@ -110,6 +110,8 @@ class ConfigChecks:
             )
         if self.temperature <= 0:
             err.append("--temperature must be > 0.")
+        err += self._optimizer_errors()
+        err += self._count_errors()
         if self.train_mode != "pretrain" and self.micro_batch_size:
             err.append(f"--micro_batch_size is for pretraining; drop it with {self.train_mode}.")
         if self.micro_batch_size < 0:
@@ -142,6 +144,54 @@ class ConfigChecks:
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))
         return self
+
+    def _optimizer_errors(self) -> list[str]:
+        """Learning rate, warmup, momentum, weight decay, batch-norm decay, precision."""
+        err = []
+        if not self.learning_rate > 0:  # also refuses nan
+            err.append(
+                f"--learning_rate={self.learning_rate} must be > 0 (it is per 256 images; the "
+                "paper uses 0.3 with linear scaling, 0.075 with sqrt)."
+            )
+        if not self.warmup_epochs >= 0:
+            err.append(f"--warmup_epochs={self.warmup_epochs} must be >= 0 (0 = no warmup).")
+        if not 0 <= self.momentum < 1:
+            err.append(f"--momentum={self.momentum} must be in [0, 1) (the paper uses 0.9).")
+        if not 0 <= self.weight_decay < 1:
+            err.append(f"--weight_decay={self.weight_decay} must be in [0, 1) (the paper: 1e-6).")
+        if not 0 <= self.batch_norm_decay < 1:
+            err.append(f"--batch_norm_decay={self.batch_norm_decay} must be in [0, 1).")
+        if self.mixed_precision == "float16" and self.strategy_name == "tpu":
+            # Checked here, before any TPU is resolved (distribute.check_precision repeats it
+            # for --strategy=auto, which may find a TPU).
+            err.append(
+                "--mixed_precision=float16 is for GPUs; TPUs compute in bfloat16: use "
+                "--mixed_precision=bfloat16."
+            )
+        return err
+
+    def _count_errors(self) -> list[str]:
+        """Numeric flags that count something: no negative (or zero) counts."""
+        err = []
+        if self.train_steps < 0 or self.train_epochs < 0:
+            err.append("--train_steps and --train_epochs must be >= 0.")
+        if self.eval_batch_size <= 0:
+            err.append("--eval_batch_size must be > 0.")
+        if self.eval_steps < 0:
+            err.append("--eval_steps must be >= 0 (0 = the whole split).")
+        if self.knn_every_epochs < 0:
+            err.append("--knn_every_epochs must be >= 0 (0 = off).")
+        if self.knn_every_epochs and (self.knn_k < 1 or self.knn_bank_size < 1):
+            err.append("--knn_k and --knn_bank_size must be >= 1 with --knn_every_epochs.")
+        if self.proj_out_dim < 1:
+            err.append("--proj_out_dim must be >= 1.")
+        if self.sk_ratio < 0 or self.se_ratio < 0:
+            err.append("--sk_ratio and --se_ratio must be >= 0 (0 = off).")
+        if self.color_jitter_strength is not None and self.color_jitter_strength < 0:
+            err.append("--color_jitter_strength must be >= 0.")
+        if self.verbose not in (0, 1, 2):
+            err.append(f"--verbose={self.verbose} must be 0, 1 or 2.")
+        return err
 
     def _distill_errors(self) -> list[str]:
         err = []

@@ -40,6 +40,7 @@ from absl import logging
 
 from simclr_tf.config import Config
 from simclr_tf.errors import StrategyError
+from simclr_tf.tf_config import chief_of
 from simclr_tf.tpu import connect_tpu, tpu_target
 
 
@@ -251,11 +252,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type in (None, "chief"):
-        return True
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+    return chief_of(resolver.task_type, resolver.task_id, cluster)
 
 
 def step_outputs(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -40,9 +40,9 @@ def restore_for_eval(cfg: Config, model: SimCLRModel, run_dir: str) -> str:
     """Loads the weights to evaluate: the newest checkpoint of model_dir, else ``--checkpoint``.
 
     model_dir wins because a fine-tuning run's ``--checkpoint`` is its *pretrained* start point,
-    not the weights it produced.
+    not the weights it produced. A damaged newest checkpoint is reported and skipped.
     """
-    latest = tf.train.latest_checkpoint(run_dir)
+    latest = checkpoints.newest_intact(run_dir) or tf.train.latest_checkpoint(run_dir)
     source = latest or cfg.checkpoint
     if not source or source == "none":
         raise checkpoints.CheckpointError(

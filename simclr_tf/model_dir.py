@@ -2,8 +2,11 @@
 every path in it (no other module joins a file name onto a run folder).
 
     model_dir/
-      flags.json                 the resolved flags of the run (architecture checked on reuse),
-                                 plus ``num_classes`` of its supervised head (for export)
+      run.lock                   held while a run writes here (simclr_tf.run_lock)
+      flags.json                 the resolved flags the run trains with (architecture checked
+                                 on reuse), plus ``num_classes`` of its supervised head (export);
+                                 written when training is about to start, after every check
+      flags_history.jsonl        one line per (re)start that changed a flag: step, time, values
       checkpoint, ckpt-<step>.*  model + optimizer state (tf.train.Checkpoint)
       metrics.csv                per-epoch training metrics
       curves.png                 the picture of metrics.csv (simclr_tf.plots)
@@ -13,21 +16,26 @@ every path in it (no other module joins a file name onto a run folder).
       official.json              what a converted reference checkpoint held
 
 Every file here is written atomically (:mod:`simclr_tf.atomic`) so a crash never leaves half a
-result.
+result; what a killed run leaves of its temporaries is removed by the next run
+(:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
+import re
 from typing import Any
 
 import tensorflow as tf
+from absl import logging
 
-from simclr_tf.atomic import write_json_atomic
+from simclr_tf.atomic import write_json_atomic, write_text_atomic
 from simclr_tf.config import ARCHITECTURE_KEYS, Config
 from simclr_tf.errors import UserError
+from simclr_tf.run_lock import LOCK_FILE
 
 
 class ModelDirError(UserError, RuntimeError):
@@ -35,6 +43,7 @@ class ModelDirError(UserError, RuntimeError):
 
 
 FLAGS_FILE = "flags.json"
+FLAGS_HISTORY_FILE = "flags_history.jsonl"
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 RESULT_FILE = "result.json"
@@ -53,6 +62,15 @@ NUM_CLASSES_KEY = "num_classes"
 
 def flags_path(model_dir: str) -> str:
     return os.path.join(model_dir, FLAGS_FILE)
+
+
+def flags_history_path(model_dir: str) -> str:
+    return os.path.join(model_dir, FLAGS_HISTORY_FILE)
+
+
+def lock_path(model_dir: str) -> str:
+    """The lock of the run writing here (:mod:`simclr_tf.run_lock`)."""
+    return os.path.join(model_dir, LOCK_FILE)
 
 
 def metrics_path(model_dir: str) -> str:
@@ -89,6 +107,25 @@ def export_root(model_dir: str) -> str:
 
 def export_path(model_dir: str, step: int) -> str:
     return os.path.join(export_root(model_dir), str(int(step)))
+
+
+_CHECKPOINT_INDEX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
+
+
+def checkpoint_prefixes(model_dir: str) -> list[tuple[int, str]]:
+    """(step, prefix) of every ``ckpt-<step>`` on disk, newest first.
+
+    Read from the file names, not from the ``checkpoint`` state file, so a damaged or stale
+    state file cannot hide a checkpoint (and a new run cannot then overwrite it).
+    """
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    found = []
+    for name in tf.io.gfile.listdir(model_dir):
+        match = _CHECKPOINT_INDEX.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(model_dir, name[: -len(".index")])))
+    return sorted(found, reverse=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,10 +183,21 @@ def check_is_folder(model_dir: str) -> None:
 
 
 def check_compatible(cfg: Config, model_dir: str) -> None:
-    """Refuses a model_dir written by a run of another architecture or training mode."""
+    """Refuses a model_dir written by a run of another architecture or training mode.
+
+    Only a folder with a checkpoint binds: the flags.json of a run that failed before its first
+    checkpoint describes nothing that was kept, and a corrected rerun replaces it.
+    """
     check_is_folder(model_dir)
     previous = read_flags(model_dir)
     if previous is None:
+        return
+    if not checkpoint_prefixes(model_dir) and read_official(model_dir) is None:
+        logging.info(
+            "%s has a flags.json but no checkpoint (an earlier run stopped before saving one): "
+            "its flags do not bind this run and are replaced when training starts.",
+            flags_path(model_dir),
+        )
         return
     keys = (*ARCHITECTURE_KEYS, "train_mode")
     diffs = [
@@ -165,16 +213,88 @@ def check_compatible(cfg: Config, model_dir: str) -> None:
         )
 
 
-def prepare(cfg: Config, model_dir: str, write_flags: bool, num_classes: int | None = None) -> None:
-    """Creates the folder, checks it holds a compatible run, and records the flags.
-
-    ``num_classes`` (the dataset's classes) is recorded beside the flags so that an export can
-    rebuild the supervised head without the dataset.
-    """
+def prepare(cfg: Config, model_dir: str) -> None:
+    """Creates the folder and checks it holds a compatible run (flags: :func:`record_flags`)."""
     check_compatible(cfg, model_dir)
     tf.io.gfile.makedirs(model_dir)
-    if write_flags:
-        payload: dict[str, Any] = dataclasses.asdict(cfg)
-        if num_classes is not None:
-            payload[NUM_CLASSES_KEY] = int(num_classes)
-        write_json_atomic(flags_path(model_dir), payload)
+
+
+def record_flags(
+    cfg: Config, model_dir: str, step: int, num_classes: int | None = None
+) -> dict[str, Any]:
+    """Writes flags.json for a run about to train from ``step``; returns what changed.
+
+    Called after every check and the restore, so a run that fails before training leaves the
+    folder's record as it was. A (re)start that changes any value appends one line to
+    ``flags_history.jsonl`` -- ``{"step", "time", "changed": {flag: [before, after]}}`` -- so
+    flags.json plus the history tell what trained at every step. ``num_classes`` (the dataset's
+    classes) is recorded beside the flags so that an export can rebuild the supervised head
+    without the dataset.
+    """
+    payload: dict[str, Any] = dataclasses.asdict(cfg)
+    if num_classes is not None:
+        payload[NUM_CLASSES_KEY] = int(num_classes)
+    previous = read_flags(model_dir)
+    if previous is not None and step > 0 and "checkpoint" in previous:
+        # A resumed run does not use --checkpoint (it only starts a new run): keep the one
+        # that did start it.
+        payload["checkpoint"] = previous["checkpoint"]
+    changed = {}
+    if previous is not None:
+        changed = {
+            k: [previous.get(k), v] for k, v in sorted(payload.items()) if previous.get(k) != v
+        }
+    if changed:
+        line = {
+            "step": int(step),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "changed": changed,
+        }
+        history = flags_history_path(model_dir)
+        text = ""
+        if tf.io.gfile.exists(history):
+            with tf.io.gfile.GFile(history) as f:
+                text = f.read()
+        write_text_atomic(history, text + json.dumps(line, sort_keys=True) + "\n")
+        logging.info("Flags changed at step %d (recorded in %s): %s", step, history, changed)
+    write_json_atomic(flags_path(model_dir), payload)
+    return changed
+
+
+def read_flags_history(model_dir: str) -> list[dict[str, Any]]:
+    """The lines of ``flags_history.jsonl`` (oldest first); [] without one."""
+    path = flags_history_path(model_dir)
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+
+
+# What a killed run leaves behind: TF's checkpoint temporaries (ckpt-<step>_temp/ and the
+# state file's checkpoint.tmp<hex>), unfinished exports (saved_model/<step>.partial-<hex>), and
+# simclr_tf.atomic's temporary files (<name>.tmp-<pid>-<hex>).
+_LEFTOVER_PATTERNS = (
+    f"{CHECKPOINT_NAME}-*_temp",
+    "checkpoint.tmp*",
+    "*.tmp-*-*",
+    os.path.join(EXPORT_SUBDIR, "*.partial-*"),
+)
+
+
+def remove_leftovers(model_dir: str) -> list[str]:
+    """Removes the temporaries of earlier, killed runs; returns what was removed.
+
+    Only call while holding the folder's lock: a temporary of a live run would look the same.
+    """
+    removed = []
+    for pattern in _LEFTOVER_PATTERNS:
+        for path in sorted(tf.io.gfile.glob(os.path.join(model_dir, pattern))):
+            if path == lock_path(model_dir) or os.path.basename(path).startswith(LOCK_FILE):
+                continue
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+            logging.info("Removed %s, left by an earlier run that was stopped.", path)
+            removed.append(path)
+    return removed

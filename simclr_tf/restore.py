@@ -89,12 +89,23 @@ def resume(
     * Multi-worker: every worker resumes from the chief's ``--model_dir`` (non-chiefs save to a
       temporary ``write_dir``), and all must have resumed from the same step.
     * A new fine-tuning run starts from the pretrained ``--checkpoint`` (encoder and projection
-      head only); a resumed one from its own checkpoint.
+      head only); a resumed one from its own checkpoint, saying that ``--checkpoint`` is unused.
+    * A damaged newest checkpoint is reported and the next older intact one is used
+      (:meth:`simclr_tf.checkpoints.Checkpointer.restore_latest`).
     """
     checkpointer = Checkpointer(model, write_dir, cfg.keep_checkpoint_max)
     multi = distribute.is_multi_worker(strategy) and cfg.model_dir
     step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
     distribute.check_same_step(strategy, step)
+    if step > 0 and cfg.checkpoint not in (None, "none"):
+        logging.warning(
+            "--model_dir=%s holds checkpoints of this run: resuming it at step %d; "
+            "--checkpoint=%s is not used (it only starts a new run; use a new --model_dir to "
+            "start from it).",
+            cfg.model_dir,
+            step,
+            cfg.checkpoint,
+        )
     if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
         restore_pretrained(model, cfg.checkpoint, use_ema=cfg.checkpoint_ema)
     return checkpointer, step

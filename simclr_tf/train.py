@@ -224,6 +224,8 @@ def train(
     if step >= schedule.total_steps:
         logging.info("Already at step %d: nothing to train.", step)
         return model
+    # Every check and the restore passed: the run trains with these flags from here on.
+    model_dir.record_flags(cfg, write_dir, step, num_classes=info.num_classes)
 
     extra: list[keras.callbacks.Callback] = []
     if cfg.train_mode == "pretrain" and cfg.knn_every_epochs > 0:

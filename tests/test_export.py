@@ -356,7 +356,8 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path, run_cli):
     run_dir = tmp_path / "run"
     cfg = tiny_config(CASE, model_dir=str(run_dir), data_dir=str(data), seed=3)
     model = perturbed_model(cfg, seed=4)
-    model_dir_lib.prepare(cfg, str(run_dir), write_flags=True)
+    model_dir_lib.prepare(cfg, str(run_dir))
+    model_dir_lib.record_flags(cfg, str(run_dir), 0)
     # Checkpoint as training does: model + optimizer, step read from the optimizer.
     train.compile_model(cfg, model, keras.optimizers.SGD(0.1))
     model.optimizer.iterations.assign(5)
@@ -399,7 +400,8 @@ def test_export_from_model_dir_reads_num_classes_from_flags_json(tmp_path):
     run_dir = tmp_path / "run"
     cfg = tiny_config(CASE, model_dir=str(run_dir), data_dir=str(tmp_path / "deleted_data"))
     model = perturbed_model(cfg, seed=5)
-    model_dir_lib.prepare(cfg, str(run_dir), write_flags=True, num_classes=len(CLASSES))
+    model_dir_lib.prepare(cfg, str(run_dir))
+    model_dir_lib.record_flags(cfg, str(run_dir), 0, num_classes=len(CLASSES))
     assert json.loads((run_dir / "flags.json").read_text())["num_classes"] == len(CLASSES)
     train.compile_model(cfg, model, keras.optimizers.SGD(0.1))
     model.optimizer.iterations.assign(2)

@@ -1,4 +1,5 @@
-"""Fault tolerance: kill -9 and resume, torn checkpoint saves, non-finite losses, wrong model_dir.
+"""Fault tolerance: kill -9 and resume (taking over the stale lock), torn checkpoint saves,
+non-finite losses, wrong model_dir.
 
 The run.py tests use a generated 16 px image folder and a ResNet-18 of width 1/16, so each run
 takes seconds; references (learning-rate schedule, expected steps) are computed in the test.
@@ -124,6 +125,8 @@ def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, 
             proc.kill()
             proc.wait()
     assert proc.returncode == -9, "the run finished before it could be killed"
+    # kill -9 runs no exit handler: the lock stays, naming the dead process.
+    assert json.loads((model_dir / "run.lock").read_text())["pid"] == proc.pid
     saved = _checkpoint_steps(model_dir)
     resumed_at = saved[-1]
     assert 0 < resumed_at < total
@@ -152,6 +155,10 @@ def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, 
     done = run_cli(*cmd, expect=None, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"Resumed from {prefix} at step {resumed_at}" in done.stderr
+    # The stale lock was recognised (same host, process gone), taken over and released.
+    assert f"Took over the lock {model_dir / 'run.lock'}" in done.stderr
+    assert f"process {proc.pid} is gone" in done.stderr
+    assert not (model_dir / "run.lock").exists()
     assert _checkpoint_steps(model_dir)[-1] == total
     final = tf.train.load_checkpoint(str(model_dir / f"ckpt-{total}"))
     assert int(final.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")) == total

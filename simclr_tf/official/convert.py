@@ -140,7 +140,8 @@ def convert(
     tmp = f"{model_dir}.partial-{uuid.uuid4().hex[:8]}"
     cfg = _run_config(info, checkpoint, model_dir, size, use_ema)
     try:
-        model_dir_lib.prepare(cfg, tmp, write_flags=True, num_classes=info.head.num_classes)
+        model_dir_lib.prepare(cfg, tmp)
+        model_dir_lib.record_flags(cfg, tmp, step, num_classes=info.head.num_classes)
         _save_like_a_run(model, cfg, tmp, step)
         # Written before the export, whose model card names the source from it.
         write_json_atomic(

@@ -22,16 +22,24 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr_tf.checkpoints import CheckpointError
+from simclr_tf.checkpoints import (
+    OBJECT_GRAPH_KEY,
+    CheckpointError,
+    DamagedCheckpointError,
+    check_intact,
+    damage,
+    newest_intact,
+)
+from simclr_tf.model_dir import checkpoint_prefixes
 
 TF2_CHECKPOINT = "tf2_checkpoint"
 TF2_SAVED_MODEL = "tf2_saved_model"
 TF1_CHECKPOINT = "tf1_checkpoint"
 SIMCLR_TF = "simclr_tf"  # a checkpoint written by this package (not an official one)
 OTHER_SAVED_MODEL = "other_saved_model"  # e.g. a simclr_tf export: not a reference model
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 EMA_SCOPE = "ema_model/"
 
 # Object-graph edges that are Keras bookkeeping (aggregate variable lists, traced functions),
@@ -60,6 +68,8 @@ _TF1_SLOT = re.compile(
     r"ExponentialMovingAverage)$"
 )
 _TF1_BOOKKEEPING = ("global_step", "memory", "beta1_power", "beta2_power")
+# Everything reading checkpoint files can raise; turned into this package's errors.
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, DecodeError)
 
 
 class OfficialCheckpointError(CheckpointError):
@@ -91,7 +101,9 @@ def find_prefix(path: str) -> tuple[str, str | None]:
         for candidate in (path, os.path.join(path, "saved_model")):
             if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
                 return "saved_model", candidate
-        latest = tf.train.latest_checkpoint(path) or _newest_prefix(path)
+        # simclr_tf's and the TF2 reference's ckpt-<step>: the newest intact one (a damaged newer
+        # one is reported); other names (TF1 model.ckpt-<step>): the state file, else the files.
+        latest = newest_intact(path) or tf.train.latest_checkpoint(path) or _newest_prefix(path)
         if latest is not None:
             return "checkpoint", latest
         nested = os.path.join(path, "saved_model")
@@ -144,32 +156,75 @@ def detect_format(path: str) -> tuple[str | None, str | None]:
     An object-graph checkpoint is official when its ``model`` holds ``resnet_model`` (the
     reference Keras model); simclr_tf's own checkpoints hold ``model/encoder`` instead.
     """
-    kind, location = find_prefix(path)
+    kind, location = _locate(path)
     if kind == "none":
         return None, None
-    if kind == "saved_model":
-        location = os.path.join(location, "variables", "variables")
-    reader = tf.train.load_checkpoint(location)
-    if not reader.has_tensor(OBJECT_GRAPH_KEY):
-        # Name-based variables: a TF1 checkpoint, or a TF1 Hub module (the hub/ folders
-        # published beside some TF1 checkpoints), whose variables keep their graph names.
-        return TF1_CHECKPOINT, location
-    graph = _object_graph(reader)
+    check_intact(location)
+    try:
+        reader = tf.train.load_checkpoint(location)
+        if not reader.has_tensor(OBJECT_GRAPH_KEY):
+            # Name-based variables: a TF1 checkpoint, or a TF1 Hub module (the hub/ folders
+            # published beside some TF1 checkpoints), whose variables keep their graph names.
+            return TF1_CHECKPOINT, location
+        graph = _object_graph(reader)
+    except _READ_ERRORS as e:
+        raise DamagedCheckpointError(f"Checkpoint {location} cannot be read: {e}") from e
     model = _child(graph, 0, "model")
     if model is not None and _child(graph, model, "resnet_model") is not None:
         return (TF2_SAVED_MODEL if kind == "saved_model" else TF2_CHECKPOINT), location
     return (OTHER_SAVED_MODEL if kind == "saved_model" else SIMCLR_TF), location
 
 
+def _locate(path: str) -> tuple[str, str | None]:
+    """(kind, checkpoint prefix) of ``path``: a SavedModel's is its ``variables/variables``."""
+    try:
+        kind, location = find_prefix(path)
+    except _READ_ERRORS as e:
+        raise OfficialCheckpointError(f"Cannot read {path}: {e}") from e
+    if kind == "saved_model":
+        location = os.path.join(location, "variables", "variables")
+    return kind, location
+
+
 def is_official(path: str | None) -> bool:
-    """Whether ``path`` is a checkpoint in a reference format (TF2 ckpt, SavedModel, TF1)."""
+    """Whether ``path`` is a checkpoint in a reference format (TF2 ckpt, SavedModel, TF1).
+
+    A damaged checkpoint raises DamagedCheckpointError naming the file (it is no format).
+    """
     if not path or path == "none":
         return False
-    try:
-        fmt, _ = detect_format(path)
-    except (tf.errors.OpError, ValueError):
-        return False
+    fmt, _ = detect_format(path)
     return fmt in (TF2_CHECKPOINT, TF2_SAVED_MODEL, TF1_CHECKPOINT)
+
+
+def check_readable(path: str | None, flag: str) -> None:
+    """Refuses a damaged checkpoint given as ``flag`` in one line, before any other work.
+
+    ``path`` as the flag takes it (prefix, run folder, SavedModel, TF1 folder); a path with no
+    checkpoint at all is left to the loader's own message. Names an intact checkpoint of the
+    same folder when there is one.
+    """
+    if not path or path == "none":
+        return
+    kind, location = _locate(path)
+    if kind == "none":
+        return
+    found = damage(location)
+    if found is None:
+        return
+    intact = next(
+        (
+            p
+            for _, p in checkpoint_prefixes(os.path.dirname(location))
+            if p != location and damage(p) is None
+        ),
+        None,
+    )
+    hint = f" An intact one in that folder: {flag}={intact}." if intact else ""
+    raise DamagedCheckpointError(
+        f"{flag}={path}: the checkpoint {location} is damaged ({found[0]} {found[1]}).{hint} "
+        "Nothing was done."
+    )
 
 
 def _model_paths(graph) -> dict[str, str]:
@@ -197,6 +252,20 @@ def _model_paths(graph) -> dict[str, str]:
     return out
 
 
+def _guarded(prefix: str, read: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray]:
+    """``read`` with read errors of damaged data (checksum, truncation) named as such."""
+
+    def guarded(key: str) -> np.ndarray:
+        try:
+            return read(key)
+        except _READ_ERRORS as e:
+            raise DamagedCheckpointError(
+                f"Checkpoint {prefix} is damaged: reading {key} failed ({e})."
+            ) from e
+
+    return guarded
+
+
 def _read_object_graph(path: str, fmt: str, prefix: str) -> Source:
     reader = tf.train.load_checkpoint(prefix)
     graph = _object_graph(reader)
@@ -211,7 +280,8 @@ def _read_object_graph(path: str, fmt: str, prefix: str) -> Source:
             step = int(reader.get_tensor(keys[0]))
     slots = sum(len(n.slot_variables) for n in graph.nodes)
     ignored = {"optimizer slots": slots} if slots else {}
-    return Source(fmt, path, prefix, step, shapes, lambda p: reader.get_tensor(paths[p]), ignored)
+    read = _guarded(prefix, lambda p: reader.get_tensor(paths[p]))
+    return Source(fmt, path, prefix, step, shapes, read, ignored)
 
 
 def _read_tf1(path: str, prefix: str, use_ema: bool) -> Source:
@@ -253,15 +323,14 @@ def _read_tf1(path: str, prefix: str, use_ema: bool) -> Source:
         )
         ignored["regular weights (EMA used instead)"] = sum(EMA_SCOPE + k in ema for k in shapes)
     ignored = {k: v for k, v in ignored.items() if v}
-    return Source(TF1_CHECKPOINT, path, prefix, step, shapes, read, ignored, use_ema)
+    return Source(
+        TF1_CHECKPOINT, path, prefix, step, shapes, _guarded(prefix, read), ignored, use_ema
+    )
 
 
 def read_source(path: str, use_ema: bool = False) -> Source:
     """The model variables of the official checkpoint at ``path`` (any of the three formats)."""
-    try:
-        fmt, prefix = detect_format(path)
-    except (tf.errors.OpError, ValueError) as e:
-        raise OfficialCheckpointError(f"Cannot read a checkpoint at {path}: {e}") from e
+    fmt, prefix = detect_format(path)
     if fmt is None:
         raise OfficialCheckpointError(
             f"No checkpoint at {path}: pass a checkpoint prefix (.../ckpt-1000, "
