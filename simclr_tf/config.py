@@ -36,7 +36,7 @@ LR_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("none", "bfloat16", "float16")
-AUGMENT_PLACES = ("host", "device")
+AUGMENT_PLACES = ("auto", "host", "device")
 CROP_SAMPLERS = ("reference", "uniform_area")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
@@ -75,6 +75,39 @@ def default_use_blur(image_size: int) -> bool:
 def head_depth(proj_head_mode: str, num_proj_layers: int) -> int:
     """Dense+BN layers of the projection head: 0 for "none", 1 for "linear", else the count."""
     return {"none": 0, "linear": 1, "nonlinear": int(num_proj_layers)}[proj_head_mode]
+
+
+def choose_augment_on(
+    requested: str,
+    *,
+    train_mode: str,
+    accelerator: str | None,
+    fixed_size: bool,
+    recipe: bool,
+) -> tuple[str, str]:
+    """(placement, reason) of ``--augment_on``: an explicit host/device is kept; ``auto`` picks.
+
+    ``auto`` runs the augmentation on the device when the replicas are accelerators
+    (``accelerator`` "TPU"/"GPU"): the host then only decodes (and crops variable-size images),
+    which is what keeps a TPU or GPU fed at ImageNet scale (benchmarks/README.md: the device
+    path's host part is several times the host path's rate at 224 px). On CPU-only runs the
+    "device" is the same cores as the host, and the per-image host path (coins skip ops, each
+    colour op once) is the cheaper one, so ``auto`` stays on the host. Only pretraining augments
+    on the device; a study recipe (``--augmentations`` / ``--augment_views``) on variable-size
+    images runs on the host only.
+    """
+    if requested != "auto":
+        return requested, f"--augment_on={requested}"
+    if train_mode != "pretrain":
+        return "host", f"--augment_on=auto: {train_mode} only crops and flips, on the host"
+    if accelerator is None:
+        return "host", "--augment_on=auto: CPU-only replicas, the host path is the faster one"
+    if not fixed_size and not recipe:
+        return "host", (
+            f"--augment_on=auto: {accelerator} replicas, but a study recipe on variable-size "
+            "images runs on the host only"
+        )
+    return "device", f"--augment_on=auto: {accelerator} replicas, augmenting on the device"
 
 
 def check_micro_batch(batch: int, micro_batch_size: int, what: str) -> None:
@@ -181,9 +214,13 @@ class Config:
     )
     use_blur: bool | None = setting(None, "Gaussian blur in pretraining (default: on above 32 px).")
     augment_on: str = setting(
-        "host",
-        "Where the two-view augmentation runs: host (tf.data) or device (batched, inside the "
-        "train step). Same recipe and distributions either way. Fixed-size images (CIFAR): the "
+        "auto",
+        "Where the two-view augmentation runs: host (tf.data), device (batched, inside the "
+        "train step) or auto (default): device when the strategy's replicas are accelerators "
+        "(TPU, GPU), so the host only decodes (and, for variable-size images, crops) and never "
+        "starves them; host on CPU-only runs, where host and device are the same cores and the "
+        "per-image host path is the faster one. The choice is logged and recorded in "
+        "flags.json. Same recipe and distributions either way. Fixed-size images (CIFAR): the "
         "host only decodes, the device does everything. Variable-size images: the host still "
         "draws both crop boxes from each image's true size, crops and resizes them to "
         "--image_size and sends them rounded to uint8; the device does flip, colour, grayscale "

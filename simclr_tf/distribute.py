@@ -256,6 +256,26 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     return any(c.__name__.startswith("TPUStrategy") for c in type(strategy).__mro__)
 
 
+def accelerator(strategy: tf.distribute.Strategy) -> str | None:
+    """ "TPU" or "GPU" when the strategy's replicas run on accelerators, None on CPUs.
+
+    Read from the replicas' device names (``/job:worker/replica:0/task:0/device:GPU:0``); the
+    default strategy has none, so its device is TensorFlow's default placement: the first
+    logical GPU when there is one.
+    """
+    if is_tpu(strategy):
+        return "TPU"
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except (RuntimeError, AttributeError, NotImplementedError):  # the default strategy
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]]
+    kinds = {tf.DeviceSpec.from_string(d).device_type for d in devices}
+    for kind in ("TPU", "GPU"):
+        if kind in kinds:
+            return kind
+    return None
+
+
 def check_precision(strategy: tf.distribute.Strategy, mixed_precision: str) -> None:
     """float16 on a TPU is refused: TPUs compute in bfloat16 and need no loss scaling."""
     if mixed_precision == "float16" and is_tpu(strategy):

@@ -253,6 +253,7 @@ def run_case(
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     side = info.image_shape[0] if info.image_shape and info.image_shape[0] else None
     cfg = config_lib.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    cfg = train.place_augmentation(cfg, strategy, info)  # --augment_on=auto, as run.py
     result: dict[str, Any] = {
         "case": case_name(case.get("_overrides", {})),
         "machine": machine_info(),

@@ -304,6 +304,15 @@ def composed_two_views(
     return views[:batch], views[batch:]
 
 
+def is_recipe(
+    augmentations: str | Sequence[str] | None, use_blur: bool, augment_views: str = "both"
+) -> bool:
+    """The paper recipe on both views (what ``--augment_on=device`` runs on variable-size
+    images), as opposed to a study of other operations or of one augmented view."""
+    ops = parse_augmentations(augmentations, use_blur)
+    return ops == parse_augmentations(None, use_blur) and augment_views == "both"
+
+
 def two_views_fn(
     size: int,
     color_jitter_strength: float,
@@ -318,8 +327,7 @@ def two_views_fn(
     itself (bit-identical to runs before ``--augmentations`` existed); anything else composes.
     """
     ops = parse_augmentations(augmentations, use_blur)
-    recipe = parse_augmentations(None, use_blur)
-    if ops == recipe and augment_views == "both":
+    if is_recipe(augmentations, use_blur, augment_views):
         return functools.partial(
             augment.two_views,
             size=size,
