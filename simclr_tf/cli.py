@@ -117,6 +117,12 @@ def read_dataset(cfg: config.Config, strategy):
     from simclr_tf.official import convert as official_convert
 
     cfg = official_convert.configure(cfg).validate()  # architecture of an official checkpoint
+    if cfg.trains:
+        from simclr_tf import train
+
+        placement, why = train.augment_placement(cfg, strategy, info)
+        logging.info("Augmentation placement: %s (%s).", placement, why)
+        cfg = cfg.replace(augment_on=placement)  # flags.json records the placement that ran
     for split, needed in ((cfg.train_split, cfg.trains), (cfg.eval_split, cfg.evaluates)):
         if needed and split not in info.split_sizes:
             raise sources.DataError(

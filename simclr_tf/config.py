@@ -155,9 +155,13 @@ class Config(ConfigChecks):
     )
     use_blur: bool | None = setting(None, "Gaussian blur in pretraining (default: on above 32 px).")
     augment_on: str = setting(
-        "host",
-        "Where the two-view augmentation runs: host (tf.data) or device (batched, inside the "
-        "train step). Same recipe and distributions either way. Fixed-size images (CIFAR): the "
+        "auto",
+        "Where the two-view augmentation runs: host (tf.data), device (batched, inside the "
+        "train step) or auto (default): device when the strategy's replicas are accelerators "
+        "(TPU, GPU), so the host only decodes (and, for variable-size images, crops) and never "
+        "starves them; host on CPU-only runs, where host and device are the same cores and the "
+        "per-image host path is the faster one. The choice is logged and recorded in "
+        "flags.json. Same recipe and distributions either way. Fixed-size images (CIFAR): the "
         "host only decodes, the device does everything. Variable-size images: the host still "
         "draws both crop boxes from each image's true size, crops and resizes them to "
         "--image_size and sends them rounded to uint8; the device does flip, colour, grayscale "

@@ -173,6 +173,26 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     return any(c.__name__.startswith("TPUStrategy") for c in type(strategy).__mro__)
 
 
+def accelerator(strategy: tf.distribute.Strategy) -> str | None:
+    """ "TPU" or "GPU" when the strategy's replicas run on accelerators, None on CPUs.
+
+    Read from the replicas' device names (``/job:worker/replica:0/task:0/device:GPU:0``); the
+    default strategy has none, so its device is TensorFlow's default placement: the first
+    logical GPU when there is one.
+    """
+    if is_tpu(strategy):
+        return "TPU"
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except (RuntimeError, AttributeError, NotImplementedError):  # the default strategy
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]]
+    kinds = {tf.DeviceSpec.from_string(d).device_type for d in devices}
+    for kind in ("TPU", "GPU"):
+        if kind in kinds:
+            return kind
+    return None
+
+
 def strategy_for(cfg: Config) -> tf.distribute.Strategy:
     """The strategy of a run's flags, built the one way run.py and tools/benchmark.py share.
 

@@ -19,6 +19,7 @@ from simclr_tf import checkpoints, distribute, evaluate, loss_scale, model_dir, 
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config
 from simclr_tf.data import pipeline, sources
+from simclr_tf.data.recipe import choose_augment_on, is_recipe
 from simclr_tf.knn import KNNMonitor
 from simclr_tf.models.build import build_model
 from simclr_tf.models.distill import fixed_view_dataset
@@ -63,6 +64,31 @@ def make_schedule_for(cfg: Config, num_train_examples: int) -> Schedule:
     return make_schedule(cfg, num_train_examples, peak)
 
 
+def augment_placement(
+    cfg: Config, strategy: tf.distribute.Strategy, info: sources.DatasetInfo
+) -> tuple[str, str]:
+    """(host | device, why) for the run's ``--augment_on`` (``auto`` resolved; see
+    :func:`simclr_tf.data.recipe.choose_augment_on`)."""
+    shape = getattr(info, "image_shape", None)  # None: variable-size (or not described)
+    return choose_augment_on(
+        cfg.augment_on,
+        train_mode=cfg.train_mode,
+        accelerator=distribute.accelerator(strategy),
+        fixed_size=shape is not None and all(shape),
+        recipe=is_recipe(cfg.augmentations, bool(cfg.use_blur), cfg.augment_views),
+    )
+
+
+def place_augmentation(
+    cfg: Config, strategy: tf.distribute.Strategy, info: sources.DatasetInfo
+) -> Config:
+    """``cfg`` with ``--augment_on=auto`` replaced by its placement (run.py does this once,
+    logs it and records it in flags.json; library callers get the same choice here)."""
+    if cfg.augment_on != "auto":
+        return cfg
+    return cfg.replace(augment_on=augment_placement(cfg, strategy, info)[0])
+
+
 def load_train_split(cfg: Config, **kwargs) -> tuple[tf.data.Dataset, sources.DatasetInfo]:
     """The training split with the run's class-balanced label fraction (seeded by ``--seed``).
 
@@ -87,7 +113,8 @@ def train_dataset(
     seed = checkpoints.resumed_seed(cfg.seed, start_step)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        ds, _ = load_train_split(cfg, shuffle_files=True, input_context=ctx)
+        ds, info = load_train_split(cfg, shuffle_files=True, input_context=ctx)
+        run = place_augmentation(cfg, strategy, info)
         common = dict(
             batch_size=per_replica,
             image_size=cfg.image_size,
@@ -100,7 +127,7 @@ def train_dataset(
                 ds,
                 color_jitter_strength=cfg.color_jitter_strength,
                 use_blur=cfg.use_blur,
-                augment_on=cfg.augment_on,
+                augment_on=run.augment_on,
                 augmentations=cfg.augmentations,
                 augment_views=cfg.augment_views,
                 **common,
@@ -152,6 +179,7 @@ def build_for_run(
 
     ``schedule=None`` builds for evaluation only: no optimizer (nothing is trained).
     """
+    cfg = place_augmentation(cfg, strategy, info)
     set_precision(cfg)
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():

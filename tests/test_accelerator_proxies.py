@@ -19,6 +19,7 @@ from conftest import tiny_config
 from tensorflow.core.framework import types_pb2
 
 from simclr_tf import config, distribute, evaluate, knn, tpu, train
+from simclr_tf.data import recipe as recipe_rules
 
 SIZE = 8
 CLASSES = 3
@@ -593,3 +594,79 @@ def test_image_folder_reads_any_gfile_path():
     for (x, y), (pixels, c) in zip(got, written["train"], strict=True):
         assert y == c
         np.testing.assert_array_equal(x, pixels)
+
+
+# ------------------------------------------------------------ --augment_on=auto placement
+
+_GPU = "/job:localhost/replica:0/task:0/device:GPU:"
+
+
+class _FakeStrategy:
+    """A strategy's device list, faked at the boundary ``distribute.accelerator`` reads."""
+
+    def __init__(self, devices: list[str]):
+        self.extended = types.SimpleNamespace(worker_devices=devices)
+        self.num_replicas_in_sync = len(devices)
+
+
+class TPUStrategyFake(_FakeStrategy):
+    """Named like TPUStrategy: ``distribute.is_tpu`` goes by the class name."""
+
+
+def test_accelerator_of_strategies():
+    assert distribute.accelerator(tf.distribute.get_strategy()) is None  # this CPU machine
+    assert distribute.accelerator(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])) is None
+    assert distribute.accelerator(_FakeStrategy([_GPU + "0", _GPU + "1"])) == "GPU"
+    assert distribute.accelerator(TPUStrategyFake(["/job:worker/task:0/device:CPU:0"])) == "TPU"
+
+
+@pytest.mark.parametrize(
+    "requested,train_mode,accel,fixed,recipe,expected",
+    [
+        ("auto", "pretrain", None, False, True, "host"),  # CPU run: host, any images
+        ("auto", "pretrain", None, True, True, "host"),
+        ("auto", "pretrain", "GPU", False, True, "device"),  # ImageNet on GPUs
+        ("auto", "pretrain", "TPU", True, True, "device"),  # CIFAR on a TPU
+        ("auto", "pretrain", "TPU", False, False, "host"),  # study recipe, variable size
+        ("auto", "pretrain", "GPU", True, False, "device"),  # study recipe, fixed size
+        ("auto", "finetune", "TPU", False, True, "host"),  # only pretraining augments on device
+        ("host", "pretrain", "TPU", False, True, "host"),  # explicit values are kept
+        ("device", "pretrain", None, True, True, "device"),
+    ],
+)
+def test_choose_augment_on(requested, train_mode, accel, fixed, recipe, expected):
+    place, why = recipe_rules.choose_augment_on(
+        requested, train_mode=train_mode, accelerator=accel, fixed_size=fixed, recipe=recipe
+    )
+    assert place == expected and why.startswith(f"--augment_on={requested}")
+
+
+@pytest.mark.parametrize(
+    "devices,expected", [([_GPU + "0", _GPU + "1"], "device"), (["/cpu:0", "/cpu:1"], "host")]
+)
+def test_run_py_resolves_auto_placement_logs_it_and_records_it(
+    tmp_path, write_png_folder, monkeypatch, devices, expected
+):
+    """run.py's resolution (cli.read_dataset) on variable-size images: a faked two-GPU strategy
+    gets the device path, two CPUs the host path; the log names the choice and the resolved
+    config (what flags.json records) holds it, so the model and the input agree on it."""
+    from absl import logging as absl_logging
+
+    from simclr_tf import cli, model_dir
+
+    root = write_png_folder(tmp_path / "data", CLASSES, {"train": 2, "test": 1}, SIZE)
+    (root / "train" / "class00" / "big.png").write_bytes(
+        tf.io.encode_png(tf.zeros([SIZE + 4, SIZE, 3], tf.uint8)).numpy()
+    )  # a second size: variable-size images
+    cfg = tiny_config(CASE, data_dir=str(root), model_dir=str(tmp_path / "run"), image_size=None)
+    assert cfg.replace(augment_on=config.Config().augment_on).augment_on == "auto"  # default
+    lines = []
+    monkeypatch.setattr(absl_logging, "info", lambda msg, *args: lines.append(msg % args))
+    resolved, info = cli.read_dataset(cfg.replace(augment_on="auto"), _FakeStrategy(devices))
+    assert info.image_shape is None  # the folder is variable-size
+    assert resolved.augment_on == expected
+    assert any(line.startswith(f"Augmentation placement: {expected} (") for line in lines), lines
+    model_dir.prepare(resolved, str(tmp_path / "run"), write_flags=True, num_classes=CLASSES)
+    assert json.loads((tmp_path / "run" / "flags.json").read_text())["augment_on"] == expected
+    # Library callers that skip run.py get the same choice.
+    assert train.place_augmentation(cfg, _FakeStrategy(devices), info).augment_on == expected

@@ -102,6 +102,7 @@ def test_pretraining_writes_the_model_dir_contract(pretrained):
     # Dataset-dependent defaults were resolved and recorded.
     assert (flags["eval_split"], flags["cifar_stem"], flags["use_blur"]) == ("test", True, False)
     assert flags["color_jitter_strength"] == 0.5
+    assert flags["augment_on"] == "host"  # --augment_on=auto on a CPU run, recorded as chosen
     rows = _csv_rows(pretrained / "metrics.csv")
     # 80 images / batch 16 = 5 steps per epoch; 4 steps stop inside epoch 1.
     assert [int(r["step"]) for r in rows] == [4]

@@ -161,6 +161,13 @@ def _parser() -> argparse.ArgumentParser:
         "adds its input pipeline as a case (--what=pipeline); ratios to it are "
         "printed.",
     )
+    p.add_argument(
+        "--reference_host_only",
+        action="store_true",
+        help="The reference case runs only its host pipeline (preprocess_for_train, no "
+        "batch_random_blur, which the reference runs inside its train step on the device): the "
+        "issue-20 comparison of our host path with blur against the reference's host input.",
+    )
     p.add_argument("--ops_images", type=int, default=32, help="Images per op (--what=ops).")
     p.add_argument("--steps", type=int, default=4, help="Timed train steps per case.")
     p.add_argument(
@@ -198,6 +205,7 @@ def _cases(args: argparse.Namespace, base_overrides: dict[str, Any]) -> list[tup
                     **base_overrides,
                     "_overrides": {},
                     "_reference": os.path.abspath(args.reference_data_util),
+                    "_reference_blur": not args.reference_host_only,
                 },
             )
         )

@@ -187,8 +187,9 @@ def load_reference(path: str):
     return module
 
 
-def reference_dataset(cfg, path: str):
-    """The reference code's training input over the same files (its tf2/data.py layout)."""
+def reference_dataset(cfg, path: str, blur: bool = True):
+    """The reference code's training input over the same files (its tf2/data.py layout);
+    ``blur=False`` leaves out its batch blur (its train step's part, on the device)."""
     import tensorflow as tf
     from absl import flags
 
@@ -212,7 +213,7 @@ def reference_dataset(cfg, path: str):
     ds = images.shuffle(min(10_000, max(10 * cfg.train_batch_size, 1)), seed=0).repeat()
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(cfg.train_batch_size, drop_remainder=True)
-    if cfg.use_blur:  # the reference blurs the batch inside its train step
+    if cfg.use_blur and blur:  # the reference blurs the batch inside its train step
         ds = ds.map(blur, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -259,6 +260,7 @@ def run_case(
 
     case = dict(case)
     reference = case.pop("_reference", None)
+    reference_blur = case.pop("_reference_blur", True)
     model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
     cfg = config_lib.Config(
         **{
@@ -280,6 +282,7 @@ def run_case(
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     side = info.image_shape[0] if info.image_shape and info.image_shape[0] else None
     cfg = config_lib.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    cfg = train.place_augmentation(cfg, strategy, info)  # --augment_on=auto, as run.py
     result: dict[str, Any] = {
         "case": case_name(case.get("_overrides", {})),
         "machine": machine_info(),
@@ -295,8 +298,9 @@ def run_case(
 
     if what in ("pipeline", "all"):
         if reference:
-            dataset = reference_dataset(cfg, reference)
+            dataset = reference_dataset(cfg, reference, reference_blur)
             result["flags"]["pipeline"] = f"reference data_util ({reference})"
+            result["flags"]["reference_batch_blur"] = bool(cfg.use_blur and reference_blur)
         else:
             dataset = train.train_dataset(cfg, strategy, 0)
         times = _time_batches(dataset, pipeline_batches)

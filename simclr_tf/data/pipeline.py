@@ -72,10 +72,11 @@ def pretrain_dataset(
     (:mod:`simclr_tf.data.augment.study_ops`; default: the paper recipe).
     """
     _check_common(dataset, batch_size, image_size)
-    if augment_on not in AUGMENT_PLACES:
+    if augment_on not in AUGMENT_PLACES or augment_on == "auto":
         raise DataError(
-            f"augment_on must be one of {AUGMENT_PLACES}, got '{augment_on}'. Use host (tf.data) "
-            "or device (inside the train step)."
+            f"augment_on must be one of ('host', 'device') here, got '{augment_on}': host "
+            "(tf.data) or device (inside the train step); resolve auto with "
+            "train.place_augmentation."
         )
     _check_sampler(crop_sampler)
     ds = _source(dataset, cache)

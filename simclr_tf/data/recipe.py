@@ -16,7 +16,7 @@ OPERATIONS = (*RECIPE, "cutout", "sobel", "noise", "rotate")
 
 CROP_SAMPLERS = ("reference", "uniform_area")
 AUGMENT_VIEWS = ("both", "one")
-AUGMENT_PLACES = ("host", "device")
+AUGMENT_PLACES = ("auto", "host", "device")
 
 # Images up to this side get the paper's CIFAR-10 settings: colour strength 0.5, no blur, the
 # 3x3 stem.
@@ -56,3 +56,45 @@ def parse_augmentations(text: str | Sequence[str] | None, use_blur: bool = True)
     if repeated:
         raise ValueError(f"Augmentation(s) listed twice: {','.join(repeated)}; list each once.")
     return ops
+
+
+def is_recipe(
+    augmentations: str | Sequence[str] | None, use_blur: bool, augment_views: str = "both"
+) -> bool:
+    """The paper recipe on both views (what ``--augment_on=device`` runs on variable-size
+    images), as opposed to a study of other operations or of one augmented view."""
+    ops = parse_augmentations(augmentations, use_blur)
+    return ops == parse_augmentations(None, use_blur) and augment_views == "both"
+
+
+def choose_augment_on(
+    requested: str,
+    *,
+    train_mode: str,
+    accelerator: str | None,
+    fixed_size: bool,
+    recipe: bool,
+) -> tuple[str, str]:
+    """(placement, reason) of ``--augment_on``: an explicit host/device is kept; ``auto`` picks.
+
+    ``auto`` runs the augmentation on the device when the replicas are accelerators
+    (``accelerator`` "TPU"/"GPU"): the host then only decodes (and crops variable-size images),
+    which is what keeps a TPU or GPU fed at ImageNet scale (benchmarks/README.md: the device
+    path's host part is several times the host path's rate at 224 px). On CPU-only runs the
+    "device" is the same cores as the host, and the per-image host path (coins skip ops, each
+    colour op once) is the cheaper one, so ``auto`` stays on the host. Only pretraining augments
+    on the device; a study recipe (``--augmentations`` / ``--augment_views``) on variable-size
+    images runs on the host only.
+    """
+    if requested != "auto":
+        return requested, f"--augment_on={requested}"
+    if train_mode != "pretrain":
+        return "host", f"--augment_on=auto: {train_mode} only crops and flips, on the host"
+    if accelerator is None:
+        return "host", "--augment_on=auto: CPU-only replicas, the host path is the faster one"
+    if not fixed_size and not recipe:
+        return "host", (
+            f"--augment_on=auto: {accelerator} replicas, but a study recipe on variable-size "
+            "images runs on the host only"
+        )
+    return "device", f"--augment_on=auto: {accelerator} replicas, augmenting on the device"

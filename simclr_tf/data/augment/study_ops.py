@@ -38,7 +38,7 @@ from simclr_tf.data.augment.common import _to_batch
 from simclr_tf.data.augment.crop import random_flip, random_resized_crop
 from simclr_tf.data.augment.seeds import _split, _uniform
 from simclr_tf.data.augment.views import eval_view, two_views
-from simclr_tf.data.recipe import AUGMENT_VIEWS, OPERATIONS, parse_augmentations
+from simclr_tf.data.recipe import AUGMENT_VIEWS, OPERATIONS, is_recipe, parse_augmentations
 
 CUTOUT_FRACTION = 0.5  # side of the cutout square / image side (DeVries & Taylor on CIFAR)
 NOISE_SIGMA = (0.05, 0.15)
@@ -262,8 +262,7 @@ def two_views_fn(
     itself (bit-identical to runs before ``--augmentations`` existed); anything else composes.
     """
     ops = parse_augmentations(augmentations, use_blur)
-    recipe = parse_augmentations(None, use_blur)
-    if ops == recipe and augment_views == "both":
+    if is_recipe(augmentations, use_blur, augment_views):
         return functools.partial(
             two_views,
             size=size,
