@@ -29,6 +29,10 @@ def run_config(cfg: config.Config) -> dict | None:
     :func:`train_model`, :func:`model_to_evaluate`, :func:`evaluate_model`, :func:`export_model`.
     """
     strategy = pick_strategy(cfg)
+    if cfg.data_service and cfg.trains:
+        from simclr_tf import data_service
+
+        data_service.check_dispatcher(cfg.data_service)  # one line now, not a hang later
     cfg, info = read_dataset(cfg, strategy)
     from simclr_tf import distribute, model_dir
 

@@ -190,6 +190,16 @@ class Config:
         "and blur.",
         choices=AUGMENT_PLACES,
     )
+    data_service: str = setting(
+        "",
+        "Address of a tf.data service dispatcher, grpc://HOST:PORT: the pretraining input "
+        "(decode + augmentation + batching) then runs on its workers, on any number of machines "
+        "(start them with: python -m simclr_tf.data_service dispatcher|worker ...). Image "
+        "folders only, seen at the same --data_dir path by every worker. Each image is used once "
+        "per epoch (processing mode distributed_epoch), views are seeded by the global batch / "
+        "example number (never by worker), a resumed run continues at its step's batch. Empty: "
+        "input on this host.",
+    )
     crop_sampler: str = setting(
         "reference",
         "Random crop distribution: reference = tf.image.sample_distorted_bounding_box as in the "
@@ -472,6 +482,15 @@ class Config:
         if self.train_mode != "pretrain" and self.augment_on == "device":
             err.append(
                 f"--augment_on=device is for pretraining ({self.train_mode} only crops and flips)."
+            )
+        if self.data_service and self.train_mode != "pretrain":
+            err.append(
+                "--data_service serves pretraining input; drop it with " + self.train_mode + "."
+            )
+        if self.data_service and self.dataset != "image_folder":
+            err.append(
+                "--data_service reads image folders (--dataset=image_folder): its workers read "
+                "the files by index; TFDS datasets are read on this host."
             )
         err += self._distill_errors()
         if self.crop_sampler not in CROP_SAMPLERS:
