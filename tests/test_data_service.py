@@ -82,6 +82,10 @@ def _local_batches(cfg, count: int) -> list[tuple[np.ndarray, np.ndarray, np.nda
     return [(v1.numpy(), v2.numpy(), y.numpy()) for (v1, v2), y in ds.take(count)]
 
 
+def iterator_take(iterator, count: int) -> list:
+    return [next(iterator) for _ in range(count)]
+
+
 def _batch_number(batch, local) -> int:
     (v1, v2), y = batch
     hits = [
@@ -98,9 +102,15 @@ def _batch_number(batch, local) -> int:
 def test_batches_through_two_workers_are_the_seeded_batches(folder, service):
     address, workers = service
     cfg = _cfg(folder, address)
-    served = 6
+    served = 8
     dataset = train.train_dataset(cfg, tf.distribute.get_strategy(), start_step=0)
-    batches = [(tuple(t.numpy() for t in v), y.numpy()) for v, y in dataset.take(served)]
+    iterator = iter(dataset)
+    first = next(iterator)
+    time.sleep(2)  # both workers fill their buffers: a doubled batch number would now show
+    batches = [
+        (tuple(t.numpy() for t in v), y.numpy())
+        for v, y in [first, *iterator_take(iterator, served - 1)]
+    ]
     assert all(w._num_tasks() >= 1 for w in workers), "both workers must take part"
     local = _local_batches(cfg, served + 6)
 
