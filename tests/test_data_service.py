@@ -194,3 +194,16 @@ def test_missing_dispatcher_fails_fast_in_one_line(folder, tmp_path, run_cli):
 def test_malformed_address_names_the_form(address):
     with pytest.raises(data_service.DataServiceError, match="grpc://HOST:PORT"):
         data_service.check_dispatcher(address)
+
+
+def test_each_batch_number_goes_to_exactly_one_worker(service):
+    """The source's sharding in the chosen mode: a finite range of batch numbers through both
+    workers comes back once each (``parallel_epochs`` would return every number per worker)."""
+    address, _ = service
+    numbers = tf.data.Dataset.range(40).apply(
+        tf.data.experimental.service.distribute(
+            processing_mode=data_service.PROCESSING_MODE,
+            service=data_service.service_target(address),
+        )
+    )
+    assert sorted(int(x) for x in numbers) == list(range(40))
