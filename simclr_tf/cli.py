@@ -34,6 +34,10 @@ def run_config(cfg: config.Config) -> dict | None:
     lock = take_run_folder(cfg)
     try:
         check_checkpoints(cfg)
+        if cfg.data_service and cfg.trains:
+            from simclr_tf import data_service
+
+            data_service.check_dispatcher(cfg.data_service)  # one line now, not a hang later
         strategy = pick_strategy(cfg)
         cfg, info = read_dataset(cfg, strategy)
         return run_in_folder(cfg, strategy, info, lock is not None)

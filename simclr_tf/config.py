@@ -168,6 +168,16 @@ class Config(ConfigChecks):
         "and blur.",
         choices=AUGMENT_PLACES,
     )
+    data_service: str = setting(
+        "",
+        "Address of a tf.data service dispatcher, grpc://HOST:PORT: the pretraining input "
+        "(decode + augmentation + batching) then runs on its workers, on any number of machines "
+        "(start them with: python -m simclr_tf.data_service dispatcher|worker ...). Image "
+        "folders only, seen at the same --data_dir path by every worker. Each image is used once "
+        "per epoch (processing mode distributed_epoch), views are seeded by the global batch / "
+        "example number (never by worker), a resumed run continues at its step's batch. Empty: "
+        "input on this host.",
+    )
     crop_sampler: str = setting(
         "reference",
         "Random crop distribution: reference = tf.image.sample_distorted_bounding_box as in the "

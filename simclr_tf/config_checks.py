@@ -138,6 +138,13 @@ class ConfigChecks:
                 f"--augment_on=device is for pretraining ({self.train_mode} only crops and flips)."
             )
         err += self._distill_errors()
+        if self.data_service and self.train_mode != "pretrain":
+            err.append(f"--data_service serves pretraining input; drop it with {self.train_mode}.")
+        if self.data_service and self.dataset != "image_folder":
+            err.append(
+                "--data_service reads image folders (--dataset=image_folder): its workers read "
+                "the files by index; TFDS datasets are read on this host."
+            )
         if self.crop_sampler not in CROP_SAMPLERS:
             err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
         err += self._study_errors()

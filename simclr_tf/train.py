@@ -15,10 +15,19 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, evaluate, loss_scale, model_dir, optim, plots
+from simclr_tf import (
+    checkpoints,
+    data_service,
+    distribute,
+    evaluate,
+    loss_scale,
+    model_dir,
+    optim,
+    plots,
+)
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config
-from simclr_tf.data import pipeline, sources
+from simclr_tf.data import image_folder, pipeline, sources
 from simclr_tf.data.recipe import choose_augment_on, is_recipe
 from simclr_tf.knn import KNNMonitor
 from simclr_tf.models.build import build_model
@@ -113,6 +122,8 @@ def train_dataset(
     seed = checkpoints.resumed_seed(cfg.seed, start_step)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        if cfg.train_mode == "pretrain" and cfg.data_service:
+            return service_dataset(cfg, strategy, ctx, per_replica, start_step)
         ds, info = load_train_split(cfg, shuffle_files=True, input_context=ctx)
         run = place_augmentation(cfg, strategy, info)
         common = dict(
@@ -135,6 +146,44 @@ def train_dataset(
         return pipeline.finetune_dataset(ds, **common)
 
     return pipeline.distribute(strategy, dataset_fn)
+
+
+def service_dataset(
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    ctx: tf.distribute.InputContext,
+    per_replica: int,
+    start_step: int,
+) -> tf.data.Dataset:
+    """This input pipeline's pretraining batches from the tf.data service at --data_service.
+
+    Same seed on resume (the batch numbers carry the position, see :mod:`simclr_tf.data_service`);
+    one seed per input pipeline, which reads its own shard of the files.
+    """
+    selection = image_folder.select_folder_split(
+        cfg.data_dir,
+        cfg.train_split,
+        cfg.train_data_fraction,
+        cfg.seed,
+        shuffle_files=True,
+        input_context=ctx,
+    )
+    batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    run = place_augmentation(cfg, strategy, sources.dataset_info(cfg.dataset, cfg.data_dir))
+    return data_service.pretrain_dataset(
+        cfg.data_service,
+        selection,
+        batch_size=per_replica,
+        start_batch=start_step * batches_per_step,
+        image_size=cfg.image_size,
+        color_jitter_strength=cfg.color_jitter_strength,
+        use_blur=cfg.use_blur,
+        seed=cfg.seed + 7919 * ctx.input_pipeline_id,
+        augment_on=run.augment_on,
+        crop_sampler=cfg.crop_sampler,
+        augmentations=cfg.augmentations,
+        augment_views=cfg.augment_views,
+    )
 
 
 def knn_monitor(cfg: Config, info: sources.DatasetInfo) -> KNNMonitor:

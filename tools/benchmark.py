@@ -87,6 +87,8 @@ RATIO_KEYS = (
 
 
 def _run_child(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    if "_reference_step" in case:
+        return _run_reference_step(case, args)
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -111,6 +113,31 @@ def _run_child(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
         "error": f"exit {proc.returncode}",
         "stderr_tail": tail,
     }
+
+
+def _run_reference_step(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The reference code's own step (``benchmark_reference_step.py``, tf.keras 2) as a case."""
+    fields = {k: v for k, v in case.items() if not k.startswith("_")}
+    spec = {
+        "ref_dir": case["_reference_step"],
+        "case": fields,
+        "steps": args.steps,
+        "warmup": args.warmup_steps,
+    }
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_reference_step.py")
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    proc = subprocess.run(
+        [sys.executable, script, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+        env=env,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = "\n".join(proc.stderr.splitlines()[-15:])
+    return {"case": "reference_step", "error": f"exit {proc.returncode}", "stderr_tail": tail}
 
 
 def _ratios(base: list[dict], cand: list[dict]) -> dict[str, float]:
@@ -168,6 +195,14 @@ def _parser() -> argparse.ArgumentParser:
         "batch_random_blur, which the reference runs inside its train step on the device): the "
         "issue-20 comparison of our host path with blur against the reference's host input.",
     )
+    p.add_argument(
+        "--reference_step",
+        default=None,
+        metavar="DIR",
+        help="The SimCLR reference code's tf2/ folder (not shipped): adds its own float32 "
+        "pretraining step (ResNet, LARS, its input pipeline) as a case (--what=step); ratios "
+        "to it are printed.",
+    )
     p.add_argument("--ops_images", type=int, default=32, help="Images per op (--what=ops).")
     p.add_argument("--steps", type=int, default=4, help="Timed train steps per case.")
     p.add_argument(
@@ -209,6 +244,16 @@ def _cases(args: argparse.Namespace, base_overrides: dict[str, Any]) -> list[tup
                 },
             )
         )
+    if args.reference_step:
+        if args.what != "step":
+            raise SystemExit("benchmark: --reference_step needs --what=step.")
+        if not os.path.isfile(os.path.join(args.reference_step, "model.py")):
+            raise SystemExit(
+                f"benchmark: {args.reference_step} is not the reference's tf2/ folder (no "
+                "model.py); extract google-research/simclr and pass its tf2/ path."
+            )
+        step_case = {**BASE_CASE, **base_overrides, "_overrides": {}}
+        cases.append(("reference_step", {**step_case, "_reference_step": args.reference_step}))
     for spec in args.candidate:
         over = parse_overrides(spec)
         cases.append((case_name(over), {**BASE_CASE, **base_overrides, **over, "_overrides": over}))
@@ -228,11 +273,12 @@ def _run_cases(cases: list[tuple[str, dict]], args, base_overrides: dict[str, An
                 res["baseline_overrides"] = base_overrides
             results[name].append(res)
             print(json.dumps(res), flush=True)
-    for base in ("baseline", "reference"):
+    bases = ("baseline", "reference", "reference_step")
+    for base in bases:
         if base not in results:
             continue
         for name, _ in cases:
-            if name not in (base, "reference"):
+            if name != base and name not in bases[1:]:
                 print(
                     json.dumps(
                         {

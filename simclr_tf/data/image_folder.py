@@ -13,6 +13,7 @@ shared with TFDS (fractions, sharding, shapes)."""
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import hashlib
 import os
@@ -150,6 +151,21 @@ def _fraction_rank(seed: int, identity: str) -> int:
     return int.from_bytes(digest, "little")
 
 
+@dataclasses.dataclass(frozen=True)
+class FolderSelection:
+    """The files of one split after the label fraction, file shuffle and input sharding.
+
+    ``rel_paths[i]`` (relative to ``split_dir``) has label ``labels[i]``; ``shape`` is the
+    common image shape when the sampled images share one, else None.
+    """
+
+    split_dir: str
+    rel_paths: list[str]
+    labels: list[int]
+    shape: tuple[int, int, int] | None
+    info: DatasetInfo
+
+
 def load_folder_split(
     data_dir: str | None,
     split: str,
@@ -160,6 +176,25 @@ def load_folder_split(
     unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One split of the image folder (see :func:`simclr_tf.data.sources.load_split`)."""
+    chosen = select_folder_split(
+        data_dir, split, fraction, seed, shuffle_files, input_context, unlabelled
+    )
+    dataset = _decode_files(chosen.split_dir, chosen.rel_paths, chosen.labels, chosen.shape)
+    return dataset, chosen.info
+
+
+def select_folder_split(
+    data_dir: str | None,
+    split: str,
+    fraction: float,
+    seed: int,
+    shuffle_files: bool,
+    input_context: tf.distribute.InputContext | None,
+    unlabelled: bool = False,
+) -> FolderSelection:
+    """The files :func:`load_folder_split` reads, in its order, without building a dataset.
+
+    For input built elsewhere (the tf.data service source reads files by index)."""
     root = _check_root(data_dir)
     splits = _folder_splits(root)
     if not splits:
@@ -209,7 +244,7 @@ def load_folder_split(
     order = _file_order(rel_paths, split, seed, shuffle_files, input_context)
     rel_paths = [rel_paths[i] for i in order]
     labels = [labels[i] for i in order]
-    return _decode_files(split_dir, rel_paths, labels, shape), info
+    return FolderSelection(split_dir, rel_paths, labels, shape, info)
 
 
 def _select_files(

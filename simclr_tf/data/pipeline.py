@@ -72,6 +72,49 @@ def pretrain_dataset(
     (:mod:`simclr_tf.data.augment.study_ops`; default: the paper recipe).
     """
     _check_common(dataset, batch_size, image_size)
+    ds = _source(dataset, cache)
+    fixed = _fixed_shape(dataset) is not None
+    buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer)
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    if fixed:
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+    return augment_indexed(
+        ds.enumerate(),
+        fixed=fixed,
+        batch_size=batch_size,
+        image_size=image_size,
+        color_jitter_strength=color_jitter_strength,
+        use_blur=use_blur,
+        seed=seed,
+        augment_on=augment_on,
+        crop_sampler=crop_sampler,
+        augmentations=augmentations,
+        augment_views=augment_views,
+    )
+
+
+def augment_indexed(
+    indexed: tf.data.Dataset,
+    *,
+    fixed: bool,
+    batch_size: int,
+    image_size: int,
+    color_jitter_strength: float,
+    use_blur: bool,
+    seed: int,
+    augment_on: str = "host",
+    crop_sampler: str = "reference",
+    augmentations: str | None = None,
+    augment_views: str = "both",
+) -> tf.data.Dataset:
+    """The augmentation half of :func:`pretrain_dataset`, over an endless indexed stream.
+
+    ``indexed`` yields ``(index, (images, labels))``: whole batches of fixed-size images
+    (``fixed=True``, ``index`` counts batches) or single variable-size images (``index`` counts
+    examples; batched here). Each element's augmentation seed is
+    ``stateless_fold_in([seed, purpose], index)``, so whoever computes an element (this
+    process or a tf.data service worker) draws the same views for the same index.
+    """
     if augment_on not in AUGMENT_PLACES or augment_on == "auto":
         raise DataError(
             f"augment_on must be one of ('host', 'device') here, got '{augment_on}': host "
@@ -79,15 +122,8 @@ def pretrain_dataset(
             "train.place_augmentation."
         )
     _check_sampler(crop_sampler)
-    ds = _source(dataset, cache)
-    fixed = _fixed_shape(dataset)
-    buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer)
-
-    if augment_on == "device" and fixed is not None:
-        ds = ds.map(lambda x, y: (_to_uint8(x), y))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
-        return _finish(ds)
+    if augment_on == "device" and fixed:
+        return _finish(indexed.map(lambda index, example: (_to_uint8(example[0]), example[1])))
 
     two_views = study_ops.two_views_fn(
         image_size,
@@ -111,8 +147,9 @@ def pretrain_dataset(
             return lambda s: augment.two_crops(x, s, image_size, crop_sampler)
         return lambda s: two_views(x, s)
 
-    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = _augment(ds, fixed is not None, batch_size, seed, _PRETRAIN, views)
+    ds = _apply_indexed(indexed, seed, _PRETRAIN, views)
+    if not fixed:
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds)
 
 
@@ -285,15 +322,26 @@ def _augment(
     (each crop needs its image's size), then batch.
     """
 
+    if fixed:
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+        return _apply_indexed(ds.enumerate(), seed, purpose, make_view)
+    ds = _apply_indexed(ds.enumerate(), seed, purpose, make_view)
+    return ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _apply_indexed(
+    indexed: tf.data.Dataset,
+    seed: int,
+    purpose: int,
+    make_view: Callable[[tf.Tensor], Callable[[tf.Tensor], object]],
+) -> tf.data.Dataset:
+    """``(index, (x, y))`` -> ``(make_view(x)(seed of index), y)``, parallel, order kept."""
+
     def apply(index, example):
         x, y = example
         return make_view(x)(_step_seed(seed, purpose, index)), y
 
-    if fixed:
-        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+    return indexed.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _to_uint8(x: tf.Tensor) -> tf.Tensor:
