@@ -45,6 +45,7 @@ AUGMENT_VIEWS = ("both", "one")
 # Flags that define the network's variables: a model_dir written with other values holds a
 # different architecture and must not be silently reused.
 ARCHITECTURE_KEYS = (
+    "encoder",
     "resnet_depth",
     "width_multiplier",
     "sk_ratio",
@@ -55,6 +56,26 @@ ARCHITECTURE_KEYS = (
     "cifar_stem",
     "first_block_projection",
 )
+
+
+# --encoder values: this package's ResNet, a keras.applications model, or a function of yours.
+RESNET_ENCODER = "resnet"
+KERAS_APPLICATIONS = "keras_applications"
+ENCODER_SYNTAX = (
+    "'resnet' (this package's ResNet, sized by --resnet_depth / --width_multiplier), "
+    "'keras_applications:NAME' (e.g. keras_applications:MobileNetV3Small: random weights, no "
+    "top, average pooling, built-in 0-255 preprocessing off) or 'python.module:function' (a "
+    "function of image_size returning a keras.Model from images in [0, 1] to features)"
+)
+
+
+def check_encoder_spec(spec: str) -> None:
+    """Raises ConfigError unless ``spec`` has the ``--encoder`` syntax (nothing is imported)."""
+    if spec == RESNET_ENCODER:
+        return
+    source, sep, name = spec.partition(":")
+    if not sep or not source or not name:
+        raise ConfigError(f"--encoder={spec!r} is not understood: use {ENCODER_SYNTAX}.")
 
 
 # Images up to this side get the paper's CIFAR-10 settings: colour strength 0.5, no blur, the
@@ -217,6 +238,11 @@ class Config:
     hidden_norm: bool = setting(True, "L2-normalise projections before the contrastive loss.")
 
     # Network.
+    encoder: str = setting(
+        RESNET_ENCODER,
+        f"The encoder: {ENCODER_SYNTAX}. Partial freezing, --sk_ratio/--se_ratio and official "
+        "checkpoints need the ResNet.",
+    )
     resnet_depth: int = setting(50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
     width_multiplier: float = setting(1.0, "Width multiplier of the ResNet (fractions allowed).")
     sk_ratio: float = setting(0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625); 0 = off.")
@@ -474,12 +500,34 @@ class Config:
                 f"--augment_on=device is for pretraining ({self.train_mode} only crops and flips)."
             )
         err += self._distill_errors()
+        err += self._encoder_errors()
         if self.crop_sampler not in CROP_SAMPLERS:
             err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
         err += self._study_errors()
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))
         return self
+
+    def _encoder_errors(self) -> list[str]:
+        """What only this package's ResNet can do, refused for another ``--encoder``."""
+        try:
+            check_encoder_spec(self.encoder)
+        except ConfigError as e:
+            return [str(e)]
+        if self.encoder == RESNET_ENCODER:
+            return []
+        err = []
+        if self.train_mode != "pretrain" and self.fine_tune_after_block not in (-1, 4):
+            err.append(
+                f"--fine_tune_after_block={self.fine_tune_after_block} freezes ResNet stages: "
+                f"--encoder={self.encoder} is frozen whole (4) or not at all (-1)."
+            )
+        if self.sk_ratio or self.se_ratio:
+            err.append(
+                "--sk_ratio / --se_ratio are ResNet blocks: drop them with "
+                f"--encoder={self.encoder}."
+            )
+        return err
 
     def _distill_errors(self) -> list[str]:
         err = []

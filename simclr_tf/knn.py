@@ -381,6 +381,12 @@ class KNNMonitor(keras.callbacks.Callback):
             features_all, labels_all = features_all[:max_examples], labels_all[:max_examples]
         return features_all, labels_all
 
+    def features(
+        self, dataset: tf.data.Dataset, max_examples: int | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(features [N, D], labels [N])`` of a batched dataset with the current encoder."""
+        return self._features(dataset, max_examples)
+
     def evaluate(self) -> float:
         """One kNN pass with the current weights; returns top-1 accuracy in [0, 1]."""
         bank_x, bank_y = self._features(self.bank_dataset_fn(), self.bank_size)

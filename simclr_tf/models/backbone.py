@@ -20,12 +20,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from simclr_tf.config import KERAS_APPLICATIONS, check_encoder_spec
 from simclr_tf.errors import UserError
 from simclr_tf.models.layers import set_trainable
 
 # ResNet.freeze_stages counts stem + 4 block groups; 5 = everything (linear evaluation).
 ALL_STAGES = 5
-KERAS_APPLICATIONS = "keras_applications"
 
 
 class BackboneError(UserError, ValueError):
@@ -165,25 +165,8 @@ def keras_application(name: str, image_size: int) -> keras.Model:
         ) from None
 
 
-ENCODER_SYNTAX = (
-    "'resnet' (this package's ResNet, sized by --resnet_depth/--width_multiplier), "
-    "'keras_applications:NAME' (e.g. keras_applications:MobileNetV3Small: random weights, no "
-    "top, average pooling) or 'python.module:function' (a function of image_size returning a "
-    "keras.Model from images in [0, 1] to features)."
-)
-
-
-def check_encoder_spec(spec: str) -> None:
-    """Raises BackboneError unless ``spec`` has the ``--encoder`` syntax (no import yet)."""
-    if spec == "resnet":
-        return
-    source, sep, name = spec.partition(":")
-    if not sep or not source or not name:
-        raise BackboneError(f"--encoder={spec!r} is not understood: use {ENCODER_SYNTAX}")
-
-
 def backbone_from_spec(spec: str, image_size: int) -> keras.Model:
-    """The backbone named by a non-ResNet ``--encoder`` value (see :data:`ENCODER_SYNTAX`)."""
+    """The backbone named by a non-ResNet ``--encoder`` value (see ``config.ENCODER_SYNTAX``)."""
     check_encoder_spec(spec)
     source, _, name = spec.partition(":")
     if source == KERAS_APPLICATIONS:
