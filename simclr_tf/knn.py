@@ -94,6 +94,20 @@ def knn_predict(
     Queries are processed `chunk_size` rows at a time. Scores are float32: exp(1 / temperature)
     overflows for temperature below ~0.0113 (the protocol uses 0.07-0.1).
     `bank_labels` are sparse ids [N] (or one-hot [N, num_classes]) in [0, num_classes).
+
+    Args:
+      query: ``[Q, D]`` features to classify.
+      bank: ``[N, D]`` features of labelled examples.
+      bank_labels: ``[N]`` class ids (or one-hot ``[N, num_classes]``).
+      num_classes: number of classes.
+      k: neighbours that vote (clamped to N).
+      temperature: vote weight exp(similarity / temperature).
+      chunk_size: queries per similarity block (memory bound).
+
+    Example::
+
+        scores = simclr_tf.knn_predict(h_test, h_train, y_train, num_classes=10)
+        top1 = np.mean(np.argmax(scores, 1) == y_test)
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
@@ -272,6 +286,22 @@ class KNNMonitor(keras.callbacks.Callback):
     Under tf.distribute the encoder runs through the model's strategy (``strategy.run`` on a
     distributed dataset, then ``strategy.gather``), as TPUStrategy requires; batches are padded
     to a static, replica-divisible size with a mask, so every example counts once.
+
+    Args:
+      bank_dataset_fn, eval_dataset_fn: zero-argument functions returning batched
+        ``(images, labels)`` datasets (evaluation views): the voters and the queries.
+      num_classes: classes of the labels.
+      every_n_epochs: epochs between two kNN passes.
+      k, temperature: neighbours and vote temperature.
+      bank_size: bank examples used (None = all).
+      log_dir: TensorBoard folder for the ``knn_top1`` scalar (None = none).
+      fill_value: ``knn_top1`` on epochs without a pass (None = left out).
+
+    Example::
+
+        monitor = simclr_tf.KNNMonitor(lambda: bank, lambda: test, num_classes=10,
+                                       every_n_epochs=5)
+        model.fit(images, epochs=20, callbacks=[monitor])
     """
 
     def __init__(
