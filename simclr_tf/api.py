@@ -278,6 +278,6 @@ def distiller(
     )
     model.set_teacher(TeacherLogits(teacher, name="teacher"))
     size = image_size or image_size_of(encoder)
-    if size:
-        model.build_all(int(size))
+    if size:  # creates the variables (the optimizer's are made by compile + fit)
+        model(tf.zeros([1, int(size), int(size), 3]), training=False)
     return model

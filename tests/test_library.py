@@ -300,7 +300,7 @@ def test_run_py_pretrains_a_keras_application_with_knn_and_pictures(app_pretrain
     assert len(progress) == 2, proc.stdout
     assert "knn_top1" not in progress[0] and "nan" not in proc.stdout
     knn = float(re.search(r"knn_top1: ([0-9.]+)", progress[1]).group(1))
-    assert knn * 6 == pytest.approx(round(knn * 6))  # 6 test images
+    assert knn * 6 == pytest.approx(round(knn * 6), abs=2e-3)  # 6 test images, 4 decimals
     flags = (model_dir / "flags.json").read_text()
     assert '"encoder": "keras_applications:MobileNetV3Small"' in flags
     for picture in ("curves.png", "neighbours.png"):
