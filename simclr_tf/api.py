@@ -14,8 +14,8 @@ import keras
 import tensorflow as tf
 
 from simclr_tf import losses, optim
-from simclr_tf.config import default_color_strength, default_use_blur
 from simclr_tf.data import augment as augment_ops
+from simclr_tf.data.recipe import default_color_strength, default_use_blur
 from simclr_tf.models.backbone import ALL_STAGES, BackboneError
 from simclr_tf.models.distill import DistillationModel, TeacherLogits
 from simclr_tf.models.heads import ProjectionHead

@@ -1,7 +1,9 @@
-"""Checkpoints: save, resume, restore a pretrained model for fine-tuning, and refuse mismatches.
+"""Native checkpoints: save, find, restore exactly, and refuse mismatches naming the variables.
 
-Everything about resuming a run is in :func:`resume` (which checkpoint, start step,
-multi-worker agreement, pretrained start of fine-tuning), :func:`resumed_seed` (new views after a
+This layer knows only simclr_tf's own ``ckpt-<step>`` format. Deciding between a native and an
+official (reference SimCLR) checkpoint, and so resuming a run, starting fine-tuning from a
+pretrained model and loading a teacher, is :mod:`simclr_tf.restore`, above both this module and
+:mod:`simclr_tf.official`. The resume arithmetic is here: :func:`resumed_seed` (new views after a
 resume) and :func:`fit_spans` (finishing an interrupted epoch before whole ones).
 
 ``tf.train.Checkpoint`` is used (not Keras ``.keras`` files) because it saves model *and*
@@ -25,8 +27,6 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import distribute
-from simclr_tf.config import Config
 from simclr_tf.errors import UserError
 from simclr_tf.model_dir import CHECKPOINT_NAME
 
@@ -155,51 +155,6 @@ def describe_mismatch(root: tf.train.Checkpoint, path: str, limit: int = 12) -> 
     return "\n".join(lines[:limit] + ([f"  ... and {more} more"] if more > 0 else []))
 
 
-def _restore_official(
-    model: keras.Model, path: str, parts: tuple[str, ...], use_ema: bool
-) -> str | None:
-    """Loads an official (reference SimCLR) checkpoint's ``parts``; None if ``path`` is not one."""
-    from simclr_tf import official
-
-    if not official.is_official(path):
-        return None
-    info = official.restore_into(model, path, parts, use_ema=use_ema)
-    logging.info("Loaded official checkpoint: %s", info.describe())
-    return info.prefix
-
-
-def restore_pretrained(model: keras.Model, path: str, use_ema: bool = False) -> str:
-    """Loads encoder and projection-head weights (not optimizer, not step) for fine-tuning.
-
-    ``path`` may also be an official checkpoint (simclr_tf.official); ``use_ema`` then picks
-    the ``ema_model/`` weights of a TF1 SimCLRv2 checkpoint.
-    """
-    official_prefix = _restore_official(model, path, ("encoder", "projection_head"), use_ema)
-    if official_prefix is not None:
-        return official_prefix
-    prefix = resolve_checkpoint_path(path)
-    root = tf.train.Checkpoint(
-        model=tf.train.Checkpoint(encoder=model.encoder, projection_head=model.projection_head)
-    )
-    restore_exactly(root, prefix, partial=True)
-    logging.info("Initialised encoder and projection head from %s", prefix)
-    return prefix
-
-
-def restore_model_weights(model: keras.Model, path: str, use_ema: bool = False) -> str:
-    """Loads all model weights (for eval of another run's checkpoint); ignores the optimizer.
-
-    ``path`` may also be an official checkpoint (simclr_tf.official).
-    """
-    parts = ("encoder", "projection_head", "supervised_head")
-    official_prefix = _restore_official(model, path, parts, use_ema)
-    if official_prefix is not None:
-        return official_prefix
-    prefix = resolve_checkpoint_path(path)
-    restore_exactly(tf.train.Checkpoint(model=model), prefix, partial=True)
-    return prefix
-
-
 def checkpoint_step(prefix: str) -> int:
     """The optimizer step stored in a checkpoint (0 when it holds no optimizer)."""
     reader = tf.train.load_checkpoint(prefix)
@@ -211,30 +166,9 @@ def checkpoint_step(prefix: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Resuming a training run
+# Resuming a training run (resume() itself, which also reads official checkpoints, is in
+# simclr_tf.restore)
 # --------------------------------------------------------------------------------------------
-
-
-def resume(
-    cfg: Config, model: keras.Model, strategy: tf.distribute.Strategy, write_dir: str
-) -> tuple[Checkpointer, int]:
-    """Where a training run starts; returns the checkpointer (saving to ``write_dir``) and the
-    start step (0 for a new run).
-
-    * The newest checkpoint of the run restores model *and* optimizer (step, schedule position,
-      momentum), so the same command after a crash continues where the last save left off.
-    * Multi-worker: every worker resumes from the chief's ``--model_dir`` (non-chiefs save to a
-      temporary ``write_dir``), and all must have resumed from the same step.
-    * A new fine-tuning run starts from the pretrained ``--checkpoint`` (encoder and projection
-      head only); a resumed one from its own checkpoint.
-    """
-    checkpointer = Checkpointer(model, write_dir, cfg.keep_checkpoint_max)
-    multi = distribute.is_multi_worker(strategy) and cfg.model_dir
-    step = checkpointer.restore_latest(cfg.model_dir if multi else write_dir)
-    distribute.check_same_step(strategy, step)
-    if step == 0 and cfg.train_mode == "finetune" and cfg.checkpoint != "none":
-        restore_pretrained(model, cfg.checkpoint, use_ema=cfg.checkpoint_ema)
-    return checkpointer, step
 
 
 def resumed_seed(seed: int, start_step: int) -> int:

@@ -55,22 +55,12 @@ def pick_strategy(cfg: config.Config):
     """The tf.distribute strategy; first, because splitting the CPU must precede TF's start."""
     from simclr_tf import distribute
 
-    if cfg.jit_compile:
-        distribute.allow_cpu_xla_clusters()  # before TF optimises its first graph
-    strategy = distribute.make_strategy(
-        cfg.strategy_name,
-        tpu_name=cfg.tpu_name,
-        tpu_zone=cfg.tpu_zone,
-        gcp_project=cfg.gcp_project,
-        num_cpu_devices=cfg.num_cpu_devices,
-    )
-    distribute.check_precision(strategy, cfg.mixed_precision)
-    return strategy
+    return distribute.strategy_for(cfg)
 
 
 def read_dataset(cfg: config.Config, strategy):
     """The dataset's metadata, and the config resolved and checked against it and the replicas."""
-    from simclr_tf.data import pipeline, sources
+    from simclr_tf.data import sources
 
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     side = None
@@ -87,14 +77,9 @@ def read_dataset(cfg: config.Config, strategy):
                 "Pass --train_split / --eval_split."
             )
     if cfg.trains:
-        replicas = strategy.num_replicas_in_sync
-        per_replica = pipeline.per_replica_batch_size(cfg.train_batch_size, replicas)
-        config.check_micro_batch(
-            per_replica,
-            cfg.micro_batch_size,
-            f"The per-replica batch of --train_batch_size={cfg.train_batch_size} over {replicas} "
-            "replicas",
-        )
+        from simclr_tf import schedule
+
+        schedule.per_replica_batch(cfg, strategy.num_replicas_in_sync)  # fails before building
     if cfg.evaluates or cfg.knn_every_epochs:  # checked before training, not after it
         from simclr_tf import distribute
 

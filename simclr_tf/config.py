@@ -2,45 +2,51 @@
 
 How to add a flag: add one field to :class:`Config` with ``setting(default, help)`` (plus
 ``choices=`` for an enum; the flag kind follows the field's type: str, int, float or bool), and,
-if some values cannot work, a check in :meth:`Config.validate`. :func:`define_flags` generates
-the absl flag from the field; nothing else needs to change.
+if some values cannot work, a check in :class:`simclr_tf.config_checks.ConfigChecks` (which
+``Config`` inherits: ``cfg.validate()``). :func:`define_flags` generates the absl flag from the
+field; nothing else needs to change.
 
 Flag names and meanings follow the reference SimCLR TF2 code (google-research/simclr, ``tf2/``)
 wherever it has them, so its commands and the papers' recipes carry over. Defaults that depend on
 the dataset (image size, colour strength, blur, eval split) are ``None`` here and resolved once the
 dataset is known (:func:`resolve`), so one command works for CIFAR-10 and for ImageNet.
-The derived rules (head depth, micro-batch divisibility, the ``--use_tpu`` alias, the
-small-image colour/blur defaults) are written here once and imported by the modules using them.
+
+Where the rules live: the choices and checks in :mod:`simclr_tf.config_checks`, the augmentation
+names and small-image defaults in :mod:`simclr_tf.data.recipe`, the step schedule in
+:mod:`simclr_tf.schedule`; all of them below or beside this table, none above it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
 
 from absl import flags
 
-from simclr_tf.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A flag value or combination that cannot work; the message names the fix."""
-
-
-MODES = ("train", "eval", "train_then_eval")
-TRAIN_MODES = ("pretrain", "finetune", "distill")
-OPTIMIZERS = ("lars", "momentum", "adam")
-LR_SCALINGS = ("linear", "sqrt")
-PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("none", "bfloat16", "float16")
-AUGMENT_PLACES = ("host", "device")
-CROP_SAMPLERS = ("reference", "uniform_area")
-RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
-LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
-AUGMENT_VIEWS = ("both", "one")
+from simclr_tf.config_checks import (
+    AUGMENT_PLACES,
+    AUGMENT_VIEWS,
+    CROP_SAMPLERS,
+    ENCODER_SYNTAX,
+    LOSSES,
+    LR_SCALINGS,
+    MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PROJ_HEAD_MODES,
+    RESNET_ENCODER,
+    STRATEGIES,
+    TRAIN_MODES,
+    ConfigChecks,
+    ConfigError,
+)
+from simclr_tf.data.recipe import (
+    SMALL_IMAGE_SIDE,
+    default_color_strength,
+    default_use_blur,
+    parse_augmentations,
+)
 
 # Flags that define the network's variables: a model_dir written with other values holds a
 # different architecture and must not be silently reused.
@@ -56,59 +62,6 @@ ARCHITECTURE_KEYS = (
     "cifar_stem",
     "first_block_projection",
 )
-
-
-# --encoder values: this package's ResNet, a keras.applications model, or a function of yours.
-RESNET_ENCODER = "resnet"
-KERAS_APPLICATIONS = "keras_applications"
-ENCODER_SYNTAX = (
-    "'resnet' (this package's ResNet, sized by --resnet_depth / --width_multiplier), "
-    "'keras_applications:NAME' (e.g. keras_applications:MobileNetV3Small: random weights, no "
-    "top, average pooling, built-in 0-255 preprocessing off) or 'python.module:function' (a "
-    "function of image_size returning a keras.Model from images in [0, 1] to features)"
-)
-
-
-def check_encoder_spec(spec: str) -> None:
-    """Raises ConfigError unless ``spec`` has the ``--encoder`` syntax (nothing is imported)."""
-    if spec == RESNET_ENCODER:
-        return
-    source, sep, name = spec.partition(":")
-    if not sep or not source or not name:
-        raise ConfigError(f"--encoder={spec!r} is not understood: use {ENCODER_SYNTAX}.")
-
-
-# Images up to this side get the paper's CIFAR-10 settings: colour strength 0.5, no blur, the
-# 3x3 stem.
-SMALL_IMAGE_SIDE = 32
-
-
-def default_color_strength(image_size: int) -> float:
-    """SimCLR colour strength: 0.5 for CIFAR-sized images (<= 32 px), else 1.0."""
-    return 0.5 if image_size <= SMALL_IMAGE_SIDE else 1.0
-
-
-def default_use_blur(image_size: int) -> bool:
-    """SimCLR uses Gaussian blur on ImageNet-sized images but not on CIFAR (<= 32 px)."""
-    return image_size > SMALL_IMAGE_SIDE
-
-
-def head_depth(proj_head_mode: str, num_proj_layers: int) -> int:
-    """Dense+BN layers of the projection head: 0 for "none", 1 for "linear", else the count."""
-    return {"none": 0, "linear": 1, "nonlinear": int(num_proj_layers)}[proj_head_mode]
-
-
-def check_micro_batch(batch: int, micro_batch_size: int, what: str) -> None:
-    """Gradient caching cuts ``batch`` images into chunks of ``micro_batch_size``: it must divide.
-
-    ``what`` names the batch in the message ("--train_batch_size", "The per-replica batch").
-    """
-    if micro_batch_size and batch % micro_batch_size:
-        raise ConfigError(
-            f"{what} ({batch} images) is not a multiple of --micro_batch_size={micro_batch_size}"
-            " (images per view per replica): pick a micro batch that divides "
-            "--train_batch_size / the number of replicas."
-        )
 
 
 _FLAG_DEFINERS = {
@@ -141,7 +94,7 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(ConfigChecks):
     """The validated settings of one run (flag names, resolved defaults)."""
 
     # What to run.
@@ -438,176 +391,6 @@ class Config:
     def is_linear_eval(self) -> bool:
         return self.train_mode == "finetune" and self.fine_tune_after_block >= 4
 
-    def validate(self) -> Config:
-        """Fails fast, naming the fix, on values that cannot work. Returns self."""
-        err = []
-        if not self.model_dir:
-            err.append("--model_dir is required: the folder for checkpoints, logs and results.")
-        if self.trains:
-            if self.train_steps <= 0 and self.train_epochs <= 0:
-                err.append("Both --train_steps and --train_epochs are 0: set one of them > 0.")
-            if self.train_batch_size <= 0:
-                err.append("--train_batch_size must be > 0.")
-            if self.train_mode == "finetune" and not self.checkpoint:
-                err.append(
-                    "--train_mode=finetune needs --checkpoint=PATH of a pretrained model (a "
-                    "checkpoint prefix or a model_dir of a pretraining run); to train from "
-                    "scratch use --train_mode=finetune --checkpoint=none."
-                )
-        if self.image_size is not None and self.image_size < 8:
-            err.append(f"--image_size={self.image_size} is too small: use at least 8.")
-        if self.resnet_depth not in RESNET_DEPTHS:
-            err.append(f"--resnet_depth={self.resnet_depth} is not one of {RESNET_DEPTHS}.")
-        if self.width_multiplier <= 0:
-            err.append("--width_multiplier must be > 0 (fractions like 0.25 are fine).")
-        if not 0.0 < self.train_data_fraction <= 1.0:
-            err.append("--train_data_fraction must be in (0, 1].")
-        if not -1 <= self.fine_tune_after_block <= 4:
-            err.append("--fine_tune_after_block must be in [-1, 4] (4 = linear evaluation).")
-        if self.proj_head_mode == "nonlinear" and self.num_proj_layers < 1:
-            err.append("--num_proj_layers must be >= 1 for --proj_head_mode=nonlinear.")
-        n_head = head_depth(self.proj_head_mode, self.num_proj_layers)
-        if not 0 <= self.ft_proj_selector <= n_head:
-            err.append(
-                f"--ft_proj_selector={self.ft_proj_selector} must be in [0, {n_head}] for "
-                f"--proj_head_mode={self.proj_head_mode}."
-            )
-        if self.temperature <= 0:
-            err.append("--temperature must be > 0.")
-        if self.train_mode != "pretrain" and self.micro_batch_size:
-            err.append(f"--micro_batch_size is for pretraining; drop it with {self.train_mode}.")
-        if self.micro_batch_size < 0:
-            err.append("--micro_batch_size must be >= 0.")
-        if self.trains:
-            try:
-                check_micro_batch(
-                    self.train_batch_size, self.micro_batch_size, "--train_batch_size"
-                )
-            except ConfigError as e:
-                err.append(str(e))
-        if self.checkpoint_steps < 0 or self.checkpoint_epochs < 0:
-            err.append("--checkpoint_steps and --checkpoint_epochs must be >= 0.")
-        if self.keep_checkpoint_max < 1:
-            err.append("--keep_checkpoint_max must be >= 1.")
-        if self.num_cpu_devices < 1:
-            err.append("--num_cpu_devices must be >= 1.")
-        if self.steps_per_execution < 0:
-            err.append("--steps_per_execution must be >= 0 (0 = auto).")
-        if self.use_tpu and self.strategy not in ("auto", "tpu"):
-            err.append(f"--use_tpu contradicts --strategy={self.strategy}: pass only one.")
-        if self.train_mode != "pretrain" and self.augment_on == "device":
-            err.append(
-                f"--augment_on=device is for pretraining ({self.train_mode} only crops and flips)."
-            )
-        err += self._distill_errors()
-        err += self._encoder_errors()
-        if self.crop_sampler not in CROP_SAMPLERS:
-            err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
-        err += self._study_errors()
-        if err:
-            raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))
-        return self
-
-    def _encoder_errors(self) -> list[str]:
-        """What only this package's ResNet can do, refused for another ``--encoder``."""
-        try:
-            check_encoder_spec(self.encoder)
-        except ConfigError as e:
-            return [str(e)]
-        if self.encoder == RESNET_ENCODER:
-            return []
-        err = []
-        if self.train_mode != "pretrain" and self.fine_tune_after_block not in (-1, 4):
-            err.append(
-                f"--fine_tune_after_block={self.fine_tune_after_block} freezes ResNet stages: "
-                f"--encoder={self.encoder} is frozen whole (4) or not at all (-1)."
-            )
-        if self.sk_ratio or self.se_ratio:
-            err.append(
-                "--sk_ratio / --se_ratio are ResNet blocks: drop them with "
-                f"--encoder={self.encoder}."
-            )
-        return err
-
-    def _distill_errors(self) -> list[str]:
-        err = []
-        if self.distill_temperature <= 0:
-            err.append("--distill_temperature must be > 0 (the paper uses 0.1 to 1.0).")
-        if not 0.0 <= self.distill_label_weight < 1.0:
-            err.append(
-                "--distill_label_weight must be in [0, 1); to train on labels only use "
-                "--train_mode=finetune."
-            )
-        if self.train_mode == "distill" and self.trains and not self.teacher_checkpoint:
-            err.append(
-                "--train_mode=distill needs --teacher_checkpoint=PATH: the model_dir (or "
-                "checkpoint prefix) of a fine-tuned run."
-            )
-        if self.train_mode != "distill" and self.teacher_checkpoint:
-            err.append("--teacher_checkpoint is only used with --train_mode=distill.")
-        if self.cache_teacher_logits and self.distill_augment:
-            err.append(
-                "--cache_teacher_logits needs --nodistill_augment: random crops and flips give "
-                "the student a new view of every image each epoch, and logits cached once would "
-                "describe another view. Drop --cache_teacher_logits to run the teacher on each "
-                "step's views (the paper's setting)."
-            )
-        return err
-
-    def _study_errors(self) -> list[str]:
-        """Checks of the loss and augmentation study flags."""
-        from simclr_tf.data import study_ops  # TensorFlow-level import, only when validating
-
-        err = []
-        if self.margin < 0:
-            err.append("--margin must be >= 0.")
-        if self.semi_hard_negatives and self.loss == "nt_xent":
-            err.append(
-                "--semi_hard_negatives is for --loss=nt_logistic or margin_triplet (NT-Xent "
-                "weighs negatives by hardness itself): drop it or change --loss."
-            )
-        if self.augmentations is not None:
-            try:
-                study_ops.parse_augmentations(self.augmentations)
-            except ValueError as e:
-                err.append(str(e))
-        return err
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Step counts derived from the config and the dataset size."""
-
-    num_train_examples: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    checkpoint_steps: int
-    peak_learning_rate: float
-
-
-def make_schedule(cfg: Config, num_train_examples: int, peak_learning_rate: float) -> Schedule:
-    """Steps from --train_steps or --train_epochs x the split size (never hard-coded)."""
-    if num_train_examples <= 0:
-        raise ConfigError("The training split is empty: check --dataset/--train_split.")
-    steps_per_epoch = max(1, math.ceil(num_train_examples / cfg.train_batch_size))
-    total = cfg.train_steps or cfg.train_epochs * steps_per_epoch
-    warmup = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    if cfg.checkpoint_steps:
-        ckpt = cfg.checkpoint_steps
-    elif cfg.checkpoint_epochs:
-        ckpt = cfg.checkpoint_epochs * steps_per_epoch
-    else:
-        ckpt = total
-    return Schedule(
-        num_train_examples=num_train_examples,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total,
-        warmup_steps=warmup,
-        checkpoint_steps=max(1, min(ckpt, total)),
-        peak_learning_rate=peak_learning_rate,
-    )
-
 
 def resolve(cfg: Config, image_side: int | None, splits: tuple[str, ...]) -> Config:
     """Fills dataset-dependent defaults: image size, CIFAR stem, colour strength, blur, eval split.
@@ -627,11 +410,9 @@ def resolve(cfg: Config, image_side: int | None, splits: tuple[str, ...]) -> Con
                 f"The dataset has no validation or test split (splits: {sorted(splits)}): "
                 "pass --eval_split."
             )
-    from simclr_tf.data import study_ops
-
     use_blur = default_use_blur(image_size) if cfg.use_blur is None else cfg.use_blur
     try:
-        ops = study_ops.parse_augmentations(cfg.augmentations, use_blur)
+        ops = parse_augmentations(cfg.augmentations, use_blur)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.augmentations is not None:

@@ -1,7 +1,7 @@
 """Choosing a tf.distribute strategy, who writes files, and what a multi-worker step returns.
 
 ``auto`` never breaks a GPU or CPU user (the reference code defaults to a TPU): a TPU when one is
-named (``--tpu_name`` or ``TPU_NAME``) or when this machine is a TPU VM (:func:`tpu_vm_evidence`),
+named (``--tpu_name`` or ``TPU_NAME``) or when this machine is a TPU VM (:mod:`simclr_tf.tpu`),
 MirroredStrategy with more than one GPU or with ``--num_cpu_devices > 1``, otherwise the default
 strategy. On a TPU VM ``auto`` either gets the TPU or stops with a message: it never trains on
 the VM's host CPU. ``local`` (``--tpu_name=local`` or ``TPU_NAME=local``, the default on a TPU VM)
@@ -28,22 +28,19 @@ tests/test_multi_worker.py), and how this package does it:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf.errors import UserError
-
-
-class StrategyError(UserError, RuntimeError):
-    """A strategy that cannot be built here; the message names the fix."""
+from simclr_tf.config import Config
+from simclr_tf.errors import StrategyError
+from simclr_tf.tpu import connect_tpu, tpu_target
 
 
 def split_cpu(num_devices: int) -> None:
@@ -63,87 +60,6 @@ def split_cpu(num_devices: int) -> None:
             f"Cannot split the CPU into {num_devices} devices after TensorFlow started: "
             "pass --num_cpu_devices before anything else touches TF."
         ) from e
-
-
-# Device files of a TPU VM: /dev/accel* (TPU v2-v4), /dev/vfio/<n> (v5e, v5p, v6e; only with
-# the TPU runtime's environment variables, since vfio also serves other PCI pass-through).
-_TPU_DEVICE_FILES = "/dev/accel*"
-_VFIO_DEVICE_FILES = "/dev/vfio/[0-9]*"
-_TPU_ENV_VARS = (
-    "TPU_ACCELERATOR_TYPE",
-    "TPU_WORKER_ID",
-    "TPU_WORKER_HOSTNAMES",
-    "TPU_CHIPS_PER_HOST_BOUNDS",
-)
-
-
-def tpu_vm_evidence(
-    environ: Mapping[str, str] | None = None,
-    list_files: Callable[[str], list[str]] | None = None,
-) -> str | None:
-    """What shows that this machine is a TPU VM (for the log and errors), or None."""
-    environ = os.environ if environ is None else environ
-    list_files = list_files or glob.glob
-    accel = sorted(list_files(_TPU_DEVICE_FILES))
-    if accel:
-        return f"TPU device files {', '.join(accel[:2])}"
-    tpu_env = [k for k in _TPU_ENV_VARS if environ.get(k)]
-    vfio = sorted(list_files(_VFIO_DEVICE_FILES))
-    if vfio and tpu_env:
-        return f"{vfio[0]} and ${tpu_env[0]}"
-    if environ.get("TPU_ACCELERATOR_TYPE"):
-        return f"$TPU_ACCELERATOR_TYPE={environ['TPU_ACCELERATOR_TYPE']}"
-    return None
-
-
-def tpu_target(tpu_name: str | None, environ: Mapping[str, str] | None = None) -> str | None:
-    """The TPU to resolve: ``--tpu_name``, else ``$TPU_NAME``, else ``local`` on a TPU VM."""
-    environ = os.environ if environ is None else environ
-    if tpu_name:
-        return tpu_name
-    if environ.get("TPU_NAME"):
-        return environ["TPU_NAME"]
-    return "local" if tpu_vm_evidence(environ) else None
-
-
-def _resolve_tpu(tpu_name: str | None, tpu_zone: str | None, project: str | None):
-    """The cluster resolver of ``tpu_name``; ``local`` is the TPU of this VM (no cloud API).
-
-    The name is always passed explicitly: with an empty name TF reads ``$TPU_NAME`` itself but
-    sends ``local`` to the cloud API, which fails on a TPU VM.
-    """
-    if tpu_name == "local":
-        return tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
-    return tf.distribute.cluster_resolver.TPUClusterResolver(
-        tpu=tpu_name or "", zone=tpu_zone, project=project
-    )
-
-
-def _connect_tpu(tpu_name: str | None, tpu_zone: str | None, project: str | None):
-    """Resolves, connects and initialises the TPU; StrategyError naming the fix otherwise."""
-    evidence = tpu_vm_evidence()
-    where = (
-        f" This machine looks like a TPU VM ({evidence}): pass --tpu_name=local."
-        if (evidence and tpu_name != "local")
-        else ""
-    )
-    try:
-        resolver = _resolve_tpu(tpu_name, tpu_zone, project)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.OpError, RuntimeError) as e:
-        raise StrategyError(
-            f"No TPU could be resolved from --tpu_name={tpu_name or ''} ({e}).{where} Otherwise "
-            "pass --tpu_name (and --tpu_zone, --gcp_project) of a Cloud TPU, or use "
-            "--strategy=mirrored/default on GPUs and CPUs."
-        ) from e
-    if not tf.config.list_logical_devices("TPU"):
-        raise StrategyError(
-            f"The TPU {tpu_name!r} resolved but TensorFlow sees no TPU device: install the TPU "
-            "build of TensorFlow (tensorflow[and-cuda] has no TPU support) or check that no "
-            "other process holds the TPU."
-        )
-    return resolver
 
 
 def check_tf_config(environ: Mapping[str, str] | None = None) -> dict:
@@ -198,7 +114,7 @@ def make_strategy(
     if name == "auto":
         name = _auto_strategy_name(tpu_name, num_cpu_devices)
     if name == "tpu":
-        resolver = _connect_tpu(tpu_target(tpu_name), tpu_zone, gcp_project)
+        resolver = connect_tpu(tpu_target(tpu_name), tpu_zone, gcp_project)
         strategy: tf.distribute.Strategy = tf.distribute.TPUStrategy(resolver)
     elif name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
@@ -254,6 +170,25 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     """True under TPUStrategy (whole-step XLA compilation, bfloat16, no float64)."""
     # By class name: TPUStrategy, TPUStrategyV2 and the experimental one share no public base.
     return any(c.__name__.startswith("TPUStrategy") for c in type(strategy).__mro__)
+
+
+def strategy_for(cfg: Config) -> tf.distribute.Strategy:
+    """The strategy of a run's flags, built the one way run.py and tools/benchmark.py share.
+
+    First thing of a run: XLA auto-clustering on CPUs (``--jit_compile``) must be allowed before
+    TF optimises its first graph, and splitting the CPU before TF starts.
+    """
+    if cfg.jit_compile:
+        allow_cpu_xla_clusters()
+    strategy = make_strategy(
+        cfg.strategy_name,
+        tpu_name=cfg.tpu_name,
+        tpu_zone=cfg.tpu_zone,
+        gcp_project=cfg.gcp_project,
+        num_cpu_devices=cfg.num_cpu_devices,
+    )
+    check_precision(strategy, cfg.mixed_precision)
+    return strategy
 
 
 def check_precision(strategy: tf.distribute.Strategy, mixed_precision: str) -> None:

@@ -28,6 +28,13 @@ class UserError(Exception):
 class ExportError(UserError, RuntimeError):
     """An export that cannot be written, or a run that cannot be rebuilt for one; names the fix.
 
-    Here rather than in export.py because rebuilding a run's model (``simclr_tf.models.build``)
+    Here rather than in export.py because rebuilding a run's model (``simclr_tf.restore``)
     raises it too.
+    """
+
+
+class StrategyError(UserError, RuntimeError):
+    """A tf.distribute setup that cannot work (TPU, cluster, batch split); names the fix.
+
+    Here because both :mod:`simclr_tf.tpu` and :mod:`simclr_tf.distribute` raise it.
     """

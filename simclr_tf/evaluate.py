@@ -13,7 +13,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints, distribute, model_dir
+from simclr_tf import checkpoints, distribute, model_dir, restore
 from simclr_tf.config import Config
 from simclr_tf.data import pipeline, sources
 from simclr_tf.models.simclr import SimCLRModel
@@ -49,7 +49,7 @@ def restore_for_eval(cfg: Config, model: SimCLRModel, run_dir: str) -> str:
             f"No checkpoint in {run_dir} to evaluate: train first (--mode=train or "
             "train_then_eval) or pass --checkpoint=PATH."
         )
-    return checkpoints.restore_model_weights(model, source, use_ema=cfg.checkpoint_ema)
+    return restore.restore_model_weights(model, source, use_ema=cfg.checkpoint_ema)
 
 
 def evaluate(

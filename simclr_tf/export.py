@@ -47,6 +47,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import model_dir as model_dir_lib
+from simclr_tf import restore
 from simclr_tf.atomic import replace_folder
 from simclr_tf.config import Config
 from simclr_tf.data import augment, sources
@@ -336,10 +337,10 @@ def export_from_model_dir(
     ``checkpoint`` defaults to the newest in ``model_dir``; ``export_dir`` to
     ``model_dir/saved_model/<step>``. No pruning: an explicit export is never deleted here.
     """
-    run = build.read_run(model_dir, checkpoint)
+    run = restore.read_run(model_dir, checkpoint)
     path = (export_dir or model_dir_lib.export_path(model_dir, run.step)).rstrip("/")
     _refuse_existing(path, overwrite)  # fail before building anything
-    model = build.rebuild(run)
+    model = restore.rebuild(run)
     class_names = _class_names(run.cfg, run.num_classes)
     result = model_dir_lib.read_result(model_dir, run.step)
     official = model_dir_lib.read_official(model_dir)

@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf import distribute
+
 __all__ = ["KNNMonitor", "extract_features", "knn_predict"]
 
 
@@ -380,8 +382,6 @@ class KNNMonitor(keras.callbacks.Callback):
         self, dataset: tf.data.Dataset, max_examples: int | None = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """(features [N, D], labels [N]) of every real example, encoded on every replica."""
-        from simclr_tf import distribute  # knn has no package dependencies at import
-
         strategy = self.model.distribute_strategy
         replicas = strategy.num_replicas_in_sync
         first = next(iter(dataset), None)

@@ -6,6 +6,7 @@ every path in it (no other module joins a file name onto a run folder).
                                  plus ``num_classes`` of its supervised head (for export)
       checkpoint, ckpt-<step>.*  model + optimizer state (tf.train.Checkpoint)
       metrics.csv                per-epoch training metrics
+      curves.png                 the picture of metrics.csv (simclr_tf.plots)
       train/, eval/              TensorBoard logs
       result.json, result_<step>.json   evaluation results
       saved_model/<step>/        serving + TF Hub SavedModel exports
@@ -35,6 +36,7 @@ class ModelDirError(UserError, RuntimeError):
 
 FLAGS_FILE = "flags.json"
 METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
 RESULT_FILE = "result.json"
 CHECKPOINT_NAME = "ckpt"  # checkpoints are <model_dir>/ckpt-<step>.*
 EXPORT_SUBDIR = "saved_model"
@@ -55,6 +57,10 @@ def flags_path(model_dir: str) -> str:
 
 def metrics_path(model_dir: str) -> str:
     return os.path.join(model_dir, METRICS_FILE)
+
+
+def curves_path(model_dir: str) -> str:
+    return os.path.join(model_dir, CURVES_FILE)
 
 
 def summaries_dir(model_dir: str) -> str:

@@ -18,8 +18,7 @@ from typing import Any
 from absl import logging
 
 from simclr_tf.atomic import atomic_path
-
-CURVES_FILE = "curves.png"
+from simclr_tf.model_dir import curves_path, metrics_path
 
 # (panel title, metric columns of metrics.csv drawn in it). A panel without any of its columns
 # in a run is left out, so pretraining and fine-tuning runs get the panels they have.
@@ -125,7 +124,7 @@ def write_curves(model_dirs: Sequence[str], out: str, labels: Sequence[str] | No
     labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in model_dirs]
     runs = {}
     for label, model_dir in zip(labels, model_dirs, strict=True):
-        path = os.path.join(model_dir, "metrics.csv")
+        path = metrics_path(model_dir)
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"No metrics.csv in {model_dir}: pass the --model_dir of a training run."
@@ -147,10 +146,10 @@ def write_curves_safely(model_dir: str) -> str | None:
     except ImportError:
         logging.info("curves.png skipped: matplotlib is not installed (pip install matplotlib).")
         return None
-    if not os.path.exists(os.path.join(model_dir, "metrics.csv")):
+    if not os.path.exists(metrics_path(model_dir)):
         return None
     try:
-        return write_curves([model_dir], os.path.join(model_dir, CURVES_FILE))
+        return write_curves([model_dir], curves_path(model_dir))
     except Exception as e:  # noqa: BLE001 - a picture must never fail a finished training run
         logging.warning("curves.png not written: %s", e)
         return None

@@ -3,7 +3,7 @@
 One function per piece so a newcomer can follow a run top to bottom: the model
 (:func:`simclr_tf.models.build.build_model`), :func:`build_optimizer_for`, :func:`train_dataset`,
 :func:`train`. Resuming (start step, seed shift, the interrupted epoch) is
-:func:`simclr_tf.checkpoints.resume` and :func:`~simclr_tf.checkpoints.fit_spans`.
+:func:`simclr_tf.restore.resume` and :func:`~simclr_tf.checkpoints.fit_spans`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from simclr_tf import (
     plots,
 )
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
-from simclr_tf.config import Config, Schedule, make_schedule
+from simclr_tf.config import Config
 from simclr_tf.data import pipeline, sources
 from simclr_tf.knn import KNNMonitor
 from simclr_tf.models.build import build_model
-from simclr_tf.models.distill import fixed_view_dataset, load_teacher, restore_student
+from simclr_tf.models.distill import fixed_view_dataset
 from simclr_tf.models.simclr import SimCLRModel
+from simclr_tf.restore import load_teacher, restore_student, resume
+from simclr_tf.schedule import Schedule, make_schedule, per_replica_batch
 
 
 def set_precision(cfg: Config) -> None:
@@ -90,9 +92,7 @@ def train_dataset(
     cfg: Config, strategy: tf.distribute.Strategy, start_step: int
 ) -> tf.distribute.DistributedDataset:
     """The distributed training input: each input pipeline reads its shard, per-replica batch."""
-    per_replica = pipeline.per_replica_batch_size(
-        cfg.train_batch_size, strategy.num_replicas_in_sync
-    )
+    per_replica = per_replica_batch(cfg, strategy.num_replicas_in_sync)
     seed = checkpoints.resumed_seed(cfg.seed, start_step)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -217,7 +217,7 @@ def train(
     """Trains to ``total_steps``, resuming from the newest checkpoint in ``write_dir``."""
     schedule = make_schedule_for(cfg, num_train_examples(cfg))
     model = build_for_run(cfg, strategy, info, schedule)
-    checkpointer, step = checkpoints.resume(cfg, model, strategy, write_dir)
+    checkpointer, step = resume(cfg, model, strategy, write_dir)
     if step == 0 and cfg.train_mode == "distill" and cfg.checkpoint not in (None, "none"):
         restore_student(model, cfg.checkpoint)
     logging.info(

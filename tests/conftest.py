@@ -18,6 +18,8 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from simclr_tf.config import Config  # noqa: E402
+
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
@@ -41,6 +43,34 @@ def _fresh_collective_keys(cls: type) -> None:
 _fresh_collective_keys(tf.distribute.MirroredStrategy)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The network and data of most unit tests: ResNet-18 at 1/16 width on 16 px CIFAR-style images
+# (so the dataset-dependent defaults are already resolved), a projection head of 2 x 16.
+TINY_CONFIG = dict(
+    model_dir="/nonexistent",
+    resnet_depth=18,
+    width_multiplier=0.0625,
+    image_size=16,
+    cifar_stem=True,
+    color_jitter_strength=0.5,
+    use_blur=False,
+    num_proj_layers=2,
+    proj_out_dim=16,
+    train_batch_size=8,
+    warmup_epochs=0,
+)
+
+
+def tiny_config(*bases: dict, **overrides) -> Config:
+    """:data:`TINY_CONFIG` updated by each of ``bases`` (a test file's own settings, in order)
+    and then ``overrides``: ``tiny_config(CASE, seed=2)``."""
+    values = dict(TINY_CONFIG)
+    for base in bases:
+        values.update(base)
+    values.update(overrides)
+    return Config(**values)
+
+
 CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
 
 

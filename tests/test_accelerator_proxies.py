@@ -15,9 +15,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 from tensorflow.core.framework import types_pb2
 
-from simclr_tf import config, distribute, evaluate, knn, train
+from simclr_tf import config, distribute, evaluate, knn, tpu, train
 
 SIZE = 8
 CLASSES = 3
@@ -30,30 +31,20 @@ def _float32_policy_after():
     keras.mixed_precision.set_dtype_policy("float32")
 
 
-def _cfg(**changes) -> config.Config:
-    base = config.Config(
-        mode="train",
-        model_dir="/nonexistent",
-        seed=1,
-        dataset="image_folder",
-        image_size=SIZE,
-        cifar_stem=True,
-        color_jitter_strength=0.5,
-        use_blur=False,
-        eval_split="test",
-        train_batch_size=4,
-        train_steps=2,
-        warmup_epochs=0,
-        learning_rate=0.1,
-        learning_rate_scaling="sqrt",
-        temperature=0.5,
-        resnet_depth=18,
-        width_multiplier=0.0625,
-        num_proj_layers=2,
-        proj_out_dim=8,
-        eval_batch_size=4,
-    )
-    return base.replace(**changes)
+# This file's settings over conftest.TINY_CONFIG.
+CASE = dict(
+    seed=1,
+    dataset="image_folder",
+    image_size=SIZE,
+    eval_split="test",
+    train_batch_size=4,
+    train_steps=2,
+    learning_rate=0.1,
+    learning_rate_scaling="sqrt",
+    temperature=0.5,
+    proj_out_dim=8,
+    eval_batch_size=4,
+)
 
 
 def _build(cfg: config.Config, strategy: tf.distribute.Strategy | None = None):
@@ -94,7 +85,7 @@ _TRAIN_MODES = {
 @pytest.mark.parametrize("mode", sorted(_TRAIN_MODES))
 def test_train_and_test_steps_have_no_float64(mode):
     """TPUs have no float64: not one op of a traced train or test step may use it."""
-    cfg = _cfg(**_TRAIN_MODES[mode])
+    cfg = tiny_config(CASE, **_TRAIN_MODES[mode])
     model = _build(cfg)
     images = tf.TensorSpec([4, SIZE, SIZE, 3])
     labels = tf.TensorSpec([4], tf.int32)
@@ -137,7 +128,7 @@ def test_eval_last_batch_smaller_than_replicas_matches_one_device(
     """9 test images at batch 4 on 2 replicas: the last batch holds 1 image, so replica 1 gets
     nothing but padding. Counts and accuracies equal one device's result.json."""
     write_png_folder(tmp_path / "data", CLASSES, {"train": 1, "test": per_class}, SIZE)
-    cfg = _cfg(data_dir=str(tmp_path / "data"), eval_batch_size=4)
+    cfg = tiny_config(CASE, data_dir=str(tmp_path / "data"), eval_batch_size=4)
     batches = list(distribute.pad_batches(evaluate.eval_input(cfg), cfg.eval_batch_size))
     assert [b[0].shape[0] for b in batches] == [4, 4, 4], "static, padded batches"
     assert [float(b[2].numpy().sum()) for b in batches] == [4, 4, 1]
@@ -275,7 +266,7 @@ def fake_tpu(monkeypatch):
     monkeypatch.setattr(tf.distribute, "TPUStrategy", _FakeTPUStrategy)
     monkeypatch.setattr(distribute, "describe", lambda strategy, requested="": "fake")
     monkeypatch.setattr(
-        distribute.glob,
+        tpu.glob,
         "glob",
         lambda pattern: [
             f for f in state["files"] if f.startswith(pattern.split("*")[0].split("[")[0])
@@ -287,17 +278,17 @@ def fake_tpu(monkeypatch):
 
 
 def test_tpu_vm_detection(fake_tpu):
-    assert distribute.tpu_vm_evidence({}) is None
+    assert tpu.tpu_vm_evidence({}) is None
     fake_tpu["files"] = ["/dev/accel0", "/dev/accel1"]
-    assert "/dev/accel0" in distribute.tpu_vm_evidence({})
+    assert "/dev/accel0" in tpu.tpu_vm_evidence({})
     fake_tpu["files"] = ["/dev/vfio/0"]
-    assert distribute.tpu_vm_evidence({}) is None, "vfio alone is ordinary PCI pass-through"
-    assert "/dev/vfio/0" in distribute.tpu_vm_evidence({"TPU_WORKER_ID": "0"})
+    assert tpu.tpu_vm_evidence({}) is None, "vfio alone is ordinary PCI pass-through"
+    assert "/dev/vfio/0" in tpu.tpu_vm_evidence({"TPU_WORKER_ID": "0"})
     fake_tpu["files"] = []
-    assert distribute.tpu_target(None, {"TPU_NAME": "local"}) == "local"
-    assert distribute.tpu_target("my-tpu", {"TPU_NAME": "other"}) == "my-tpu"
-    assert distribute.tpu_target(None, {}) is None
-    assert distribute.tpu_target(None, {"TPU_ACCELERATOR_TYPE": "v4-8"}) == "local"
+    assert tpu.tpu_target(None, {"TPU_NAME": "local"}) == "local"
+    assert tpu.tpu_target("my-tpu", {"TPU_NAME": "other"}) == "my-tpu"
+    assert tpu.tpu_target(None, {}) is None
+    assert tpu.tpu_target(None, {"TPU_ACCELERATOR_TYPE": "v4-8"}) == "local"
 
 
 def test_auto_on_a_tpu_vm_uses_the_local_tpu(fake_tpu):
@@ -340,7 +331,7 @@ def test_float16_on_a_tpu_is_refused_naming_bfloat16(fake_tpu):
 @pytest.mark.parametrize("agreed", [True, False])
 def test_float16_overflow_on_one_replica_skips_the_step_everywhere(strategy, agreed):
     """Replica 1's gradient overflows, replica 0's is finite: no replica may apply the step."""
-    cfg = _cfg(mixed_precision="float16", optimizer="momentum", learning_rate=0.1)
+    cfg = tiny_config(CASE, mixed_precision="float16", optimizer="momentum", learning_rate=0.1)
     with strategy.scope():
         opt = train.build_optimizer_for(cfg, train.make_schedule_for(cfg, 100))
         if not agreed:  # Keras's own optimizer: the sensitivity check of this test
@@ -395,7 +386,8 @@ def test_steps_per_execution_gives_the_same_run(tmp_path, write_png_folder):
     data = write_png_folder(tmp_path / "data", CLASSES, {"train": 4, "test": 1}, SIZE)
     runs = {}
     for n in (1, 3):
-        cfg = _cfg(
+        cfg = tiny_config(
+            CASE,
             data_dir=str(data),
             train_steps=6,
             checkpoint_steps=3,

@@ -1,4 +1,5 @@
-"""Resuming: the fit calls of a resumed run and the seed shift (checkpoints.fit_spans/resume).
+"""Resuming: the fit calls of a resumed run and the seed shift (checkpoints.fit_spans; the run
+starts from restore.resume).
 
 The end-to-end resume (kill -9, same command) is in test_fault_tolerance.py; here the step
 arithmetic is checked against a step-by-step count written in the test.

@@ -1,18 +1,17 @@
 """Flags -> Config: validation messages, dataset-dependent defaults, the step schedule."""
 
 import dataclasses
+import functools
 import math
 
 import pytest
 from absl import flags
 
-from simclr_tf import config
+from simclr_tf import config, config_checks, schedule
+from simclr_tf.data import recipe
 
-
-def _cfg(**kw) -> config.Config:
-    base = dict(model_dir="/tmp/x")
-    base.update(kw)
-    return config.Config(**base)
+# The defaults of the settings table itself (not conftest.tiny_config): only a model_dir.
+_cfg = functools.partial(config.Config, model_dir="/tmp/x")
 
 
 def test_flags_and_config_fields_agree():
@@ -76,16 +75,16 @@ def test_resolve_small_and_large_images():
 
 def test_schedule_from_epochs_and_steps():
     cfg = _cfg(train_batch_size=256, train_epochs=3, warmup_epochs=0.5, checkpoint_epochs=1)
-    s = config.make_schedule(cfg, 1000, 0.3)
+    s = schedule.make_schedule(cfg, 1000, 0.3)
     spe = math.ceil(1000 / 256)
     assert (s.steps_per_epoch, s.total_steps) == (spe, 3 * spe)
     assert s.warmup_steps == round(0.5 * spe) and s.checkpoint_steps == spe
-    s2 = config.make_schedule(cfg.replace(train_steps=7, checkpoint_steps=5), 1000, 0.3)
+    s2 = schedule.make_schedule(cfg.replace(train_steps=7, checkpoint_steps=5), 1000, 0.3)
     assert (s2.total_steps, s2.checkpoint_steps) == (7, 5)
-    s3 = config.make_schedule(cfg.replace(train_steps=2), 1000, 0.3)
+    s3 = schedule.make_schedule(cfg.replace(train_steps=2), 1000, 0.3)
     assert s3.checkpoint_steps == 2  # never beyond the end
     with pytest.raises(config.ConfigError, match="empty"):
-        config.make_schedule(cfg, 0, 0.3)
+        schedule.make_schedule(cfg, 0, 0.3)
 
 
 def test_frozen_stages_follow_fine_tune_after_block():
@@ -111,16 +110,16 @@ def test_every_flag_is_generated_from_its_config_field():
 
 
 def test_derived_rules_are_written_once():
-    assert [config.head_depth(m, 3) for m in config.PROJ_HEAD_MODES] == [0, 1, 3]
+    assert [config_checks.head_depth(m, 3) for m in config.PROJ_HEAD_MODES] == [0, 1, 3]
     assert _cfg(use_tpu=True).strategy_name == "tpu"
     assert _cfg(strategy="mirrored").strategy_name == "mirrored"
-    assert (config.default_color_strength(32), config.default_color_strength(33)) == (0.5, 1.0)
-    assert (config.default_use_blur(32), config.default_use_blur(33)) == (False, True)
-    config.check_micro_batch(12, 4, "x")
+    assert (recipe.default_color_strength(32), recipe.default_color_strength(33)) == (0.5, 1.0)
+    assert (recipe.default_use_blur(32), recipe.default_use_blur(33)) == (False, True)
+    config_checks.check_micro_batch(12, 4, "x")
     with pytest.raises(
         config.ConfigError, match="x \\(12 images\\) is not a multiple of --micro_batch_size=5"
     ):
-        config.check_micro_batch(12, 5, "x")
+        config_checks.check_micro_batch(12, 5, "x")
 
 
 def test_user_errors_share_one_base():

@@ -19,6 +19,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from simclr_tf import train
 from simclr_tf.config import Config
@@ -31,21 +32,15 @@ N_CIFAR, N_RAMP, N_STRIPE = 128, 64, 32
 PERIOD = 4  # stripe period in pixels: a view of a crop of width w shows about w / 2 edges
 
 
-def _cfg(**kw) -> Config:
-    base = dict(
-        resnet_depth=18,
-        width_multiplier=0.125,
-        image_size=SIDE,
-        cifar_stem=True,
-        color_jitter_strength=0.5,
-        use_blur=False,
-        augment_on="device",
-        train_batch_size=N_CIFAR + N_RAMP + 2 * N_STRIPE,
-        seed=3,
-        crop_sampler="uniform_area",  # what _expected_crop_side simulates
-    )
-    base.update(kw)
-    return Config(**base)
+# This file's settings over conftest.TINY_CONFIG.
+CASE = dict(
+    width_multiplier=0.125,
+    image_size=SIDE,
+    augment_on="device",
+    train_batch_size=N_CIFAR + N_RAMP + 2 * N_STRIPE,
+    seed=3,
+    crop_sampler="uniform_area",  # what _expected_crop_side simulates
+)
 
 
 def _device_model(cfg: Config):
@@ -127,7 +122,7 @@ def _expected_crop_side(rng: np.random.Generator, n: int = 200_000) -> float:
 
 def test_device_views_have_the_host_pipeline_distributions(images):
     imgs, kinds = images
-    cfg = _cfg()
+    cfg = tiny_config(CASE)
     source = tf.data.Dataset.from_tensor_slices((imgs, kinds))
     common = dict(
         batch_size=cfg.train_batch_size,
@@ -213,7 +208,7 @@ def test_device_views_of_variable_size_images_keep_the_crop_aspect(sampler):
     aspect = box_w / box_h
     assert aspect.min() > 0.75 * 0.9 and aspect.max() < 4 / 3 * 1.1
     # The device turns the crops into views: float [B, S, S, 3] in [0, 1], per-view randomness.
-    model = _device_model(_cfg(image_size=size, crop_sampler=sampler, use_blur=True))
+    model = _device_model(tiny_config(CASE, image_size=size, crop_sampler=sampler, use_blur=True))
     model.optimizer.iterations.assign(0)
     v1, v2 = model._device_views(tf.constant(np.round(crops * 255).astype(np.uint8)[:batch]))
     assert v1.shape == (batch, size, size, 3) and v1.dtype == tf.float32
@@ -224,7 +219,7 @@ def test_device_views_of_variable_size_images_keep_the_crop_aspect(sampler):
 def test_device_seeds_differ_per_step_and_repeat_for_the_same_step(images):
     imgs, _ = images
     x = tf.constant(imgs[:16])
-    model = _device_model(_cfg())
+    model = _device_model(tiny_config(CASE))
     model.optimizer.iterations.assign(5)
     a1, a2 = model._device_views(x)
     b1, _ = model._device_views(x)
@@ -233,7 +228,7 @@ def test_device_seeds_differ_per_step_and_repeat_for_the_same_step(images):
     model.optimizer.iterations.assign(6)
     c1, _ = model._device_views(x)
     assert not np.allclose(a1.numpy(), c1.numpy())  # a new step: new views
-    other = _device_model(_cfg(seed=4))
+    other = _device_model(tiny_config(CASE, seed=4))
     other.optimizer.iterations.assign(5)
     d1, _ = other._device_views(x)
     assert not np.allclose(a1.numpy(), d1.numpy())  # another --seed: other views
@@ -244,7 +239,7 @@ def test_device_seeds_differ_per_replica(images):
     x = tf.constant(imgs[:8])
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        model = _device_model(_cfg())
+        model = _device_model(tiny_config(CASE))
     out = strategy.run(tf.function(model._device_views), args=(x,))
     first = [t.numpy() for t in strategy.experimental_local_results(out[0])]
     assert len(first) == 2

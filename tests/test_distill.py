@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from conftest import tiny_config
 
-from simclr_tf import atomic, checkpoints, config, distribute, train
+from simclr_tf import atomic, checkpoints, config, distribute, restore, train
 from simclr_tf.data import pipeline, sources
 from simclr_tf.models import distill
 
@@ -32,16 +33,19 @@ NUM_CLASSES = 5
 GLOBAL_BATCH = 8
 STEPS = 2
 INFO = types.SimpleNamespace(num_classes=NUM_CLASSES)
-TINY = dict(
+# This file's settings over conftest.TINY_CONFIG.
+CASE = dict(
     dataset="image_folder",
     image_size=IMAGE,
-    cifar_stem=True,
-    resnet_depth=18,
-    width_multiplier=0.0625,
-    num_proj_layers=2,
-    proj_out_dim=16,
     eval_split="test",
     seed=3,
+    train_batch_size=GLOBAL_BATCH,
+    train_steps=STEPS,
+    learning_rate=0.5,
+    learning_rate_scaling="linear",
+    optimizer="momentum",
+    weight_decay=0.0,
+    eval_batch_size=4,
 )
 
 
@@ -104,28 +108,11 @@ def test_equal_logits_at_temperature_one_give_entropy_and_zero_gradient():
 # ---------------------------------------------------------------------------- teacher on disk
 
 
-def _cfg(**changes) -> config.Config:
-    base = config.Config(
-        mode="train",
-        model_dir="/nonexistent",
-        train_batch_size=GLOBAL_BATCH,
-        train_steps=STEPS,
-        warmup_epochs=0,
-        learning_rate=0.5,
-        learning_rate_scaling="linear",
-        optimizer="momentum",
-        weight_decay=0.0,
-        eval_batch_size=4,
-        **TINY,
-    )
-    return base.replace(**changes)
-
-
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> pathlib.Path:
     """A 'fine-tuned' teacher run folder: flags.json + ckpt-7 with non-trivial BN statistics."""
     folder = tmp_path_factory.mktemp("teacher")
-    cfg = _cfg(train_mode="finetune", checkpoint="none", model_dir=str(folder))
+    cfg = tiny_config(CASE, train_mode="finetune", checkpoint="none", model_dir=str(folder))
     keras.utils.set_random_seed(11)
     model = train.build_model(cfg, NUM_CLASSES)
     model(tf.zeros([1, IMAGE, IMAGE, 3]), training=False)
@@ -188,7 +175,8 @@ def _fit(model, dataset) -> None:
 
 def test_teacher_is_frozen_untracked_and_unchanged(teacher_dir):
     """A smaller student trains; the teacher's weights and BN moving statistics do not move."""
-    cfg = _cfg(
+    cfg = tiny_config(
+        CASE,
         train_mode="distill",
         teacher_checkpoint=str(teacher_dir),
         width_multiplier=0.03125,  # big-to-small
@@ -235,7 +223,8 @@ def test_student_equal_to_teacher_stays_at_teacher_entropy(teacher_dir):
     (--fine_tune_after_block=4, inference-mode BN); its classifier trains. Then the loss is the
     teacher's entropy, the gradient is zero and nothing moves, for any learning rate.
     """
-    cfg = _cfg(
+    cfg = tiny_config(
+        CASE,
         train_mode="distill",
         teacher_checkpoint=str(teacher_dir),
         fine_tune_after_block=4,
@@ -243,7 +232,7 @@ def test_student_equal_to_teacher_stays_at_teacher_entropy(teacher_dir):
         distill_temperature=1.0,
     )
     model = _build(cfg)
-    distill.restore_student(model, str(teacher_dir))
+    restore.restore_student(model, str(teacher_dir))
     before = _weights(model.weights)
     batches = _batches(seed=1)
     p = [_softmax(model.teacher(x).numpy().astype(np.float64)) for x, _ in batches]
@@ -259,7 +248,8 @@ def test_student_equal_to_teacher_stays_at_teacher_entropy(teacher_dir):
 
 def test_two_replicas_match_one_device(teacher_dir):
     """MirroredStrategy on two logical CPUs = one device, with uneven labels per replica."""
-    cfg = _cfg(
+    cfg = tiny_config(
+        CASE,
         train_mode="distill",
         teacher_checkpoint=str(teacher_dir),
         distill_label_weight=0.7,
@@ -323,7 +313,8 @@ def test_unlabelled_split_keeps_every_image_and_labels_the_fraction(tmp_path, wr
 def test_cached_teacher_logits_belong_to_their_images(tmp_path, write_png_folder, teacher_dir):
     """--cache_teacher_logits: each element's cached row is the teacher on that very image."""
     data = write_png_folder(tmp_path / "data", NUM_CLASSES, {"train": 4}, IMAGE)
-    cfg = _cfg(
+    cfg = tiny_config(
+        CASE,
         train_mode="distill",
         teacher_checkpoint=str(teacher_dir),
         data_dir=str(data),
@@ -410,35 +401,34 @@ def test_run_py_distill_resume_export(tmp_path, write_png_folder, teacher_dir):
 
 
 def test_teacher_problems_name_the_fix(tmp_path, teacher_dir):
-    with pytest.raises(distill.TeacherError, match="--teacher_checkpoint"):
-        distill.load_teacher(str(tmp_path / "nope"), NUM_CLASSES, IMAGE)
-    with pytest.raises(distill.TeacherError, match=f"--image_size={IMAGE}"):
-        distill.load_teacher(str(teacher_dir), NUM_CLASSES, 2 * IMAGE)
-    with pytest.raises(distill.TeacherError, match=f"predicts {NUM_CLASSES} classes"):
-        distill.load_teacher(str(teacher_dir), NUM_CLASSES + 1, IMAGE)
+    with pytest.raises(restore.TeacherError, match="--teacher_checkpoint"):
+        restore.load_teacher(str(tmp_path / "nope"), NUM_CLASSES, IMAGE)
+    with pytest.raises(restore.TeacherError, match=f"--image_size={IMAGE}"):
+        restore.load_teacher(str(teacher_dir), NUM_CLASSES, 2 * IMAGE)
+    with pytest.raises(restore.TeacherError, match=f"predicts {NUM_CLASSES} classes"):
+        restore.load_teacher(str(teacher_dir), NUM_CLASSES + 1, IMAGE)
     with pytest.raises(config.ConfigError, match="--teacher_checkpoint=PATH"):
-        _cfg(train_mode="distill").validate()
+        tiny_config(CASE, train_mode="distill").validate()
     with pytest.raises(config.ConfigError, match="--distill_label_weight"):
-        _cfg(train_mode="distill", teacher_checkpoint="x", distill_label_weight=1.0).validate()
+        tiny_config(
+            CASE, train_mode="distill", teacher_checkpoint="x", distill_label_weight=1.0
+        ).validate()
 
 
 def test_published_checkpoint_plug_point(monkeypatch, tmp_path, teacher_dir):
     """A path that is no simclr_tf run goes to simclr_tf.official.load_official when present."""
-    import simclr_tf
-
-    inner = distill.load_teacher(str(teacher_dir), NUM_CLASSES, IMAGE).inner
+    inner = restore.load_teacher(str(teacher_dir), NUM_CLASSES, IMAGE).inner
     fake = types.ModuleType("simclr_tf.official")
     fake.is_official = lambda path: path.endswith("published")
     fake.load_official = lambda path: (inner, "info")
-    monkeypatch.setitem(sys.modules, "simclr_tf.official", fake)
-    monkeypatch.setattr(simclr_tf, "official", fake, raising=False)
-    teacher = distill.load_teacher(str(tmp_path / "published"), NUM_CLASSES, IMAGE)
+    monkeypatch.setattr(restore, "official", fake)
+    teacher = restore.load_teacher(str(tmp_path / "published"), NUM_CLASSES, IMAGE)
     images = np.random.default_rng(4).uniform(0, 1, (3, IMAGE, IMAGE, 3)).astype(np.float32)
     want = inner(images, training=False)["logits_sup"].numpy()
     np.testing.assert_allclose(teacher(images).numpy(), want, rtol=1e-6)
     assert not teacher.trainable_weights
-    with pytest.raises(distill.TeacherError, match="not a simclr_tf run"):
-        distill.load_teacher(str(tmp_path / "other"), NUM_CLASSES, IMAGE)
+    with pytest.raises(restore.TeacherError, match="not a simclr_tf run"):
+        restore.load_teacher(str(tmp_path / "other"), NUM_CLASSES, IMAGE)
 
 
 @pytest.mark.parametrize(

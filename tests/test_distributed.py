@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from simclr_tf import config, distribute, evaluate, train
 from simclr_tf.data import pipeline
@@ -28,34 +29,23 @@ NUM_CLASSES = 10
 INFO = types.SimpleNamespace(num_classes=NUM_CLASSES)
 
 
-def _cfg(**changes) -> config.Config:
-    base = config.Config(
-        mode="train",
-        model_dir="/nonexistent",
-        seed=3,
-        dataset="image_folder",
-        image_size=IMAGE,
-        cifar_stem=True,
-        color_jitter_strength=0.5,
-        use_blur=False,
-        eval_split="test",
-        train_batch_size=GLOBAL_BATCH,
-        train_steps=STEPS,
-        warmup_epochs=0,
-        learning_rate=0.05,
-        learning_rate_scaling="sqrt",
-        optimizer="lars",
-        weight_decay=1e-4,
-        temperature=0.5,
-        resnet_depth=18,
-        width_multiplier=0.0625,
-        num_proj_layers=2,
-        proj_out_dim=16,
-        global_bn=True,
-        eval_batch_size=4,
-        strategy="mirrored",
-    )
-    return base.replace(**changes)
+# This file's settings over conftest.TINY_CONFIG.
+CASE = dict(
+    seed=3,
+    dataset="image_folder",
+    image_size=IMAGE,
+    eval_split="test",
+    train_batch_size=GLOBAL_BATCH,
+    train_steps=STEPS,
+    learning_rate=0.05,
+    learning_rate_scaling="sqrt",
+    optimizer="lars",
+    weight_decay=1e-4,
+    temperature=0.5,
+    global_bn=True,
+    eval_batch_size=4,
+    strategy="mirrored",
+)
 
 
 def _build(cfg: config.Config, strategy: tf.distribute.Strategy) -> SimCLRModel:
@@ -129,7 +119,7 @@ def _mirrored() -> tf.distribute.MirroredStrategy:
 @pytest.fixture(scope="module")
 def single_device_run():
     """Initial and final weights of STEPS steps on one device (the reference)."""
-    cfg = _cfg(strategy="default")
+    cfg = tiny_config(CASE, strategy="default")
     batches = _two_view_batches()
     model = _build(cfg, tf.distribute.get_strategy())
     initial = _weights(model)
@@ -147,7 +137,7 @@ def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[float
 def test_mirrored_global_bn_steps_equal_single_device(single_device_run):
     batches, initial, expected = single_device_run
     strategy = _mirrored()
-    model = _build(_cfg(), strategy)
+    model = _build(tiny_config(CASE), strategy)
     start = _weights(model)
     diff, name = _max_diff(start, initial)
     assert diff == 0.0, f"same seed must give the same initial weights ({name})"
@@ -170,7 +160,7 @@ def test_mirrored_without_global_bn_differs(single_device_run):
     """Sensitivity check: per-replica BN statistics give measurably different weights."""
     batches, _, expected = single_device_run
     strategy = _mirrored()
-    model = _build(_cfg(global_bn=False), strategy)
+    model = _build(tiny_config(CASE, global_bn=False), strategy)
     _fit(model, _replica_dataset(strategy, batches))
     diff, _ = _max_diff(_weights(model), expected)
     assert diff > 1e-3
@@ -179,7 +169,9 @@ def test_mirrored_without_global_bn_differs(single_device_run):
 def test_evaluate_counts_every_example_once_on_two_replicas(tmp_path, write_png_folder):
     """10 examples in batches 4, 4, 2: Keras's own logs average replicas (5 examples)."""
     write_png_folder(tmp_path, NUM_CLASSES, {"train": 1, "test": 1}, IMAGE)
-    cfg = _cfg(data_dir=str(tmp_path), model_dir=str(tmp_path / "run"), eval_batch_size=4)
+    cfg = tiny_config(
+        CASE, data_dir=str(tmp_path), model_dir=str(tmp_path / "run"), eval_batch_size=4
+    )
     single = evaluate.evaluate(cfg, _build(cfg, tf.distribute.get_strategy()), None, 0, None)
     mirrored = evaluate.evaluate(cfg, _build(cfg, _mirrored()), None, 0, None)
     assert single["num_examples"] == mirrored["num_examples"] == 10

@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 3
@@ -125,15 +126,15 @@ def test_pretraining_writes_the_model_dir_contract(pretrained):
 
 def _model_of_run(model_dir: pathlib.Path):
     """The run's config and model, built in this process from flags.json and its checkpoint."""
-    from simclr_tf import checkpoints, train
     from simclr_tf import model_dir as model_dir_lib
+    from simclr_tf import restore, train
     from simclr_tf.data import sources
 
     cfg = model_dir_lib.config_from_flags(json.loads((model_dir / "flags.json").read_text()))
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
     model = train.build_for_run(cfg, tf.distribute.get_strategy(), info, schedule)
-    checkpoints.restore_model_weights(model, str(model_dir))
+    restore.restore_model_weights(model, str(model_dir))
     return cfg, model
 
 
@@ -325,16 +326,14 @@ def test_corrupt_image_is_named_without_a_trace(generated_folder, tmp_path, run_
 
 
 def test_eval_steps_take_a_class_balanced_part_of_a_sorted_split(generated_folder):
-    from simclr_tf import config, evaluate
+    from simclr_tf import evaluate
 
-    cfg = config.Config(
-        model_dir="/unused",
+    cfg = tiny_config(
         dataset="image_folder",
         data_dir=str(generated_folder),
         eval_split="test",
         eval_batch_size=5,
         eval_steps=2,
-        image_size=16,
     )
     labels = np.concatenate([y.numpy() for _, y in evaluate.eval_input(cfg)])
     # 10 images of a 30-image split sorted by class: one per class, not the first 10 files.

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 from export_loader import load_export
 from PIL import Image
 
@@ -42,23 +43,15 @@ RESULT = {
 ATOL = 1e-5
 
 
-def tiny_config(model_dir: str, **changes) -> Config:
-    cfg = Config(
-        model_dir=model_dir,
-        dataset="image_folder",
-        data_dir=None,
-        eval_split="test",
-        train_mode="pretrain",
-        resnet_depth=18,
-        width_multiplier=0.0625,
-        image_size=SIZE,
-        cifar_stem=True,
-        num_proj_layers=2,
-        proj_out_dim=8,
-        color_jitter_strength=0.5,
-        use_blur=False,
-    )
-    return cfg.replace(**changes)
+# This file's settings over conftest.TINY_CONFIG (plus model_dir=the test's run folder).
+CASE = dict(
+    dataset="image_folder",
+    data_dir=None,
+    eval_split="test",
+    train_mode="pretrain",
+    image_size=SIZE,
+    proj_out_dim=8,
+)
 
 
 def perturbed_model(cfg: Config, seed: int = 0):
@@ -99,7 +92,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("run"))
-    cfg = tiny_config(run_dir)
+    cfg = tiny_config(CASE, model_dir=run_dir)
     model = perturbed_model(cfg)
     path = export.export_run(model, cfg, run_dir, STEP, RESULT, CLASSES)
     return model, cfg, run_dir, path
@@ -361,7 +354,7 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path, run_cli):
             (data / split / c).mkdir(parents=True)
             Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(data / split / c / "0.png")
     run_dir = tmp_path / "run"
-    cfg = tiny_config(str(run_dir), data_dir=str(data), seed=3)
+    cfg = tiny_config(CASE, model_dir=str(run_dir), data_dir=str(data), seed=3)
     model = perturbed_model(cfg, seed=4)
     model_dir_lib.prepare(cfg, str(run_dir), write_flags=True)
     # Checkpoint as training does: model + optimizer, step read from the optimizer.
@@ -404,7 +397,7 @@ def test_export_from_model_dir_rebuilds_from_flags(tmp_path, run_cli):
 def test_export_from_model_dir_reads_num_classes_from_flags_json(tmp_path):
     # The dataset is gone: the supervised head's size comes from flags.json alone.
     run_dir = tmp_path / "run"
-    cfg = tiny_config(str(run_dir), data_dir=str(tmp_path / "deleted_data"))
+    cfg = tiny_config(CASE, model_dir=str(run_dir), data_dir=str(tmp_path / "deleted_data"))
     model = perturbed_model(cfg, seed=5)
     model_dir_lib.prepare(cfg, str(run_dir), write_flags=True, num_classes=len(CLASSES))
     assert json.loads((run_dir / "flags.json").read_text())["num_classes"] == len(CLASSES)
@@ -420,7 +413,8 @@ def test_export_from_model_dir_reads_num_classes_from_flags_json(tmp_path):
 
 def test_distributed_mixed_precision_linear_eval_model_exports_float32_trainable(tmp_path):
     cfg = tiny_config(
-        str(tmp_path),
+        CASE,
+        model_dir=str(tmp_path),
         train_mode="finetune",
         fine_tune_after_block=4,  # linear evaluation: only the head trains in the run
         checkpoint="none",

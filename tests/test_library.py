@@ -330,9 +330,9 @@ def test_run_py_linear_eval_and_export_of_a_keras_application(
     )
 
     # The encoder is frozen: its checkpointed weights are the pretrained ones.
-    from simclr_tf.models import build
+    from simclr_tf import restore
 
-    pre, post = (build.rebuild(build.read_run(str(d))).encoder for d in (pretrained, linear))
+    pre, post = (restore.rebuild(restore.read_run(str(d))).encoder for d in (pretrained, linear))
     assert len(pre.weights) == len(post.weights) > 50
     for a, b in zip(pre.weights, post.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -5,8 +5,10 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from simclr_tf.losses import ContrastiveOutput, cross_replica_concat, nt_xent
+from simclr_tf.schedule import make_schedule
 
 # --------------------------------------------------------------------------- NumPy reference
 
@@ -15,14 +17,17 @@ def _np_normalise(z):
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 
 
-def np_nt_xent(z1, z2, tau, hidden_norm=True):
-    """Per-anchor loop over all 2N anchors of a single-device batch; returns loss, acc, entropy."""
-    z1 = np.asarray(z1, np.float64)
-    z2 = np.asarray(z2, np.float64)
+def _np_batch(z1, z2, hidden_norm):
+    """(N, the 2N float64 projections [view 1 rows; view 2 rows]), normalised if asked."""
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
     if hidden_norm:
         z1, z2 = _np_normalise(z1), _np_normalise(z2)
-    n = len(z1)
-    z = np.concatenate([z1, z2])
+    return len(z1), np.concatenate([z1, z2])
+
+
+def np_nt_xent(z1, z2, tau, hidden_norm=True):
+    """Per-anchor loop over all 2N anchors of a single-device batch; returns loss, acc, entropy."""
+    n, z = _np_batch(z1, z2, hidden_norm)
     losses, hits, entropies = [], [], []
     for i in range(2 * n):
         pos = (i + n) % (2 * n)
@@ -342,12 +347,7 @@ def np_pair_loss(z1, z2, kind, tau=0.5, margin=0.4, semi_hard=False, hidden_norm
     -log sig(s_p/tau) - mean_k log sig(-s_k/tau); margin: mean_k max(s_k - s_p + margin, 0).
     Also returns how many negatives semi-hard mining dropped (so tests can check it bites).
     """
-    z1 = np.asarray(z1, np.float64)
-    z2 = np.asarray(z2, np.float64)
-    if hidden_norm:
-        z1, z2 = _np_normalise(z1), _np_normalise(z2)
-    n = len(z1)
-    z = np.concatenate([z1, z2])
+    n, z = _np_batch(z1, z2, hidden_norm)
     total, dropped = 0.0, 0
     for i in range(2 * n):
         p = (i + n) % (2 * n)
@@ -514,16 +514,13 @@ def test_pair_losses_two_replicas_match_numpy(strategy, kind, semi_hard):
 @pytest.mark.parametrize("kind", ["nt_logistic", "margin_triplet"])
 def test_train_step_uses_the_configured_loss(kind):
     """--loss reaches the model: the step reports the NumPy loss of its own projections."""
-    from simclr_tf import config, train
+    from simclr_tf import train
 
-    cfg = config.Config(
-        model_dir="/tmp/unused", resnet_depth=18, width_multiplier=0.125, image_size=16,
-        cifar_stem=True, color_jitter_strength=0.5, use_blur=False, train_batch_size=8,
-        temperature=0.5, optimizer="momentum", learning_rate=0.1, warmup_epochs=0,
-        num_proj_layers=2, proj_out_dim=16, lineareval_while_pretraining=False,
-        loss=kind, margin=0.8, semi_hard_negatives=True,
+    cfg = tiny_config(
+        width_multiplier=0.125, temperature=0.5, optimizer="momentum", learning_rate=0.1,
+        lineareval_while_pretraining=False, loss=kind, margin=0.8, semi_hard_negatives=True,
     )  # fmt: skip
-    schedule = config.make_schedule(cfg.replace(train_steps=5), 64, cfg.learning_rate)
+    schedule = make_schedule(cfg.replace(train_steps=5), 64, cfg.learning_rate)
     tf.keras.utils.set_random_seed(0)
     model = train.build_model(cfg, 4)
     train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))

@@ -3,35 +3,24 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
-from simclr_tf import checkpoints, config, optim, train
+from simclr_tf import checkpoints, config, optim, restore, train
 from simclr_tf.data import augment
+from simclr_tf.schedule import make_schedule
 
-
-def _cfg(**kw) -> config.Config:
-    base = dict(
-        model_dir="/tmp/unused",
-        resnet_depth=18,
-        width_multiplier=0.125,
-        image_size=16,
-        cifar_stem=True,
-        color_jitter_strength=0.5,
-        use_blur=False,
-        train_batch_size=8,
-        temperature=0.5,
-        optimizer="lars",
-        learning_rate=0.5,
-        weight_decay=1e-4,
-        warmup_epochs=0,
-        num_proj_layers=2,
-        proj_out_dim=16,
-    )
-    base.update(kw)
-    return config.Config(**base)
+# This file's settings over conftest.TINY_CONFIG.
+CASE = dict(
+    width_multiplier=0.125,
+    temperature=0.5,
+    optimizer="lars",
+    learning_rate=0.5,
+    weight_decay=1e-4,
+)
 
 
 def _model(cfg: config.Config, num_classes: int = 4, total_steps: int = 50):
-    schedule = config.make_schedule(cfg.replace(train_steps=total_steps), 64, cfg.learning_rate)
+    schedule = make_schedule(cfg.replace(train_steps=total_steps), 64, cfg.learning_rate)
     tf.keras.utils.set_random_seed(cfg.seed)
     model = train.build_model(cfg, num_classes)
     train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
@@ -63,7 +52,7 @@ def _views(n: int, size: int, seed: int = 0):
 
 
 def test_train_step_reports_the_paper_loss_of_its_projections():
-    cfg = _cfg(lineareval_while_pretraining=False)
+    cfg = tiny_config(CASE, lineareval_while_pretraining=False)
     model = _model(cfg)
     v1, v2 = _views(8, 16)
     # Projections with the weights *before* the step, batch statistics over both views as in
@@ -99,7 +88,7 @@ def test_weight_decay_is_measured_only_on_every_nth_step(mirrored, request):
     between the log repeats the last measurement although the weights moved (also on 2
     replicas, where the measurement sits in a ``tf.cond`` inside the replica step)."""
     strategy = request.getfixturevalue("strategy") if mirrored else tf.distribute.get_strategy()
-    cfg = _cfg(lineareval_while_pretraining=False)
+    cfg = tiny_config(CASE, lineareval_while_pretraining=False)
     with strategy.scope():
         model = _model(cfg)
     model.weight_decay_every = 2
@@ -130,7 +119,7 @@ def test_pretraining_learns_on_a_tiny_set():
     The images are seen through a small pool of augmented view pairs (a tiny dataset of views),
     so 60 compiled steps of the real train step are enough to show learning.
     """
-    cfg = _cfg(learning_rate=1.0, train_batch_size=16)
+    cfg = tiny_config(CASE, learning_rate=1.0, train_batch_size=16)
     model = _model(cfg, total_steps=60)
     rng = np.random.default_rng(1)
     images = tf.constant(rng.uniform(0, 1, (16, 20, 20, 3)).astype(np.float32))
@@ -149,7 +138,8 @@ def test_pretraining_learns_on_a_tiny_set():
 
 
 def test_linear_eval_trains_only_the_linear_head_and_keeps_encoder_fixed():
-    cfg = _cfg(
+    cfg = tiny_config(
+        CASE,
         train_mode="finetune",
         checkpoint="none",
         fine_tune_after_block=4,
@@ -171,8 +161,12 @@ def test_linear_eval_trains_only_the_linear_head_and_keeps_encoder_fixed():
 
 
 def test_finetune_from_block_trains_later_stages_only():
-    cfg = _cfg(
-        train_mode="finetune", checkpoint="none", fine_tune_after_block=2, optimizer="momentum"
+    cfg = tiny_config(
+        CASE,
+        train_mode="finetune",
+        checkpoint="none",
+        fine_tune_after_block=2,
+        optimizer="momentum",
     )
     model = _model(cfg)
     groups = {v.path.split("/")[2] for v in model.trainable_variables if "/encoder/" in v.path}
@@ -180,7 +174,7 @@ def test_finetune_from_block_trains_later_stages_only():
 
 
 def test_representation_is_taken_before_the_head():
-    model = _model(_cfg())
+    model = _model(tiny_config(CASE))
     images = tf.random.uniform([3, 16, 16, 3], seed=2)
     out = model(images, training=False)
     h = model.encoder(images, training=False)
@@ -193,7 +187,7 @@ def test_representation_is_taken_before_the_head():
 
 
 def test_lars_skips_layer_adaptation_for_the_supervised_head():
-    model = _model(_cfg())
+    model = _model(tiny_config(CASE))
     opt = model.optimizer
     assert isinstance(opt, optim.LARS)
     sup_kernel = model.supervised_head.trainable_variables[0]
@@ -205,7 +199,7 @@ def test_lars_skips_layer_adaptation_for_the_supervised_head():
 
 
 def test_every_variable_reaches_the_checkpoint(tmp_path):
-    model = _model(_cfg())
+    model = _model(tiny_config(CASE))
     assert checkpoints.untracked_variables(model) == []
     ckpt = checkpoints.Checkpointer(model, str(tmp_path), max_to_keep=2)
     path = ckpt.save(3)
@@ -215,11 +209,11 @@ def test_every_variable_reaches_the_checkpoint(tmp_path):
 
 
 def test_restoring_another_architecture_names_the_mismatch(tmp_path):
-    small = _model(_cfg())
+    small = _model(tiny_config(CASE))
     path = checkpoints.Checkpointer(small, str(tmp_path / "a")).save(1)
-    wider = _model(_cfg(width_multiplier=0.25))
+    wider = _model(tiny_config(CASE, width_multiplier=0.25))
     with pytest.raises(checkpoints.CheckpointError) as e:
-        checkpoints.restore_pretrained(wider, path)
+        restore.restore_pretrained(wider, path)
     msg = str(e.value)
     assert "shape differs" in msg and "--width_multiplier" in msg
 
@@ -231,8 +225,8 @@ def _encoder_and_head_values(model) -> list[np.ndarray]:
 def test_live_linear_probe_leaves_the_representation_alone():
     """Encoder and projection head end one pretraining step identically with the probe on and
     off: the probe's loss must not reach them (stop_gradient on its input)."""
-    on = _model(_cfg(weight_decay=0.0))
-    off = _model(_cfg(weight_decay=0.0, lineareval_while_pretraining=False))
+    on = _model(tiny_config(CASE, weight_decay=0.0))
+    off = _model(tiny_config(CASE, weight_decay=0.0, lineareval_while_pretraining=False))
     assert on.supervised_head is not None and off.supervised_head is None
     for a, b in zip(
         off.encoder.variables + off.projection_head.variables,
@@ -258,7 +252,7 @@ def test_live_linear_probe_leaves_the_representation_alone():
 def test_checkpoint_restores_every_model_and_optimizer_variable(tmp_path):
     """Save after a step (non-zero momentum, moved BN statistics), overwrite every variable,
     restore: each model and optimizer variable holds its saved value again."""
-    model = _model(_cfg())
+    model = _model(tiny_config(CASE))
     v1, v2 = _views(8, 16, seed=4)
     model.train_step(((v1, v2), tf.constant([0, 1, 2, 3, 0, 1, 2, 3])))
     variables = list(model.variables) + [
@@ -303,7 +297,7 @@ def test_checkpointer_refuses_a_layer_held_only_in_a_list(tmp_path):
 
 def _pretrained_checkpoint(tmp_path, **kw) -> tuple[str, object]:
     """A pretraining model after one step (BN statistics moved), saved."""
-    src = _model(_cfg(num_proj_layers=2, **kw))
+    src = _model(tiny_config(CASE, num_proj_layers=2, **kw))
     v1, v2 = _views(8, 16, seed=5)
     src.train_step(((v1, v2), tf.constant([0, 1, 2, 3, 0, 1, 2, 3])))
     return checkpoints.Checkpointer(src, str(tmp_path / "pre")).save(1), src
@@ -312,7 +306,8 @@ def _pretrained_checkpoint(tmp_path, **kw) -> tuple[str, object]:
 def test_finetune_restore_brings_back_encoder_and_projection_head_values(tmp_path):
     path, src = _pretrained_checkpoint(tmp_path)
     tuned = _model(
-        _cfg(
+        tiny_config(
+            CASE,
             train_mode="finetune",
             checkpoint=path,
             fine_tune_after_block=-1,
@@ -326,7 +321,7 @@ def test_finetune_restore_brings_back_encoder_and_projection_head_values(tmp_pat
         not np.array_equal(a, b)
         for a, b in zip(_encoder_and_head_values(tuned), _encoder_and_head_values(src), strict=True)
     )
-    checkpoints.restore_pretrained(tuned, path)
+    restore.restore_pretrained(tuned, path)
     pairs = list(zip(tuned.projection_head.variables, src.projection_head.variables, strict=True))
     assert len(pairs) == 9  # 2 dense kernels, BN gamma + beta and gamma, 2 x 2 statistics
     for got, want in pairs + list(zip(tuned.encoder.variables, src.encoder.variables, strict=True)):
@@ -342,7 +337,8 @@ def test_ft_proj_selector_feeds_that_projection_layer_and_freezes_below_it():
 
     # Linear evaluation on projection layer 1: the head reads it; nothing below it trains.
     linear = _model(
-        _cfg(
+        tiny_config(
+            CASE,
             train_mode="finetune",
             checkpoint="none",
             fine_tune_after_block=4,
@@ -364,7 +360,8 @@ def test_ft_proj_selector_feeds_that_projection_layer_and_freezes_below_it():
     # Full fine-tuning on layer 1: the encoder and projection layer 0 train, layer 1 (above the
     # selector, unused) keeps its weights.
     full = _model(
-        _cfg(
+        tiny_config(
+            CASE,
             train_mode="finetune",
             checkpoint="none",
             fine_tune_after_block=-1,

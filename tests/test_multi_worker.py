@@ -219,7 +219,7 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
 
     # In-process reference: the chief's checkpoint restored here on one device, every test image
     # classified by a NumPy argmax over its logits.
-    from simclr_tf import checkpoints, evaluate, train
+    from simclr_tf import evaluate, restore, train
     from simclr_tf import model_dir as model_dir_lib
     from simclr_tf.data import sources
 
@@ -227,7 +227,7 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
     model = train.build_for_run(cfg, tf.distribute.get_strategy(), info, schedule)
-    checkpoints.restore_model_weights(model, chief_ckpt)
+    restore.restore_model_weights(model, chief_ckpt)
     hits = []
     for images, labels in evaluate.eval_input(cfg):
         logits = model(images, training=False)["logits_sup"].numpy()
@@ -410,7 +410,7 @@ def test_two_workers_knn_monitor_and_eval_count_uneven_file_shards_once(tmp_path
     assert [r["knn_top1"] for r in rows] == [r["knn_top1"] for r in worker_rows]
     assert len(rows) == 1 and int(rows[-1]["step"]) == steps
 
-    from simclr_tf import checkpoints, evaluate, train
+    from simclr_tf import evaluate, restore, train
     from simclr_tf import model_dir as model_dir_lib
     from simclr_tf.data import pipeline, sources
 
@@ -420,7 +420,7 @@ def test_two_workers_knn_monitor_and_eval_count_uneven_file_shards_once(tmp_path
     model = train.build_for_run(cfg, tf.distribute.get_strategy(), info, schedule)
     chief_ckpt = tf.train.latest_checkpoint(str(model_dir))
     assert chief_ckpt is not None and chief_ckpt.endswith(f"ckpt-{steps}")
-    checkpoints.restore_model_weights(model, chief_ckpt)
+    restore.restore_model_weights(model, chief_ckpt)
 
     def encode(dataset):
         pairs = [(model.encoder(x, training=False).numpy(), y.numpy()) for x, y in dataset]

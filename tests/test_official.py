@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from conftest import require_shared
 
-from simclr_tf import checkpoints, official, train
+from simclr_tf import checkpoints, official, restore, train
 from simclr_tf.config import Config
 from simclr_tf.official import OfficialCheckpointError, convert, load_official
 
@@ -90,7 +90,7 @@ def test_saved_model_selector_mismatch_is_refused():
     model, info = load_official(path, ft_proj_selector=2)  # given: taken as is
     assert not info.selector_measured and model.ft_proj_selector == 2
     with pytest.raises(OfficialCheckpointError, match="pass --ft_proj_selector=0"):
-        checkpoints.restore_model_weights(model, path)
+        restore.restore_model_weights(model, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_restore_refuses_a_model_of_another_architecture():
     )
     model(tf.zeros([1, 32, 32, 3]), training=False)
     with pytest.raises(OfficialCheckpointError, match=r"no values for 64 variables.*se_reduce"):
-        checkpoints.restore_pretrained(model, str(TF1))
+        restore.restore_pretrained(model, str(TF1))
 
 
 def test_run_py_hooks_take_architecture_and_weights_from_official_checkpoint():
@@ -215,7 +215,7 @@ def test_run_py_hooks_take_architecture_and_weights_from_official_checkpoint():
     assert cfg.sk_ratio == 0.0625 and cfg.num_proj_layers == 3
     model = train.build_model(cfg.replace(train_mode="finetune"), num_classes=3)
     model(tf.zeros([1, 32, 32, 3]), training=False)
-    prefix = checkpoints.restore_pretrained(model, cfg.checkpoint)
+    prefix = restore.restore_pretrained(model, cfg.checkpoint)
     assert prefix.endswith("model.ckpt-2000") and checkpoints.checkpoint_step(prefix) == 2000
     ref = expected("tf1_ckpt_r50_sk1")
     out = model(ref["images"], training=False)
@@ -269,7 +269,7 @@ def test_convert_writes_a_run_folder(converted):
     model = train.build_model(cfg, num_classes=10)  # as run.py --mode=eval builds it
     schedule = train.make_schedule_for(cfg, num_train_examples=100)
     train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
-    prefix = checkpoints.restore_model_weights(model, str(converted))
+    prefix = restore.restore_model_weights(model, str(converted))
     assert checkpoints.checkpoint_step(prefix) == 500
     ref = expected("tf2_ckpt_r18_cifar")
     diffs = relative_differences(official.reference_endpoints(model, ref["images"]), ref)

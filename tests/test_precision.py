@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from simclr_tf import train
 from simclr_tf.config import Config
@@ -26,25 +27,15 @@ def _float32_policy_after():
     keras.mixed_precision.set_dtype_policy("float32")
 
 
-def _cfg(**kw) -> Config:
-    base = dict(
-        resnet_depth=18,
-        width_multiplier=0.125,
-        image_size=SIZE,
-        cifar_stem=True,
-        color_jitter_strength=0.5,
-        use_blur=False,
-        train_batch_size=8,
-        train_steps=10,
-        warmup_epochs=0,
-        learning_rate=0.5,
-        temperature=0.5,
-        proj_out_dim=16,
-        num_proj_layers=2,
-        weight_decay=1e-4,
-    )
-    base.update(kw)
-    return Config(**base)
+# This file's settings over conftest.TINY_CONFIG.
+CASE = dict(
+    width_multiplier=0.125,
+    image_size=SIZE,
+    train_steps=10,
+    learning_rate=0.5,
+    temperature=0.5,
+    weight_decay=1e-4,
+)
 
 
 def _build(cfg: Config):
@@ -89,13 +80,13 @@ def test_mixed_precision_step_matches_float32(precision):
     """
     steps = 3
     views, labels = _batch()
-    ref = _build(_cfg())
+    ref = _build(tiny_config(CASE))
     w0 = ref.get_weights()
     ref_logs = _step(ref, views, labels)
     for _ in range(steps - 1):
         _step(ref, views, labels)
 
-    model = _build(_cfg(mixed_precision=precision))
+    model = _build(tiny_config(CASE, mixed_precision=precision))
     model.set_weights(w0)
     # The encoder and heads really compute in low precision ...
     out = model(views[0], training=False)
@@ -208,10 +199,10 @@ def test_xla_step_matches_non_compiled():
     variant = {"augment_on": "device"}
     views, labels = _batch(seed=2)
     x = (views[0] * 255).astype(np.uint8)  # decoded images; the model augments them
-    ref, ref_logs = _weights_after_step(_cfg(**variant), None, x, labels)
+    ref, ref_logs = _weights_after_step(tiny_config(CASE, **variant), None, x, labels)
     w_ref = ref.get_weights()
-    w0 = _build(_cfg(**variant)).get_weights()  # same seed: the same initial weights
-    xla, logs = _weights_after_step(_cfg(jit_compile=True, **variant), w0, x, labels)
+    w0 = _build(tiny_config(CASE, **variant)).get_weights()  # same seed: the same initial weights
+    xla, logs = _weights_after_step(tiny_config(CASE, jit_compile=True, **variant), w0, x, labels)
     assert xla.jit_compile is True
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(w_ref, w0, strict=True))
     assert moved > 1e-3

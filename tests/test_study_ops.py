@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from simclr_tf import config
-from simclr_tf.data import augment
-from simclr_tf.data import study_ops as so
+from simclr_tf.data import augment, recipe
+from simclr_tf.data.augment import study_ops as so
 
 
 def _images(batch=6, side=16, seed=0):
@@ -86,15 +87,15 @@ def test_noise_sigma_per_image_and_seeded():
 
 
 def test_parse_augmentations():
-    assert so.parse_augmentations(None, use_blur=True) == so.RECIPE
-    assert "blur" not in so.parse_augmentations(None, use_blur=False)
-    assert so.parse_augmentations(" Rotate, crop ") == ("rotate", "crop")
+    assert recipe.parse_augmentations(None, use_blur=True) == recipe.RECIPE
+    assert "blur" not in recipe.parse_augmentations(None, use_blur=False)
+    assert recipe.parse_augmentations(" Rotate, crop ") == ("rotate", "crop")
     with pytest.raises(ValueError, match="Unknown augmentation"):
-        so.parse_augmentations("crop,jitter")
+        recipe.parse_augmentations("crop,jitter")
     with pytest.raises(ValueError, match="twice"):
-        so.parse_augmentations("crop,crop")
+        recipe.parse_augmentations("crop,crop")
     with pytest.raises(ValueError, match="empty"):
-        so.parse_augmentations(",")
+        recipe.parse_augmentations(",")
 
 
 def test_composition_order_views_and_recipe_path():
@@ -207,11 +208,13 @@ def test_augmentations_reach_host_pipeline_and_device_step():
     for i, label in enumerate(labels.numpy()):
         assert _is_quarter_turn(view1.numpy()[i], as_float[label])
         assert _is_quarter_turn(view2.numpy()[i], as_float[label])
-    cfg = config.Config(
-        model_dir="/tmp/unused", resnet_depth=18, width_multiplier=0.125, image_size=16,
-        cifar_stem=True, color_jitter_strength=0.5, use_blur=False, augment_on="device",
-        augmentations="rotate", augment_views="one", num_proj_layers=2, proj_out_dim=8,
-    )  # fmt: skip
+    cfg = tiny_config(
+        width_multiplier=0.125,
+        augment_on="device",
+        augmentations="rotate",
+        augment_views="one",
+        proj_out_dim=8,
+    )
     model = train.build_model(cfg, 4)
     d1, d2 = model.augment_fn(tf.constant(images), _seed(16))
     np.testing.assert_allclose(d2.numpy(), as_float, atol=1e-6)  # one view: un-augmented

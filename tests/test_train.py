@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 from PIL import Image
 
 from simclr_tf import checkpoints, config, evaluate, train
@@ -26,27 +27,15 @@ def folder(tmp_path_factory, write_png_folder) -> pathlib.Path:
     return write_png_folder(root, CLASSES, {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, SIDE)
 
 
-def _cfg(folder: pathlib.Path, **kw) -> config.Config:
-    base = dict(
-        model_dir="/unused",
-        dataset="image_folder",
-        data_dir=str(folder),
-        eval_split="test",
-        resnet_depth=18,
-        width_multiplier=0.0625,
-        image_size=SIDE,
-        cifar_stem=True,
-        color_jitter_strength=0.5,
-        use_blur=False,
-        train_batch_size=8,
-        eval_batch_size=5,
-        proj_out_dim=8,
-        num_proj_layers=2,
-        train_steps=10,
-        warmup_epochs=0,
-    )
-    base.update(kw)
-    return config.Config(**base)
+# This file's settings over conftest.TINY_CONFIG (plus data_dir=the test's folder).
+CASE = dict(
+    dataset="image_folder",
+    eval_split="test",
+    image_size=SIDE,
+    eval_batch_size=5,
+    proj_out_dim=8,
+    train_steps=10,
+)
 
 
 def _build(cfg: config.Config):
@@ -65,7 +54,14 @@ def test_weight_decay_and_momentum_flags_reach_the_optimizer(folder, name):
     momentum SGD with L2 decay written in NumPy, with --weight_decay and --momentum values that
     differ from the defaults."""
     wd, momentum = 0.05, 0.7
-    cfg = _cfg(folder, optimizer=name, weight_decay=wd, momentum=momentum, learning_rate=0.4)
+    cfg = tiny_config(
+        CASE,
+        data_dir=str(folder),
+        optimizer=name,
+        weight_decay=wd,
+        momentum=momentum,
+        learning_rate=0.4,
+    )
     model, schedule = _build(cfg)
     opt = model.optimizer
     assert (opt.weight_decay, opt.momentum) == (pytest.approx(wd), pytest.approx(momentum))
@@ -93,7 +89,9 @@ def test_weight_decay_and_momentum_flags_reach_the_optimizer(folder, name):
 
 
 def test_epoch_is_the_label_fraction_not_the_whole_split(folder):
-    cfg = _cfg(folder, train_data_fraction=0.5, train_steps=0, train_epochs=3)
+    cfg = tiny_config(
+        CASE, data_dir=str(folder), train_data_fraction=0.5, train_steps=0, train_epochs=3
+    )
     subset, _ = sources.load_split(
         "image_folder",
         "train",
@@ -114,7 +112,7 @@ def _first_views(cfg: config.Config, start_step: int) -> np.ndarray:
 
 
 def test_resumed_run_draws_other_views_and_the_same_ones_each_time(folder):
-    cfg = _cfg(folder)
+    cfg = tiny_config(CASE, data_dir=str(folder))
     fresh = _first_views(cfg, 0)
     np.testing.assert_array_equal(_first_views(cfg, 0), fresh)  # seeded
     resumed = _first_views(cfg, 3)
@@ -138,7 +136,7 @@ def _folder_images(root: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarr
 
 def test_knn_monitor_equals_a_numpy_knn_on_the_encoder_features(folder):
     k, temperature = 5, 0.1
-    cfg = _cfg(folder, knn_k=k, knn_every_epochs=1)
+    cfg = tiny_config(CASE, data_dir=str(folder), knn_k=k, knn_every_epochs=1)
     model, _ = _build(cfg)
     monitor = train.knn_monitor(cfg, sources.dataset_info(cfg.dataset, cfg.data_dir))
     monitor.set_model(model)
@@ -175,7 +173,7 @@ def _saved_model(cfg: config.Config, directory: pathlib.Path, step: int, seed: i
 
 
 def test_eval_restores_model_dir_before_checkpoint_then_checkpoint_alone(folder, tmp_path):
-    cfg = _cfg(folder, mode="eval")
+    cfg = tiny_config(CASE, data_dir=str(folder), mode="eval")
     run_weights = _saved_model(cfg, tmp_path / "run", 3, seed=1)
     other_weights = _saved_model(cfg, tmp_path / "other", 5, seed=2)
     with_ckpt = cfg.replace(checkpoint=str(tmp_path / "other"))

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from simclr_tf import model_dir as model_dir_lib  # noqa: E402
 from simclr_tf import plots  # noqa: E402
 from simclr_tf.atomic import atomic_path, write_json_atomic  # noqa: E402
 
@@ -131,7 +132,7 @@ def _last_finite(path: str, column: str) -> tuple[float, int]:
 
 
 def _read_result(model_dir: str) -> float:
-    path = os.path.join(model_dir, "result.json")
+    path = model_dir_lib.result_path(model_dir)
     if not os.path.exists(path):
         return math.nan
     with open(path) as f:
@@ -166,7 +167,7 @@ def run_cell(cell: Cell, out: str, base: list[str], how: str) -> dict:
                       f"--checkpoint={model_dir}", f"--model_dir={linear_dir}",
                       "--mode=train_then_eval", "--export_saved_model=false"]  # fmt: skip
         code, last = _run(linear_cmd, log_path)
-    metrics_path = os.path.join(model_dir, "metrics.csv")
+    metrics_path = model_dir_lib.metrics_path(model_dir)
     knn, epochs = _last_finite(metrics_path, "knn_top1")
     row = {
         "cell": cell.name,

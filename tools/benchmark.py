@@ -125,7 +125,7 @@ def _ratios(base: list[dict], cand: list[dict]) -> dict[str, float]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -178,24 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timeout", type=float, default=3600.0, help="Seconds per case.")
     p.add_argument("--child_case", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
 
-    if args.child_case is not None:
-        case = json.loads(args.child_case)
-        overrides = case.pop("_overrides", {})
-        is_reference = "_reference" in case
-        result = run_case({**case}, args.what, args.steps, args.warmup_steps, args.pipeline_batches)
-        result["case"] = "reference" if is_reference else case_name(overrides)
-        print(json.dumps(result), flush=True)
-        return 0
 
-    base_overrides: dict[str, Any] = {}
-    for spec in args.set:
-        base_overrides.update(parse_overrides(spec))
-    if args.what == "ops":
-        return profile_ops(
-            {**BASE_CASE, **base_overrides}, args.ops_images, args.repeats, args.reference_data_util
-        )
+def _cases(args: argparse.Namespace, base_overrides: dict[str, Any]) -> list[tuple[str, dict]]:
+    """(name, case) of the baseline, the reference pipeline and each candidate, in run order."""
     cases: list[tuple[str, dict[str, Any]]] = []
     if not args.no_baseline:
         cases.append(("baseline", {**BASE_CASE, **base_overrides, "_overrides": {}}))
@@ -219,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         cases.append((case_name(over), {**BASE_CASE, **base_overrides, **over, "_overrides": over}))
     if not cases:
         raise SystemExit("benchmark: nothing to run (pass --candidate or drop --no_baseline).")
+    return cases
 
+
+def _run_cases(cases: list[tuple[str, dict]], args, base_overrides: dict[str, Any]) -> None:
+    """Runs the cases interleaved ``--repeats`` times, then prints each candidate's ratios."""
     results: dict[str, list[dict]] = {name: [] for name, _ in cases}
     for rep in range(args.repeats):
         for name, case in cases:
@@ -245,6 +236,27 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     flush=True,
                 )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.child_case is not None:
+        case = json.loads(args.child_case)
+        overrides = case.pop("_overrides", {})
+        is_reference = "_reference" in case
+        result = run_case({**case}, args.what, args.steps, args.warmup_steps, args.pipeline_batches)
+        result["case"] = "reference" if is_reference else case_name(overrides)
+        print(json.dumps(result), flush=True)
+        return 0
+
+    base_overrides: dict[str, Any] = {}
+    for spec in args.set:
+        base_overrides.update(parse_overrides(spec))
+    if args.what == "ops":
+        return profile_ops(
+            {**BASE_CASE, **base_overrides}, args.ops_images, args.repeats, args.reference_data_util
+        )
+    _run_cases(_cases(args, base_overrides), args, base_overrides)
     return 0
 
 

@@ -217,6 +217,39 @@ def reference_dataset(cfg, path: str):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _measure_steps(cfg, strategy, info, warmup: int, steps: int) -> dict[str, Any]:
+    """Build time, per-step times and speed of ``warmup + steps`` real train steps in ``fit``."""
+    import keras
+
+    from simclr_tf import train
+
+    out: dict[str, Any] = {}
+    schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
+    t_build = time.perf_counter()
+    model = train.build_for_run(cfg, strategy, info, schedule)
+    out["build_seconds"] = time.perf_counter() - t_build
+    dataset = train.train_dataset(cfg, strategy, 0)
+    timer = _step_timer(keras)
+    model.fit(
+        dataset,
+        epochs=1,
+        steps_per_epoch=warmup + steps,
+        callbacks=[timer],
+        verbose=0,
+        shuffle=False,
+    )
+    measured = timer.seconds[warmup:] or timer.seconds[-1:]
+    median = statistics.median(measured)
+    out["first_step_seconds"] = timer.seconds[0]
+    out["step_seconds"] = [round(s, 3) for s in timer.seconds]
+    out["step_seconds_median"] = median
+    out["step_images_per_sec"] = cfg.train_batch_size / median
+    # The fastest timed step: the least disturbed by other processes on a shared machine.
+    out["step_images_per_sec_best"] = cfg.train_batch_size / min(measured)
+    out["final_loss"] = timer.last_loss
+    return out
+
+
 def run_case(
     case: dict[str, Any], what: str, steps: int, warmup: int, pipeline_batches: int
 ) -> dict[str, Any]:
@@ -237,13 +270,7 @@ def run_case(
             "export_saved_model": False,
         }
     )
-    strategy = distribute.make_strategy(
-        cfg.strategy,
-        tpu_name=cfg.tpu_name,
-        tpu_zone=cfg.tpu_zone,
-        gcp_project=cfg.gcp_project,
-        num_cpu_devices=cfg.num_cpu_devices,
-    )
+    strategy = distribute.strategy_for(cfg)  # as run.py builds it
     import keras
     import tensorflow as tf
 
@@ -278,29 +305,7 @@ def run_case(
         result["pipeline_images_per_sec"] = cfg.train_batch_size / statistics.median(times)
 
     if what in ("step", "all"):
-        schedule = train.make_schedule_for(cfg, info.split_sizes[cfg.train_split])
-        t_build = time.perf_counter()
-        model = train.build_for_run(cfg, strategy, info, schedule)
-        result["build_seconds"] = time.perf_counter() - t_build
-        dataset = train.train_dataset(cfg, strategy, 0)
-        timer = _step_timer(keras)
-        model.fit(
-            dataset,
-            epochs=1,
-            steps_per_epoch=warmup + steps,
-            callbacks=[timer],
-            verbose=0,
-            shuffle=False,
-        )
-        measured = timer.seconds[warmup:] or timer.seconds[-1:]
-        median = statistics.median(measured)
-        result["first_step_seconds"] = timer.seconds[0]
-        result["step_seconds"] = [round(s, 3) for s in timer.seconds]
-        result["step_seconds_median"] = median
-        result["step_images_per_sec"] = cfg.train_batch_size / median
-        # The fastest timed step: the least disturbed by other processes on a shared machine.
-        result["step_images_per_sec_best"] = cfg.train_batch_size / min(measured)
-        result["final_loss"] = timer.last_loss
+        result.update(_measure_steps(cfg, strategy, info, warmup, steps))
 
     result["peak_rss_gb"] = _peak_rss_gb()
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)

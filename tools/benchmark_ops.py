@@ -26,11 +26,16 @@ def _profile_ops_table(tf, size: int, strength: float, ref) -> list[tuple[str, s
     crops of an image), "after" rows what ``two_views`` runs now; "not used" rows are ideas
     measured and dropped.
     """
-    from simclr_tf.data.augment import blur as aug_blur
-    from simclr_tf.data.augment import color as aug_color
+    return [
+        *_decode_and_crop_rows(tf, size),
+        *_view_op_rows(tf, strength),
+        *_whole_view_rows(tf, size, strength, ref),
+    ]
+
+
+def _decode_and_crop_rows(tf, size: int) -> list[tuple[str, str, Any]]:
+    """Reading, decoding and cropping one image into two crops."""
     from simclr_tf.data.augment import crop as aug_crop
-    from simclr_tf.data.augment import seeds as aug_seeds
-    from simclr_tf.data.augment import views as aug_views
 
     def boxes(image, seed):
         shape = tf.shape(image)
@@ -61,6 +66,39 @@ def _profile_ops_table(tf, size: int, strength: float, ref) -> list[tuple[str, s
             )
             for i in range(2)
         ]
+
+    return [
+        ("read file", "path", lambda path, seed: tf.io.read_file(path)),
+        (
+            "decode whole JPEG",
+            "file",
+            lambda raw, seed: tf.io.decode_image(raw, channels=3, expand_animations=False),
+        ),
+        (
+            "float conversion of the whole image",
+            "image",
+            lambda image, seed: tf.image.convert_image_dtype(image, tf.float32),
+        ),
+        ("2 crop boxes (reference sampler)", "image", boxes),
+        ("2 crops: slice", "image", slices),
+        ("2 crops: slice, float, bicubic resize (before and after)", "image", old_resize),
+        (
+            "2 crops: slice, bicubic resize from uint8 (not used)",
+            "image",
+            lambda image, seed: [
+                tf.image.resize(c, [size, size], "bicubic") for c in slices(image, seed)
+            ],
+        ),
+        ("2 crops: decode_and_crop_jpeg each, resize (not used)", "file", decode_crops),
+    ]
+
+
+def _view_op_rows(tf, strength: float) -> list[tuple[str, str, Any]]:
+    """The ops on the two crops of one image: flip, colour jitter, hue, grayscale, blur."""
+    from simclr_tf.data.augment import blur as aug_blur
+    from simclr_tf.data.augment import color as aug_color
+    from simclr_tf.data.augment import crop as aug_crop
+    from simclr_tf.data.augment import seeds as aug_seeds
 
     def seeds(seed, n):
         return tf.unstack(tf.random.experimental.stateless_split(seed, n))
@@ -107,37 +145,7 @@ def _profile_ops_table(tf, size: int, strength: float, ref) -> list[tuple[str, s
 
         return fn
 
-    def old_whole(image, seed):  # before: per-image crops, then the batched ops on the pair
-        def crop(s_crop, flip_mask):
-            return tf.stack(
-                aug_views._image_crop(image, 2, size, "reference")(s_crop, None)[0]
-            ), False
-
-        return aug_views._compose_views(crop, seed, 2, strength, True, False)
-
-    table = [
-        ("read file", "path", lambda path, seed: tf.io.read_file(path)),
-        (
-            "decode whole JPEG",
-            "file",
-            lambda raw, seed: tf.io.decode_image(raw, channels=3, expand_animations=False),
-        ),
-        (
-            "float conversion of the whole image",
-            "image",
-            lambda image, seed: tf.image.convert_image_dtype(image, tf.float32),
-        ),
-        ("2 crop boxes (reference sampler)", "image", boxes),
-        ("2 crops: slice", "image", slices),
-        ("2 crops: slice, float, bicubic resize (before and after)", "image", old_resize),
-        (
-            "2 crops: slice, bicubic resize from uint8 (not used)",
-            "image",
-            lambda image, seed: [
-                tf.image.resize(c, [size, size], "bicubic") for c in slices(image, seed)
-            ],
-        ),
-        ("2 crops: decode_and_crop_jpeg each, resize (not used)", "file", decode_crops),
+    return [
         ("flip, batched gather (before)", "views", flip(False)),
         ("flip, per view (after)", "views", flip(True)),
         ("colour jitter p=0.8, 15-slot schedule (before)", "views", old_jitter),
@@ -157,6 +165,22 @@ def _profile_ops_table(tf, size: int, strength: float, ref) -> list[tuple[str, s
         ("grayscale p=0.2, per view (after)", "views", gray(True)),
         ("blur p=0.5, batched (before)", "views", blur(False)),
         ("blur p=0.5, per view (after)", "views", blur(True)),
+    ]
+
+
+def _whole_view_rows(tf, size: int, strength: float, ref) -> list[tuple[str, str, Any]]:
+    """Both views of one decoded image, before and after, and the reference's when given."""
+    from simclr_tf.data.augment import views as aug_views
+
+    def old_whole(image, seed):  # before: per-image crops, then the batched ops on the pair
+        def crop(s_crop, flip_mask):
+            return tf.stack(
+                aug_views._image_crop(image, 2, size, "reference")(s_crop, None)[0]
+            ), False
+
+        return aug_views._compose_views(crop, seed, 2, strength, True, False)
+
+    table = [
         ("whole two views, before (decoded image)", "image", old_whole),
         (
             "whole two views, after (decoded image)",

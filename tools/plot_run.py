@@ -34,12 +34,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("Pass --model_dir=RUN (repeat it to overlay several runs).")
     if FLAGS.label and len(FLAGS.label) != len(dirs):
         raise app.UsageError("Give one --label per --model_dir, or none.")
-    try:
-        from simclr_tf import plots
-    except ImportError as e:  # pragma: no cover - absl is a dependency of simclr_tf
-        raise app.UsageError(str(e)) from None
+    from simclr_tf import model_dir as model_dir_lib
+    from simclr_tf import plots
+
     out = FLAGS.out or (
-        os.path.join(dirs[0], plots.CURVES_FILE) if len(dirs) == 1 else "curves_overlay.png"
+        model_dir_lib.curves_path(dirs[0]) if len(dirs) == 1 else "curves_overlay.png"
     )
     try:
         plots.write_curves(dirs, out, FLAGS.label)

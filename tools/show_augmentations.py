@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from simclr_tf.data import augment, sources, study_ops  # noqa: E402
+from simclr_tf.data import augment, recipe, sources  # noqa: E402
+from simclr_tf.data.augment import study_ops  # noqa: E402
 
 flags.DEFINE_string("dataset", "image_folder", "TFDS name or image_folder.")
 flags.DEFINE_string("data_dir", "../shared/data/cifar10", "TFDS data dir or image folder root.")
@@ -76,8 +77,8 @@ def main(argv: list[str]) -> None:
     side = info.image_shape[0] if info.image_shape and info.image_shape[0] else None
     size = FLAGS.image_size or (side if side and side <= 64 else 224)
     strength = FLAGS.color_jitter_strength
-    strength = augment.default_color_strength(size) if strength is None else strength
-    blur = augment.default_use_blur(size) if FLAGS.use_blur is None else FLAGS.use_blur
+    strength = recipe.default_color_strength(size) if strength is None else strength
+    blur = recipe.default_use_blur(size) if FLAGS.use_blur is None else FLAGS.use_blur
     # Spread the rows over the classes (folders are sorted by class).
     stride = max(1, info.split_sizes[FLAGS.split] // FLAGS.rows)
     picked = [img for img, _ in ds.shard(stride, 0).take(FLAGS.rows)]
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> None:
         return
     make_view = None
     if FLAGS.augmentations:
-        ops = study_ops.parse_augmentations(FLAGS.augmentations)
+        ops = recipe.parse_augmentations(FLAGS.augmentations)
         blur = "blur" in ops
 
         def make_view(image, seed):

@@ -32,17 +32,16 @@ def main(argv: list[str]) -> None:
     del argv
     if not FLAGS.model_dir:
         raise app.UsageError("Pass --model_dir=RUN (a run folder written by run.py).")
-    from simclr_tf import knn, neighbours, train
+    from simclr_tf import knn, neighbours, restore, train
     from simclr_tf.data import sources
     from simclr_tf.errors import UserError
-    from simclr_tf.models import build
 
     try:
-        run = build.read_run(FLAGS.model_dir, FLAGS.checkpoint)
+        run = restore.read_run(FLAGS.model_dir, FLAGS.checkpoint)
         cfg = run.cfg.replace(data_dir=FLAGS.data_dir or run.cfg.data_dir)
         if FLAGS.bank_size:
             cfg = cfg.replace(knn_bank_size=FLAGS.bank_size)
-        model = build.rebuild(build.RunRecord(cfg, run.checkpoint, run.step, run.num_classes))
+        model = restore.rebuild(restore.RunRecord(cfg, run.checkpoint, run.step, run.num_classes))
         info = sources.dataset_info(cfg.dataset, cfg.data_dir)
         monitor = train.knn_monitor(cfg, info)  # the bank and queries the kNN monitor reads
 

@@ -187,25 +187,7 @@ def load_folder_split(
             f"({', '.join(IMAGE_EXTENSIONS)}, any case). Add images or remove the folder(s)."
         )
 
-    # (identity, label) for every selected file, in sorted class then file-name order.
-    label_of = {c: i for i, c in enumerate(classes)}
-    counts = [len(listing.get(c, ())) for c in classes]
-    keep = subset_size(counts, fraction)
-    rel_paths: list[str] = []
-    labels: list[int] = []
-    for c, k in zip(classes, keep, strict=True):
-        names = listing.get(c, [])
-        label = [label_of[c]] * len(names)
-        if k < len(names):
-            ranked = sorted(names, key=lambda n, c=c: (_fraction_rank(seed, f"{c}/{n}"), n))
-            if unlabelled:
-                chosen = set(ranked[:k])
-                label = [label_of[c] if n in chosen else UNLABELLED for n in names]
-            else:
-                names = sorted(ranked[:k])
-                label = label[: len(names)]
-        rel_paths.extend(f"{c}/{n}" for n in names)
-        labels.extend(label)
+    rel_paths, labels = _select_files(classes, listing, fraction, seed, unlabelled)
 
     sizes = {}
     for s in splits:
@@ -224,6 +206,47 @@ def load_folder_split(
         shape,
     )
 
+    order = _file_order(rel_paths, split, seed, shuffle_files, input_context)
+    rel_paths = [rel_paths[i] for i in order]
+    labels = [labels[i] for i in order]
+    return _decode_files(split_dir, rel_paths, labels, shape), info
+
+
+def _select_files(
+    classes: list[str], listing: dict[str, list[str]], fraction: float, seed: int, unlabelled: bool
+) -> tuple[list[str], list[int]]:
+    """(identity, label) for every selected file, in sorted class then file-name order: the
+    class-balanced, seeded ``fraction`` (with ``unlabelled``: every file, the others labelled
+    :data:`UNLABELLED`)."""
+    label_of = {c: i for i, c in enumerate(classes)}
+    counts = [len(listing.get(c, ())) for c in classes]
+    keep = subset_size(counts, fraction)
+    rel_paths: list[str] = []
+    labels: list[int] = []
+    for c, k in zip(classes, keep, strict=True):
+        names = listing.get(c, [])
+        label = [label_of[c]] * len(names)
+        if k < len(names):
+            ranked = sorted(names, key=lambda n, c=c: (_fraction_rank(seed, f"{c}/{n}"), n))
+            if unlabelled:
+                chosen = set(ranked[:k])
+                label = [label_of[c] if n in chosen else UNLABELLED for n in names]
+            else:
+                names = sorted(ranked[:k])
+                label = label[: len(names)]
+        rel_paths.extend(f"{c}/{n}" for n in names)
+        labels.extend(label)
+    return rel_paths, labels
+
+
+def _file_order(
+    rel_paths: list[str],
+    split: str,
+    seed: int,
+    shuffle_files: bool,
+    input_context: tf.distribute.InputContext | None,
+) -> list[int]:
+    """Indices of this input pipeline's files: seeded-shuffled if asked, then its shard."""
     order = list(range(len(rel_paths)))
     if shuffle_files:
         order.sort(key=lambda i: _fraction_rank(seed + 1, rel_paths[i]))
@@ -235,9 +258,7 @@ def load_folder_split(
                 f"{input_context.num_input_pipelines} input pipelines; use more data or fewer "
                 "workers."
             )
-    rel_paths = [rel_paths[i] for i in order]
-    labels = [labels[i] for i in order]
-    return _decode_files(split_dir, rel_paths, labels, shape), info
+    return order
 
 
 @functools.cache
@@ -303,6 +324,10 @@ def _decode_files(
     shape: tuple[int, int, int] | None,
 ) -> tf.data.Dataset:
     """Parallel decode whose failures are reported with the failing file's path.
+
+    (Longer than most functions on purpose: ``load``, ``fail`` and ``check`` are one tf.data
+    graph that shares the list file, the prefix and the expected shape; apart they would pass
+    all of them around.)
 
     The list is read from a text file (:func:`_write_file_list`) by ``TextLineDataset``, so the
     graph stays small and no Python runs inside tf.data. Decoding errors are dropped by

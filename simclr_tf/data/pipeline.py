@@ -30,8 +30,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from simclr_tf.config import AUGMENT_PLACES
-from simclr_tf.data import augment, study_ops
+from simclr_tf.data import augment
+from simclr_tf.data.augment import study_ops
+from simclr_tf.data.recipe import AUGMENT_PLACES
 from simclr_tf.data.sources import DataError
 
 _PRETRAIN, _FINETUNE = 1, 2  # seed "purposes"
@@ -68,7 +69,7 @@ def pretrain_dataset(
     rest of the recipe (flip, colour, grayscale, blur). ``batch_size`` is per replica; the
     remainder is dropped; the stream repeats forever. Labels are passed through for the live
     linear probe. ``augmentations`` / ``augment_views`` choose the view operations
-    (:mod:`simclr_tf.data.study_ops`; default: the paper recipe).
+    (:mod:`simclr_tf.data.augment.study_ops`; default: the paper recipe).
     """
     _check_common(dataset, batch_size, image_size)
     if augment_on not in AUGMENT_PLACES:

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf.config import KERAS_APPLICATIONS, check_encoder_spec
+from simclr_tf.config_checks import KERAS_APPLICATIONS, check_encoder_spec
 from simclr_tf.errors import UserError
 from simclr_tf.models.layers import set_trainable
 

@@ -1,5 +1,7 @@
-"""Building the SimCLR model of a :class:`~simclr_tf.config.Config`: for a run, and again from
-a finished run's folder (``flags.json`` + a checkpoint) for export.
+"""Building the SimCLR model of a :class:`~simclr_tf.config.Config`, for a run or for export.
+
+Rebuilding a finished run from its folder (``flags.json`` + a checkpoint) is
+:func:`simclr_tf.restore.read_run` / :func:`~simclr_tf.restore.rebuild`.
 
 The exported network is a float32 copy of the trained one with every layer trainable (mixed
 precision, frozen stages of linear evaluation, device augmentation, gradient caching and
@@ -8,16 +10,14 @@ distribution wrappers are dropped), so consumers get float32 outputs and choose 
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 
-from simclr_tf import checkpoints, losses
-from simclr_tf import model_dir as model_dir_lib
-from simclr_tf.config import RESNET_ENCODER, Config
-from simclr_tf.data import sources, study_ops
-from simclr_tf.errors import ExportError, UserError
+from simclr_tf import losses
+from simclr_tf.config import Config
+from simclr_tf.config_checks import RESNET_ENCODER
+from simclr_tf.data.augment import study_ops
+from simclr_tf.errors import ExportError
 from simclr_tf.models.backbone import KerasBackbone, backbone_from_spec
 from simclr_tf.models.distill import DistillationModel
 from simclr_tf.models.heads import ProjectionHead
@@ -127,67 +127,3 @@ def serving_copy(model: keras.Model, cfg: Config) -> SimCLRModel:
     for d, s in zip(dst, src, strict=True):
         d.assign(keras.ops.convert_to_numpy(s))
     return copy
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    """What rebuilding a run's network needs, read from its folder (cheap: no model yet)."""
-
-    cfg: Config
-    checkpoint: str  # the checkpoint prefix to restore
-    step: int
-    num_classes: int  # of the supervised head; 0 without one
-
-
-def _num_classes(cfg: Config, flags_dict: dict, model_dir: str) -> int:
-    """Classes of the run's supervised head (0 without one), as recorded in flags.json.
-
-    Runs recorded before flags.json held ``num_classes`` fall back to the dataset's metadata.
-    """
-    if cfg.train_mode == "pretrain" and not cfg.lineareval_while_pretraining:
-        return 0
-    recorded = flags_dict.get(model_dir_lib.NUM_CLASSES_KEY)
-    if recorded is not None:
-        return int(recorded)
-    try:
-        return int(sources.dataset_info(cfg.dataset, cfg.data_dir).num_classes)
-    except UserError as e:
-        raise ExportError(
-            f"{model_dir_lib.flags_path(model_dir)} does not record num_classes and the dataset "
-            f'is not readable here ({e}): add "num_classes": N to that flags.json.'
-        ) from e
-
-
-def read_run(model_dir: str, checkpoint: str | None = None) -> RunRecord:
-    """The config of the run in ``model_dir`` (its ``flags.json``) and the checkpoint to
-    restore (default: the newest in ``model_dir``)."""
-    flags_dict = model_dir_lib.read_flags(model_dir)
-    if flags_dict is None:
-        raise ExportError(
-            f"No {model_dir_lib.FLAGS_FILE} in {model_dir}: point --model_dir at the folder of a "
-            "run started with run.py (it records the flags needed to rebuild the model)."
-        )
-    cfg = model_dir_lib.config_from_flags(flags_dict)
-    if not cfg.image_size:
-        raise ExportError(
-            f"{model_dir_lib.flags_path(model_dir)} has no resolved image_size: it was not "
-            "written by a training run of run.py."
-        )
-    prefix = checkpoints.resolve_checkpoint_path(checkpoint or model_dir)
-    step = checkpoints.checkpoint_step(prefix)
-    return RunRecord(cfg, prefix, step, _num_classes(cfg, flags_dict, model_dir))
-
-
-def rebuild(run: RunRecord) -> SimCLRModel:
-    """The run's float32 network with the weights of ``run.checkpoint``."""
-    model = build_serving_model(run.cfg, run.num_classes)
-    untracked = checkpoints.untracked_variables(model)
-    if untracked:
-        # A restore would silently leave these at their random initial values.
-        raise ExportError(
-            f"{len(untracked)} variables of the network are not reachable by checkpoints (a "
-            f"layer held only in a Python list?), e.g. {untracked[:3]}; their trained values "
-            "cannot be restored. Fix the model code so every sub-layer is tracked."
-        )
-    checkpoints.restore_model_weights(model, run.checkpoint)
-    return model

@@ -27,7 +27,6 @@ fine-tuned model of the student's architecture, and a resumed run reloads the te
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import keras
@@ -39,6 +38,7 @@ from simclr_tf import checkpoints, distribute
 from simclr_tf.data import augment, pipeline, sources
 from simclr_tf.metrics import TopKAccuracy
 from simclr_tf.models.simclr import SimCLRModel
+from simclr_tf.schedule import per_replica_batch
 
 # ------------------------------------------------------------------------------------------ loss
 
@@ -95,10 +95,6 @@ def distillation_terms(
 # --------------------------------------------------------------------------------------- teacher
 
 
-class TeacherError(checkpoints.CheckpointError):
-    """A teacher that cannot be used; the message names the fix."""
-
-
 class TeacherLogits(keras.Model):
     """Frozen ``images -> logits [N, classes]`` (float32) around a model that outputs them.
 
@@ -117,129 +113,6 @@ class TeacherLogits(keras.Model):
         if isinstance(out, dict):
             out = out["logits_sup"] if "logits_sup" in out else out["logits"]
         return tf.cast(out, tf.float32)
-
-
-def _head_classes(prefix: str) -> int:
-    """Classes of the supervised head stored in a checkpoint (0 when it has none).
-
-    Read through the checkpoint's object graph: with an optimizer in the checkpoint, a variable's
-    key names the optimizer's path to it, not ``model/supervised_head/...``.
-    """
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    reader = tf.train.load_checkpoint(prefix)
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    node = 0
-    for name in ("model", "supervised_head"):
-        node = next((c.node_id for c in graph.nodes[node].children if c.local_name == name), -1)
-        if node < 0:
-            return 0
-    shapes = reader.get_variable_to_shape_map()
-    stack, seen = [node], set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for attr in graph.nodes[node].attributes:
-            shape = shapes.get(attr.checkpoint_key)
-            if attr.name == "VARIABLE_VALUE" and shape is not None and len(shape) == 2:
-                return int(shape[-1])  # the classifier's kernel [features, classes]
-        stack.extend(c.node_id for c in graph.nodes[node].children)
-    return 0
-
-
-def load_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
-    """The frozen teacher of ``path`` as a :class:`TeacherLogits` (call in the strategy scope).
-
-    ``path``: a simclr_tf run folder or checkpoint prefix; the teacher's architecture is read from
-    that run's ``flags.json``. Anything else is handed to the published-checkpoint loader
-    ``simclr_tf.official.load_official(path)`` when that module exists.
-    """
-    from simclr_tf import model_dir as model_dir_lib
-    from simclr_tf.models.build import build_model  # build imports this module
-
-    is_folder = tf.io.gfile.isdir(path)
-    flags_dict = None
-    if is_folder or tf.io.gfile.exists(path + ".index"):
-        run_dir = path if is_folder else (os.path.dirname(path) or ".")
-        flags_dict = model_dir_lib.read_flags(run_dir)
-    if flags_dict is None:  # not a simclr_tf run: perhaps a published checkpoint
-        return _official_teacher(path, num_classes)
-    prefix = checkpoints.resolve_checkpoint_path(path)
-    tcfg = model_dir_lib.config_from_flags(flags_dict)
-    classes = _head_classes(prefix)
-    if classes == 0:
-        raise TeacherError(
-            f"Teacher {prefix} has no classifier: fine-tune it first (--train_mode=finetune "
-            f"--checkpoint={run_dir}) and pass that run as --teacher_checkpoint."
-        )
-    if classes != num_classes:
-        raise TeacherError(
-            f"Teacher {prefix} predicts {classes} classes but this dataset has {num_classes}: "
-            "distil on the dataset the teacher was fine-tuned on."
-        )
-    if tcfg.image_size and int(tcfg.image_size) != int(image_size):
-        raise TeacherError(
-            f"Teacher {prefix} was trained on {tcfg.image_size}x{tcfg.image_size} images but "
-            f"the student gets {image_size}x{image_size}: pass --image_size={tcfg.image_size}."
-        )
-    if tcfg.train_mode == "pretrain":
-        logging.warning("Teacher %s is a pretraining run: its logits are the linear probe's.", path)
-    model = build_model(tcfg.replace(teacher_checkpoint=None), classes)
-    model(tf.zeros([1, image_size, image_size, 3]), training=False)  # creates the variables
-    checkpoints.restore_model_weights(model, prefix)
-    logging.info("Teacher: %s (%s, %d classes).", prefix, _describe(tcfg), classes)
-    return TeacherLogits(model, name="teacher")
-
-
-def _describe(cfg: Any) -> str:
-    return f"ResNet-{cfg.resnet_depth} {cfg.width_multiplier:g}x, sk {cfg.sk_ratio:g}"
-
-
-def _official_teacher(path: str, num_classes: int) -> keras.Model:
-    """Plug point for published checkpoints: ``simclr_tf.official.load_official(path)``.
-
-    Used when that module exists and recognises ``path`` (``is_official``); it returns a
-    simclr_tf model (or ``(model, info)``) whose ``logits_sup`` are the teacher's logits.
-    """
-    try:
-        from simclr_tf import official  # noqa: PLC0415 - optional module
-    except ImportError:
-        official = None
-    recognised = getattr(official, "is_official", lambda _: hasattr(official, "load_official"))
-    if official is None or not recognised(path):
-        raise TeacherError(
-            f"--teacher_checkpoint={path} is not a simclr_tf run (no flags.json beside it) nor "
-            "a published checkpoint this package reads: pass the model_dir of a fine-tuned run."
-        )
-    model = official.load_official(path)
-    model = model[0] if isinstance(model, tuple) else model
-    classes = int(getattr(model, "num_classes", num_classes))
-    if classes != num_classes:
-        raise TeacherError(
-            f"Teacher {path} predicts {classes} classes but this dataset has {num_classes}: "
-            "distil on the dataset the teacher was fine-tuned on."
-        )
-    return TeacherLogits(model, name="teacher")
-
-
-def restore_student(model: SimCLRModel, path: str) -> str:
-    """Initialises a student from ``path`` (``--checkpoint`` of a distill run).
-
-    Encoder and projection head as in fine-tuning; the classifier too when the checkpoint has one
-    of the same shape (a fine-tuned run, e.g. the teacher itself: self-distillation that starts
-    at the teacher). Returns the checkpoint prefix.
-    """
-    prefix = checkpoints.resolve_checkpoint_path(path)
-    parts = {"encoder": model.encoder, "projection_head": model.projection_head}
-    if model.supervised_head is not None and _head_classes(prefix) == model.num_classes:
-        parts["supervised_head"] = model.supervised_head
-    root = tf.train.Checkpoint(model=tf.train.Checkpoint(**parts))
-    checkpoints.restore_exactly(root, prefix, partial=True)
-    logging.info("Student initialised from %s (%s).", prefix, ", ".join(parts))
-    return prefix
 
 
 class _Unsaved:
@@ -404,9 +277,7 @@ def fixed_view_dataset(
     With ``teacher`` (``--cache_teacher_logits``) its logits are computed once here and every
     element is ``(image, label, teacher_logits)``; the train step then skips the teacher.
     """
-    per_replica = pipeline.per_replica_batch_size(
-        cfg.train_batch_size, strategy.num_replicas_in_sync
-    )
+    per_replica = per_replica_batch(cfg, strategy.num_replicas_in_sync)
     table = None if teacher is None else teacher_logits_table(cfg, teacher)
     seed = checkpoints.resumed_seed(cfg.seed, start_step)  # a resumed run: a new order
 

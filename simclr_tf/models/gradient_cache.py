@@ -24,16 +24,14 @@ honours the dependencies.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import keras
 import tensorflow as tf
 
 from simclr_tf import distribute
-from simclr_tf.config import check_micro_batch
+from simclr_tf.config_checks import check_micro_batch
 from simclr_tf.models.layers import BatchNorm, deferred_moving_updates
-
-if TYPE_CHECKING:
-    from simclr_tf.models.simclr import SimCLRModel
 
 
 def keeps_loop(strategy: tf.distribute.Strategy) -> bool:
@@ -61,7 +59,7 @@ def for_each_chunk(
     return state
 
 
-def _batch_norms(model: SimCLRModel) -> list[BatchNorm]:
+def _batch_norms(model: keras.Model) -> list[BatchNorm]:
     return [layer for layer in model._flatten_layers() if isinstance(layer, BatchNorm)]
 
 
@@ -78,8 +76,20 @@ def _carry_moving(
     return carried
 
 
-def cached_train_step(model: SimCLRModel, view1: tf.Tensor, view2: tf.Tensor, labels: tf.Tensor):
-    """One optimizer step of ``model`` on the two views, in chunks of ``micro_batch_size``."""
+def _by_chunk(x: tf.Tensor, chunks, m: int) -> tf.Tensor:
+    """[n, ...] -> [chunks, m, ...]: chunk i holds rows i*m..(i+1)*m."""
+    return tf.reshape(x, tf.concat([[chunks, m], tf.shape(x)[1:]], 0))
+
+
+def _unchunk(z: tf.Tensor, m: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """[chunks, 2m, d] -> (z1 [n, d], z2 [n, d]) in the batch's row order."""
+    d = tf.shape(z)[-1]
+    return tf.reshape(z[:, :m], [-1, d]), tf.reshape(z[:, m:], [-1, d])
+
+
+def cached_train_step(model: keras.Model, view1: tf.Tensor, view2: tf.Tensor, labels: tf.Tensor):
+    """One optimizer step of ``model`` (a SimCLRModel: this module is below it, so it is typed as
+    its Keras base) on the two views, in chunks of ``micro_batch_size``."""
     m = int(model.micro_batch_size)
     n_static = view1.shape[0]
     if n_static is not None:
@@ -96,19 +106,35 @@ def cached_train_step(model: SimCLRModel, view1: tf.Tensor, view2: tf.Tensor, la
     chunks = n // m if n_static is None else n_static // m
     if not loop and not isinstance(chunks, int):
         raise ValueError("Unrolled gradient caching needs a static batch size.")
-    variables = model.trainable_variables
 
     # [chunks, 2m, H, W, C]: chunk i = (view 1 of images i*m..(i+1)*m, then their view 2).
-    def by_chunk(x: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(x, tf.concat([[chunks, m], tf.shape(x)[1:]], 0))
-
-    both = tf.concat([by_chunk(view1), by_chunk(view2)], axis=1)
+    both = tf.concat([_by_chunk(view1, chunks, m), _by_chunk(view2, chunks, m)], axis=1)
     both = tf.ensure_shape(both, [n_static and n_static // m, 2 * m, *view1.shape[1:]])
+    con, cached = _projection_gradients(model, both, chunks, m, replicas, loop)
 
-    def unchunk(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """[chunks, 2m, d] -> (z1 [n, d], z2 [n, d]) in the batch's row order."""
-        d = tf.shape(z)[-1]
-        return tf.reshape(z[:, :m], [-1, d]), tf.reshape(z[:, m:], [-1, d])
+    sup = model.supervised_head is not None
+    chunk_labels = None
+    if sup:
+        chunk_labels = _by_chunk(labels, chunks, m)
+        chunk_labels = tf.concat([chunk_labels, chunk_labels], axis=1)  # [chunks, 2m]
+    variables = model.trainable_variables
+    grads, logits_acc = _rerun_chunks(model, both, cached, chunk_labels, chunks, replicas, loop)
+    model.optimizer.apply(grads, variables)
+    total = con.loss
+    if sup:
+        all_labels = tf.reshape(chunk_labels, [-1])
+        all_logits = tf.reshape(logits_acc.stack(), [2 * n, -1])
+        sup_loss = model._sup_loss(all_labels, all_logits)
+        total = total + sup_loss
+    model._report_contrast(con, total)
+    if sup:
+        model._update_supervised(all_labels, all_logits, sup_loss)
+    return model._results()
+
+
+def _projection_gradients(model: keras.Model, both: tf.Tensor, chunks, m: int, replicas, loop):
+    """Passes 1 and 2: every chunk's projections without a tape, then the full batch's loss
+    and its gradient w.r.t. each projection, ``[chunks, 2m, d]`` like ``both``."""
 
     def project(i, zs):
         # training=True: batch norm uses the batch statistics of the re-run below; its moving
@@ -118,19 +144,23 @@ def cached_train_step(model: SimCLRModel, view1: tf.Tensor, view2: tf.Tensor, la
         return zs.write(i, tf.cast(hiddens[-1], tf.float32))
 
     zs = for_each_chunk(chunks, project, tf.TensorArray(tf.float32, size=chunks), loop)
-    z1, z2 = unchunk(tf.stop_gradient(zs.stack()))
+    z1, z2 = _unchunk(tf.stop_gradient(zs.stack()), m)
 
     with tf.GradientTape() as tape:
         tape.watch([z1, z2])
         con = model.contrastive_loss(z1, z2)
         scaled = con.loss / tf.cast(replicas, tf.float32)
     g1, g2 = tape.gradient(scaled, [z1, z2])
-    cached = tf.concat([by_chunk(g1), by_chunk(g2)], axis=1)  # [chunks, 2m, d]
+    cached = tf.concat([_by_chunk(g1, chunks, m), _by_chunk(g2, chunks, m)], axis=1)
+    return con, cached
 
-    sup = model.supervised_head is not None
-    if sup:
-        chunk_labels = by_chunk(labels)
-        chunk_labels = tf.concat([chunk_labels, chunk_labels], axis=1)  # [chunks, 2m]
+
+def _rerun_chunks(model: keras.Model, both, cached, chunk_labels, chunks, replicas, loop):
+    """Pass 3: each chunk again under a tape, back-propagating its cached projection gradients
+    (and its supervised loss); returns the summed gradients and the chunks' logits. Moving
+    statistics are carried through the loop and assigned once at its end."""
+    variables = model.trainable_variables
+    sup = chunk_labels is not None
     # Each chunk's mean supervised loss, weighted so the sum is the batch mean per replica.
     sup_weight = 1.0 / tf.cast(chunks * replicas, tf.float32)
     norms = _batch_norms(model)
@@ -171,14 +201,4 @@ def cached_train_step(model: SimCLRModel, view1: tf.Tensor, view2: tf.Tensor, la
     for bn, (mean, variance) in zip(norms, moving, strict=True):
         bn.moving_mean.assign(mean)
         bn.moving_variance.assign(variance)
-    model.optimizer.apply(grads, variables)
-    total = con.loss
-    if sup:
-        all_labels = tf.reshape(chunk_labels, [-1])
-        all_logits = tf.reshape(logits_acc.stack(), [2 * n, -1])
-        sup_loss = model._sup_loss(all_labels, all_logits)
-        total = total + sup_loss
-    model._report_contrast(con, total)
-    if sup:
-        model._update_supervised(all_labels, all_logits, sup_loss)
-    return model._results()
+    return grads, logits_acc

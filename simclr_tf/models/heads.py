@@ -13,11 +13,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf.config import PROJ_HEAD_MODES, head_depth
+from simclr_tf.config_checks import PROJ_HEAD_MODES, head_depth
+from simclr_tf.models.conv import BN_EPSILON
+from simclr_tf.models.conv import register as _register
 from simclr_tf.models.layers import BatchNorm, attach_layers
-
-BN_EPSILON = 1e-5
-_register = keras.saving.register_keras_serializable(package="simclr_tf")
 
 
 def _dense_init() -> keras.initializers.Initializer:

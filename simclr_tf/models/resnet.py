@@ -38,16 +38,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf.models.blocks import (
-    BLOCK_TYPES,
-    BNReLU,
-    FixedPaddingConv2D,
-    SelectiveKernel,
-    SqueezeExcite,
-    out_size,
-    register,
-    scaled_width,
-)
+from simclr_tf.models.blocks import BLOCK_TYPES, SelectiveKernel, SqueezeExcite
+from simclr_tf.models.conv import BNReLU, FixedPaddingConv2D, out_size, register, scaled_width
 from simclr_tf.models.layers import attach_layers, build_in_sequence, set_trainable
 
 # Blocks re-exported for callers that know them from here.

@@ -83,8 +83,6 @@ class SimCLRModel(keras.Model):
             )
         self.projection_head = projection_head
         self.train_mode = train_mode
-        self.temperature = temperature
-        self.hidden_norm = hidden_norm
         self.ft_proj_selector = ft_proj_selector
         self.frozen_stages = frozen_stages
         self.weight_decay = weight_decay

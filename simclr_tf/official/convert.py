@@ -1,5 +1,9 @@
 """Official checkpoints wherever simclr_tf takes a checkpoint, and as simclr_tf run folders.
 
+The top layer of :mod:`simclr_tf.official`: reading (``reader``, ``layout``, ``load``) sits below
+:mod:`simclr_tf.checkpoints`' users, while this module writes run folders and exports, so it
+imports ``train`` and ``export``; the package's ``__init__`` does not import it.
+
 * :func:`configure`: run.py's flags get the architecture of an official ``--checkpoint`` (or of
   a run folder converted from one), so ``--checkpoint=PATH`` needs no architecture flags.
 * :func:`convert`: an official checkpoint -> a normal run folder (flags.json, ``ckpt-<step>``,
@@ -18,9 +22,13 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf import checkpoints, train
+from simclr_tf import export as export_lib
 from simclr_tf import model_dir as model_dir_lib
 from simclr_tf.atomic import replace_folder, write_json_atomic
-from simclr_tf.config import ARCHITECTURE_KEYS, RESNET_ENCODER, Config
+from simclr_tf.config import ARCHITECTURE_KEYS, Config
+from simclr_tf.config_checks import RESNET_ENCODER
+from simclr_tf.model_card import model_card
 from simclr_tf.official.load import OfficialInfo, arch_config, inspect, load_official
 from simclr_tf.official.reader import OfficialCheckpointError, is_official
 
@@ -125,8 +133,6 @@ def convert(
     The folder is written next to ``model_dir`` and renamed into place when complete; an
     existing folder is replaced only with ``overwrite``.
     """
-    from simclr_tf import export as export_lib
-
     model_dir = model_dir.rstrip("/")
     if tf.io.gfile.exists(model_dir) and tf.io.gfile.listdir(model_dir) and not overwrite:
         raise OfficialCheckpointError(
@@ -163,8 +169,6 @@ def _save_like_a_run(model, cfg: Config, directory: str, step: int) -> None:
     A compiled simclr_tf model tracks its optimizer, so evaluation restores expect one; its
     step counter is the official global step, which also numbers results and exports.
     """
-    from simclr_tf import checkpoints, train
-
     schedule = train.make_schedule_for(cfg, num_train_examples=1)
     train.compile_model(cfg, model, train.build_optimizer_for(cfg, schedule))
     model.optimizer.iterations.assign(step)
@@ -181,9 +185,6 @@ def export_official(
     overwrite: bool = False,
 ) -> str:
     """Writes the serving + TF Hub SavedModel of an official checkpoint to ``export_dir``."""
-    from simclr_tf import export as export_lib
-    from simclr_tf.model_card import model_card
-
     model, info = load_official(checkpoint, use_ema=use_ema, ft_proj_selector=ft_proj_selector)
     size = int(image_size or default_image_size(info.arch.cifar_stem))
     cfg = _run_config(info, checkpoint, os.path.dirname(export_dir), size, use_ema)
@@ -198,4 +199,4 @@ def export_official(
 def export_dir_for(checkpoint: str, model_dir: str, use_ema: bool = False) -> str:
     """``model_dir/saved_model/<global step of the official checkpoint>``."""
     source, _, _, _ = inspect(checkpoint, use_ema)
-    return os.path.join(model_dir, "saved_model", str(int(source.global_step or 0)))
+    return model_dir_lib.export_path(model_dir, int(source.global_step or 0))

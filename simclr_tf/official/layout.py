@@ -16,7 +16,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterator
 
-from simclr_tf.models.blocks import scaled_width
+from simclr_tf.models.conv import scaled_width
 from simclr_tf.models.resnet import BLOCKS
 from simclr_tf.official.reader import TF1_CHECKPOINT, OfficialCheckpointError, Source
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf.config import Config
+from simclr_tf.models.build import build_serving_model
 from simclr_tf.official import layout
 from simclr_tf.official.reader import (
     TF2_SAVED_MODEL,
@@ -182,8 +183,6 @@ def assign(
 
 def build_model(cfg: Config, num_classes: int, image_size: int = _BUILD_SIZE) -> keras.Model:
     """The simclr_tf SimCLR model of ``cfg`` (float32, every layer trainable), built."""
-    from simclr_tf.models.build import build_serving_model
-
     return build_serving_model(cfg.replace(image_size=image_size), num_classes)
 
 

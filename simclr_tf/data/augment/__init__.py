@@ -21,10 +21,12 @@ One module per idea; this package defines the public API (import from here):
 * :mod:`.views`: the view recipes (``two_views``, ``pretrain_view``, ``finetune_view``,
   ``eval_view``, ``two_crops``) that compose the ops;
 * :mod:`.seeds`: stateless randomness (seed checks, sub-seeds, uniform and coin draws);
-* :mod:`.common`: the plumbing the ops share (one image or a batch, per-example values, checks).
+* :mod:`.common`: the plumbing the ops share (one image or a batch, per-example values, checks);
+* :mod:`.study_ops`: the paper's ablation ops (cutout, sobel, noise, rotate) and
+  ``--augmentations`` compositions (import it as a module; the names are in
+  :mod:`simclr_tf.data.recipe`).
 """
 
-from simclr_tf.config import default_color_strength, default_use_blur
 from simclr_tf.data.augment.blur import gaussian_blur, random_blur
 from simclr_tf.data.augment.color import (
     adjust_brightness,
@@ -51,6 +53,7 @@ from simclr_tf.data.augment.views import (
     two_crops,
     two_views,
 )
+from simclr_tf.data.recipe import default_color_strength, default_use_blur
 
 __all__ = [
     "adjust_brightness",

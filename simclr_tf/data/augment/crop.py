@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from simclr_tf.config import CROP_SAMPLERS
 from simclr_tf.data.augment.common import (
     Views,
     _check_p,
@@ -22,6 +21,7 @@ from simclr_tf.data.augment.common import (
     _to_batch,
 )
 from simclr_tf.data.augment.seeds import _as_seed, _bernoulli, _split, _uniform
+from simclr_tf.data.recipe import CROP_SAMPLERS
 
 # Keys cubic parameter used by tf.image.resize(..., "bicubic") (half-pixel centres).
 _KEYS_A = -0.5

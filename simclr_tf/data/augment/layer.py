@@ -11,8 +11,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from simclr_tf.config import default_color_strength, default_use_blur
 from simclr_tf.data.augment.views import eval_view, two_views
+from simclr_tf.data.recipe import default_color_strength, default_use_blur
 
 
 class SimCLRAugmentation(keras.layers.Layer):

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from simclr_tf.config import CROP_SAMPLERS
 from simclr_tf.data.augment.blur import _blur_params, _blur_step
 from simclr_tf.data.augment.color import _check_strength, _gray_step, _jitter_params, _jitter_step
 from simclr_tf.data.augment.common import Views, _check_size, _from_batch, _to_batch
@@ -24,6 +23,7 @@ from simclr_tf.data.augment.crop import (
     sample_crop_boxes,
 )
 from simclr_tf.data.augment.seeds import _bernoulli, _split
+from simclr_tf.data.recipe import CROP_SAMPLERS
 
 # One recipe, two executions. A BATCH runs every op vectorised with per-example parameters
 # (device side, fixed-size images): coins become neutral factors or identity kernels, colour

@@ -18,7 +18,7 @@ noise      additive Gaussian noise, sigma ~ U(0.05, 0.15) per image, clipped to 
 rotate     rotation by 90, 180 or 270 degrees (uniform per image)
 =========  ==================================================================================
 
-The first five are :mod:`simclr_tf.data.augment`'s; the last four are defined here. Every op is
+The first five are the recipe ops of this package; the last four are defined here. Every op is
 random per image, batched (one call per batch, ``[B]``-shaped parameters) and stateless (all
 randomness from a ``[2]`` seed), so a composition runs in ``tf.data`` (host) and inside a train
 step (device). The paper's recipe (``crop,flip,color,grayscale,blur``, the default) takes
@@ -32,12 +32,13 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from simclr_tf.config import AUGMENT_VIEWS
-from simclr_tf.data import augment
-
-# Keep in this order: it is also the order of the paper recipe.
-RECIPE = ("crop", "flip", "color", "grayscale", "blur")
-OPERATIONS = (*RECIPE, "cutout", "sobel", "noise", "rotate")
+from simclr_tf.data.augment.blur import random_blur
+from simclr_tf.data.augment.color import color_distortion, random_grayscale
+from simclr_tf.data.augment.common import _to_batch
+from simclr_tf.data.augment.crop import random_flip, random_resized_crop
+from simclr_tf.data.augment.seeds import _split, _uniform
+from simclr_tf.data.augment.views import eval_view, two_views
+from simclr_tf.data.recipe import AUGMENT_VIEWS, OPERATIONS, parse_augmentations
 
 CUTOUT_FRACTION = 0.5  # side of the cutout square / image side (DeVries & Taylor on CIFAR)
 NOISE_SIGMA = (0.05, 0.15)
@@ -45,63 +46,6 @@ _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 _LUMA = (0.2989, 0.5870, 0.1140)
 
 TwoViewsFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
-
-
-def parse_augmentations(text: str | Sequence[str] | None, use_blur: bool = True) -> tuple[str, ...]:
-    """A comma list (or sequence) of operation names -> tuple; None -> the paper recipe.
-
-    Raises ValueError naming the unknown or repeated operation. ``use_blur`` only shapes the
-    default recipe (no blur on CIFAR-sized images, as the paper).
-    """
-    if text is None:
-        return RECIPE if use_blur else tuple(op for op in RECIPE if op != "blur")
-    names = text.split(",") if isinstance(text, str) else list(text)
-    ops = tuple(n.strip().lower() for n in names if n.strip())
-    if not ops:
-        raise ValueError(
-            "--augmentations is empty: list at least one of " + ",".join(OPERATIONS) + "."
-        )
-    unknown = [op for op in ops if op not in OPERATIONS]
-    if unknown:
-        raise ValueError(
-            f"Unknown augmentation(s) {','.join(unknown)}: choose from {','.join(OPERATIONS)}."
-        )
-    repeated = sorted({op for op in ops if ops.count(op) > 1})
-    if repeated:
-        raise ValueError(f"Augmentation(s) listed twice: {','.join(repeated)}; list each once.")
-    return ops
-
-
-# --------------------------------------------------------------------------------------------
-# Seed and batch plumbing (own copies: the augment package's private helpers are not an API)
-# --------------------------------------------------------------------------------------------
-
-
-def _as_batch(image) -> tuple[tf.Tensor, bool]:
-    image = tf.convert_to_tensor(image)
-    if image.shape.rank not in (3, 4):
-        raise ValueError(
-            f"Expected one image [H, W, C] or a batch [B, H, W, C]; got shape {image.shape}."
-        )
-    x = tf.image.convert_image_dtype(image, tf.float32)
-    return (x[tf.newaxis], True) if image.shape.rank == 3 else (x, False)
-
-
-def _split(seed, num: int) -> list[tf.Tensor]:
-    seed = tf.convert_to_tensor(seed)
-    if seed.dtype not in (tf.int32, tf.int64):
-        seed = tf.cast(seed, tf.int64)
-    seeds = tf.random.experimental.stateless_split(seed, num, alg="philox")
-    return [seeds[i] for i in range(num)]
-
-
-def _uniform(shape, seed, minval: float = 0.0, maxval: float = 1.0) -> tf.Tensor:
-    """Stateless uniform from raw Philox bits (identical with and without XLA)."""
-    bits = tf.random.stateless_uniform(
-        shape, seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
-    )
-    unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
-    return minval + (maxval - minval) * unit
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +76,7 @@ def random_cutout(image, seed, fraction: float = CUTOUT_FRACTION) -> tf.Tensor:
     """Blacks out one square of side ``fraction * min(H, W)`` per image (always applied)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"cutout fraction must be in (0, 1]; got {fraction}.")
-    x, single = _as_batch(image)
+    x, single = _to_batch(image)
     shape = tf.shape(x)
     boxes = cutout_boxes(seed, shape[1], shape[2], shape[0], fraction)
     rows = tf.range(shape[1])[tf.newaxis, :]
@@ -150,7 +94,7 @@ def sobel_edges(image) -> tf.Tensor:
     Deterministic (the paper's "Sobel filtering"); borders use symmetric padding so a flat image
     has no edges. An image without edges maps to black.
     """
-    x, single = _as_batch(image)
+    x, single = _to_batch(image)
     channels = x.shape[-1]
     if channels is not None and channels != 3:
         raise ValueError(f"sobel needs RGB images with 3 channels; got {channels}.")
@@ -171,7 +115,7 @@ def random_noise(image, seed, sigma_range: Sequence[float] = NOISE_SIGMA) -> tf.
     lo, hi = float(sigma_range[0]), float(sigma_range[1])
     if not 0.0 <= lo <= hi:
         raise ValueError(f"sigma_range must satisfy 0 <= low <= high; got {sigma_range}.")
-    x, single = _as_batch(image)
+    x, single = _to_batch(image)
     s_sigma, s_radius, s_angle = _split(seed, 3)
     sigma = _uniform(tf.shape(x)[:1], s_sigma, lo, hi)
     # Box-Muller on the bit-exact uniforms: the same noise with and without XLA.
@@ -197,7 +141,7 @@ def random_rotate(image, seed) -> tf.Tensor:
     if image.shape.rank == 3:
         k = rotation_quarters(seed, 1)[0]
         return tf.image.rot90(tf.image.convert_image_dtype(image, tf.float32), k)
-    x, _ = _as_batch(image)
+    x, _ = _to_batch(image)
     h, w = x.shape[1], x.shape[2]
     if h is not None and w is not None and h != w:
         raise ValueError(
@@ -219,15 +163,15 @@ def _apply(
     op: str, x: tf.Tensor, seed: tf.Tensor, size: int, strength: float, crop_sampler: str
 ) -> tf.Tensor:
     if op == "crop":
-        return augment.random_resized_crop(x, seed, size, sampler=crop_sampler)
+        return random_resized_crop(x, seed, size, sampler=crop_sampler)
     if op == "flip":
-        return augment.random_flip(x, seed)
+        return random_flip(x, seed)
     if op == "color":
-        return augment.color_distortion(x, seed, strength, jitter_p=0.8, grayscale_p=0.0)
+        return color_distortion(x, seed, strength, jitter_p=0.8, grayscale_p=0.0)
     if op == "grayscale":
-        return augment.random_grayscale(x, seed, p=0.2)
+        return random_grayscale(x, seed, p=0.2)
     if op == "blur":
-        return augment.random_blur(x, seed)
+        return random_blur(x, seed)
     if op == "cutout":
         return random_cutout(x, seed)
     if op == "sobel":
@@ -245,7 +189,7 @@ def centre_view(image, size: int) -> tf.Tensor:
     image = tf.convert_to_tensor(image)
     if image.shape[-3] == size and image.shape[-2] == size:
         return tf.image.convert_image_dtype(image, tf.float32)
-    return tf.clip_by_value(augment.eval_view(image, size), 0.0, 1.0)
+    return tf.clip_by_value(eval_view(image, size), 0.0, 1.0)
 
 
 def composed_view(
@@ -321,7 +265,7 @@ def two_views_fn(
     recipe = parse_augmentations(None, use_blur)
     if ops == recipe and augment_views == "both":
         return functools.partial(
-            augment.two_views,
+            two_views,
             size=size,
             color_jitter_strength=color_jitter_strength,
             use_blur=use_blur,

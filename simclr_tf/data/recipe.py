@@ -1,0 +1,58 @@
+"""The augmentation recipe in words: operation names, crop samplers, view modes, the small-image
+defaults, and the parser of ``--augmentations``.
+
+Plain Python, no TensorFlow: :mod:`simclr_tf.config` validates and resolves flags with it before
+TensorFlow starts, and :mod:`simclr_tf.data.augment` (the ops themselves) imports it, so the
+names are written once and neither side reaches up to the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Keep in this order: it is also the order of the paper recipe.
+RECIPE = ("crop", "flip", "color", "grayscale", "blur")
+OPERATIONS = (*RECIPE, "cutout", "sobel", "noise", "rotate")
+
+CROP_SAMPLERS = ("reference", "uniform_area")
+AUGMENT_VIEWS = ("both", "one")
+AUGMENT_PLACES = ("host", "device")
+
+# Images up to this side get the paper's CIFAR-10 settings: colour strength 0.5, no blur, the
+# 3x3 stem.
+SMALL_IMAGE_SIDE = 32
+
+
+def default_color_strength(image_size: int) -> float:
+    """SimCLR colour strength: 0.5 for CIFAR-sized images (<= 32 px), else 1.0."""
+    return 0.5 if image_size <= SMALL_IMAGE_SIDE else 1.0
+
+
+def default_use_blur(image_size: int) -> bool:
+    """SimCLR uses Gaussian blur on ImageNet-sized images but not on CIFAR (<= 32 px)."""
+    return image_size > SMALL_IMAGE_SIDE
+
+
+def parse_augmentations(text: str | Sequence[str] | None, use_blur: bool = True) -> tuple[str, ...]:
+    """A comma list (or sequence) of operation names -> tuple; None -> the paper recipe.
+
+    Raises ValueError naming the unknown or repeated operation. ``use_blur`` only shapes the
+    default recipe (no blur on CIFAR-sized images, as the paper).
+    """
+    if text is None:
+        return RECIPE if use_blur else tuple(op for op in RECIPE if op != "blur")
+    names = text.split(",") if isinstance(text, str) else list(text)
+    ops = tuple(n.strip().lower() for n in names if n.strip())
+    if not ops:
+        raise ValueError(
+            "--augmentations is empty: list at least one of " + ",".join(OPERATIONS) + "."
+        )
+    unknown = [op for op in ops if op not in OPERATIONS]
+    if unknown:
+        raise ValueError(
+            f"Unknown augmentation(s) {','.join(unknown)}: choose from {','.join(OPERATIONS)}."
+        )
+    repeated = sorted({op for op in ops if ops.count(op) > 1})
+    if repeated:
+        raise ValueError(f"Augmentation(s) listed twice: {','.join(repeated)}; list each once.")
+    return ops
