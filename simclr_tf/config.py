@@ -29,12 +29,14 @@ from simclr_tf.config_checks import (
     AUGMENT_VIEWS,
     BN_MOMENTS,
     CROP_SAMPLERS,
+    ENCODER_SYNTAX,
     LOSSES,
     LR_SCALINGS,
     MODES,
     OPTIMIZERS,
     PRECISIONS,
     PROJ_HEAD_MODES,
+    RESNET_ENCODER,
     STRATEGIES,
     TRAIN_MODES,
     ConfigChecks,
@@ -50,6 +52,7 @@ from simclr_tf.data.recipe import (
 # Flags that define the network's variables: a model_dir written with other values holds a
 # different architecture and must not be silently reused.
 ARCHITECTURE_KEYS = (
+    "encoder",
     "resnet_depth",
     "width_multiplier",
     "sk_ratio",
@@ -205,6 +208,11 @@ class Config(ConfigChecks):
     hidden_norm: bool = setting(True, "L2-normalise projections before the contrastive loss.")
 
     # Network.
+    encoder: str = setting(
+        RESNET_ENCODER,
+        f"The encoder: {ENCODER_SYNTAX}. Partial freezing, --sk_ratio/--se_ratio and official "
+        "checkpoints need the ResNet.",
+    )
     resnet_depth: int = setting(50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
     width_multiplier: float = setting(1.0, "Width multiplier of the ResNet (fractions allowed).")
     sk_ratio: float = setting(0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625); 0 = off.")

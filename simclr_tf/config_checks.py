@@ -29,6 +29,10 @@ __all__ = [  # the choices of the settings table, including the augmentation one
     "TRAIN_MODES",
     "ConfigChecks",
     "ConfigError",
+    "ENCODER_SYNTAX",
+    "KERAS_APPLICATIONS",
+    "RESNET_ENCODER",
+    "check_encoder_spec",
     "check_micro_batch",
     "head_depth",
 ]
@@ -48,6 +52,26 @@ PRECISIONS = ("none", "bfloat16", "float16")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 BN_MOMENTS = ("exact", "reference")  # how training batch norm computes the batch variance
+
+
+# --encoder values: this package's ResNet, a keras.applications model, or a function of yours.
+RESNET_ENCODER = "resnet"
+KERAS_APPLICATIONS = "keras_applications"
+ENCODER_SYNTAX = (
+    "'resnet' (this package's ResNet, sized by --resnet_depth / --width_multiplier), "
+    "'keras_applications:NAME' (e.g. keras_applications:MobileNetV3Small: random weights, no "
+    "top, average pooling, built-in 0-255 preprocessing off) or 'python.module:function' (a "
+    "function of image_size returning a keras.Model from images in [0, 1] to features)"
+)
+
+
+def check_encoder_spec(spec: str) -> None:
+    """Raises ConfigError unless ``spec`` has the ``--encoder`` syntax (nothing is imported)."""
+    if spec == RESNET_ENCODER:
+        return
+    source, sep, name = spec.partition(":")
+    if not sep or not source or not name:
+        raise ConfigError(f"--encoder={spec!r} is not understood: use {ENCODER_SYNTAX}.")
 
 
 def head_depth(proj_head_mode: str, num_proj_layers: int) -> int:
@@ -145,6 +169,7 @@ class ConfigChecks:
                 "--data_service reads image folders (--dataset=image_folder): its workers read "
                 "the files by index; TFDS datasets are read on this host."
             )
+        err += self._encoder_errors()
         if self.crop_sampler not in CROP_SAMPLERS:
             err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
         err += self._study_errors()
@@ -198,6 +223,27 @@ class ConfigChecks:
             err.append("--color_jitter_strength must be >= 0.")
         if self.verbose not in (0, 1, 2):
             err.append(f"--verbose={self.verbose} must be 0, 1 or 2.")
+        return err
+
+    def _encoder_errors(self) -> list[str]:
+        """What only this package's ResNet can do, refused for another ``--encoder``."""
+        try:
+            check_encoder_spec(self.encoder)
+        except ConfigError as e:
+            return [str(e)]
+        if self.encoder == RESNET_ENCODER:
+            return []
+        err = []
+        if self.train_mode != "pretrain" and self.fine_tune_after_block not in (-1, 4):
+            err.append(
+                f"--fine_tune_after_block={self.fine_tune_after_block} freezes ResNet stages: "
+                f"--encoder={self.encoder} is frozen whole (4) or not at all (-1)."
+            )
+        if self.sk_ratio or self.se_ratio:
+            err.append(
+                "--sk_ratio / --se_ratio are ResNet blocks: drop them with "
+                f"--encoder={self.encoder}."
+            )
         return err
 
     def _distill_errors(self) -> list[str]:

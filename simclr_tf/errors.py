@@ -11,7 +11,18 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A failure caused by the user's input; the message names the fix and nothing was lost."""
+    """A failure caused by the user's input; the message names the fix and nothing was lost.
+
+    Args:
+      message: one line saying what is wrong and how to fix it.
+
+    Example::
+
+        try:
+            model = simclr_tf.SimCLR(backbone_without_fixed_size)
+        except simclr_tf.UserError as e:
+            print(e)  # "SimCLR(augment=True) needs the view size: pass image_size=..."
+    """
 
 
 class ExportError(UserError, RuntimeError):

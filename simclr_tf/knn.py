@@ -93,9 +93,15 @@ def knn_predict(
 
     Features are L2-normalised here, similarity is cosine, the top-k bank neighbours (k clamped
     to N) each add exp(sim / temperature) to their class's score; argmax is the prediction.
-    Queries are processed `chunk_size` rows at a time. Scores are float32: exp(1 / temperature)
-    overflows for temperature below ~0.0113 (the protocol uses 0.07-0.1).
-    `bank_labels` are sparse ids [N] (or one-hot [N, num_classes]) in [0, num_classes).
+    Scores are float32: exp(1 / temperature) overflows below temperature ~0.0113.
+
+    Args:
+      query, bank: ``[Q, D]`` features to classify, ``[N, D]`` features of labelled examples.
+      bank_labels: ``[N]`` class ids in [0, num_classes) (or one-hot ``[N, num_classes]``).
+      num_classes, k, temperature: the classes, the voters (clamped to N), the vote weight.
+      chunk_size: queries per similarity block (bounds the memory).
+
+    Example: ``scores = simclr_tf.knn_predict(h_test, h_train, y_train, num_classes=10)``.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
@@ -267,13 +273,19 @@ class KNNMonitor(keras.callbacks.Callback):
     (CSVLogger, TensorBoard, History) record it. With `log_dir` it also writes a TensorBoard
     scalar `knn_top1` at step `model.optimizer.iterations`.
 
-    `fill_value`: what `logs["knn_top1"]` holds on epochs without a kNN pass. None (default)
-    leaves the key out; set float("nan") when a CSVLogger follows and every_n_epochs > 1,
-    because CSVLogger fixes its columns from the first epoch's logs.
-
     Under tf.distribute the encoder runs through the model's strategy (``strategy.run`` on a
     distributed dataset, then ``strategy.gather``), as TPUStrategy requires; batches are padded
     to a static, replica-divisible size with a mask, so every example counts once.
+
+    Args:
+      bank_dataset_fn, eval_dataset_fn: zero-argument functions returning batched
+        ``(images, labels)`` datasets (evaluation views): the voters and the queries.
+      num_classes, k, temperature, bank_size (None = all): the kNN settings.
+      every_n_epochs: epochs between two passes; log_dir: for the TensorBoard scalar.
+      fill_value: ``knn_top1`` on epochs without a pass; None (default) leaves it out; NaN
+        suits a Keras CSVLogger, which fixes its columns from the first epoch.
+
+    Example: ``model.fit(x, callbacks=[KNNMonitor(lambda: bank, lambda: test, num_classes=10)])``.
     """
 
     def __init__(
@@ -380,6 +392,10 @@ class KNNMonitor(keras.callbacks.Callback):
         if max_examples is not None:
             features_all, labels_all = features_all[:max_examples], labels_all[:max_examples]
         return features_all, labels_all
+
+    def features(self, dataset: tf.data.Dataset, max_examples: int | None = None):
+        """``(features [N, D], labels [N])`` of a batched dataset with the current encoder."""
+        return self._features(dataset, max_examples)
 
     def evaluate(self) -> float:
         """One kNN pass with the current weights; returns top-1 accuracy in [0, 1]."""

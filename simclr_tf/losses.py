@@ -208,6 +208,11 @@ def nt_xent(
     negative-term gradients back to the replica that owns the rows, so
     sum_r grad(loss_r / R) = grad(global mean loss): the applied gradient equals the
     single-device gradient on the full batch of N images.
+
+    Example::
+
+        out = simclr_tf.nt_xent(z1, z2, temperature=0.5)
+        out.loss, out.accuracy
     """
     z1, z2 = _check_inputs(z1, z2, temperature)
     with tf.name_scope("nt_xent"):
@@ -285,6 +290,17 @@ def nt_logistic(
     term. The paper tuned tau in {0.1, 0.2, 0.5, 1.0} (Appendix B.10). Negatives, replicas and
     the returned diagnostics are as in :func:`nt_xent` (accuracy and entropy of the softmax of
     similarity / tau).
+
+    Args:
+      z1, z2: ``[n, d]`` projections of the two views (row i of each: a positive pair).
+      temperature: tau > 0.
+      hidden_norm: L2-normalise the rows first.
+      cross_replica: negatives from every replica.
+      semi_hard_negatives: only the closest negative farther than the positive.
+
+    Example::
+
+        loss = simclr_tf.nt_logistic(z1, z2, temperature=0.2).loss
     """
     z1, z2 = _check_inputs(z1, z2, temperature)
     with tf.name_scope("nt_logistic"):
@@ -315,6 +331,18 @@ def margin_triplet(
     negative with ``s+ - m < s- < s+`` (farther than the positive, within the margin; see
     :func:`_negatives`), 0 for an anchor without one. ``temperature`` only scales the logits of
     the reported accuracy / entropy, not the loss.
+
+    Args:
+      z1, z2: ``[n, d]`` projections of the two views (row i of each: a positive pair).
+      margin: m >= 0.
+      hidden_norm: L2-normalise the rows first.
+      cross_replica: negatives from every replica.
+      semi_hard_negatives: only the closest negative within the margin.
+      temperature: scales the reported logits only.
+
+    Example::
+
+        loss = simclr_tf.margin_triplet(z1, z2, margin=0.4).loss
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}; the paper tuned 0, 0.4, 0.8, 1.6.")

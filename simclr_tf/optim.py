@@ -82,6 +82,16 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     Keras's ``CosineDecay(warmup_target=..., warmup_steps=...)`` computes this curve; this class
     only adds the argument check and the 0 from ``total_steps`` on (when the warmup covers the
     whole run, Keras would return the peak at ``total_steps``).
+
+    Args:
+      peak_learning_rate: the rate at the end of the warmup (e.g. 0.3 x batch / 256).
+      warmup_steps: steps of the linear warmup (the paper: 10 epochs).
+      total_steps: steps of the whole run; 0 from there on.
+
+    Example::
+
+        schedule = simclr_tf.WarmupCosineDecay(1.0, warmup_steps=100, total_steps=1000)
+        float(schedule(100))  # 1.0
     """
 
     def __init__(self, peak_learning_rate: float, warmup_steps: int, total_steps: int):
@@ -180,6 +190,20 @@ class LARS(_CoupledWeightDecay, keras.optimizers.Optimizer):
 
     Under `tf.distribute`, Keras sums the replicas' gradients before `update_step`, so every
     replica computes the same norms and trust ratios from the summed gradient.
+
+    Args:
+      learning_rate: a float or a schedule (e.g. :class:`WarmupCosineDecay`).
+      momentum: momentum of the velocity.
+      weight_decay: coupled L2 weight decay (added to the gradient before the trust ratio).
+      eeta: trust coefficient.
+      nesterov: Nesterov momentum.
+      name: the optimizer's name.
+
+    Example::
+
+        optimizer = simclr_tf.LARS(simclr_tf.WarmupCosineDecay(4.8, 500, 5000),
+                                   weight_decay=1e-6)
+        model.compile(optimizer=optimizer)
     """
 
     def __init__(

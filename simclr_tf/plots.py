@@ -1,8 +1,9 @@
 """Pictures of runs and studies: ``curves.png`` of a model_dir, ablation heatmaps and bar charts.
 
-matplotlib is an optional dependency (the ``tools`` extra): training calls
-:func:`write_curves_safely`, which logs one line and skips when matplotlib is missing, so a
-plain ``pip install simclr_tf`` still trains. Everything here reads files a run already writes
+matplotlib is a dependency of the default install (so the README's first command draws
+``curves.png``); it is imported only when a picture is drawn, and training calls
+:func:`write_curves_safely`, which logs one line and skips when matplotlib is missing, so an
+install without it still trains. Everything here reads files a run already writes
 (``metrics.csv``), so a picture can be redrawn at any time (``tools/plot_run.py``).
 """
 
@@ -82,7 +83,8 @@ def curve_series(
     return panels
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +95,7 @@ def _pyplot():
 
 def curves_figure(runs: dict[str, dict[str, list[float]]]) -> Any:
     """One figure, one panel per metric group, one line per (run, column); returns the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     titles: list[str] = []
     per_run = {label: dict(curve_series(m)) for label, m in runs.items()}
     for title, _ in PANELS:
@@ -133,7 +135,7 @@ def write_curves(model_dirs: Sequence[str], out: str, labels: Sequence[str] | No
         with atomic_path(out) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return out
 
 
@@ -142,7 +144,7 @@ def write_curves_safely(model_dir: str) -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        logging.info("curves.png skipped: matplotlib is not installed (pip install .[tools]).")
+        logging.info("curves.png skipped: matplotlib is not installed (pip install matplotlib).")
         return None
     if not os.path.exists(metrics_path(model_dir)):
         return None
@@ -171,7 +173,7 @@ def heatmap(
     """
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     grid = np.full((len(ops), len(ops)), np.nan)
     for (a, b), v in values.items():
         if a in ops and b in ops:
@@ -207,7 +209,7 @@ def bar_chart(
     names: Sequence[str], values: Sequence[float], out: str, title: str, label: str = "top-1 (%)"
 ) -> Any:
     """A 1-D sweep (loss, temperature, head, batch size) as labelled bars. Returns the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 * len(names) + 1.5), 3.4))
     bars = ax.bar(range(len(names)), values, color="tab:blue")
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)

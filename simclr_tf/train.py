@@ -22,6 +22,7 @@ from simclr_tf import (
     evaluate,
     loss_scale,
     model_dir,
+    neighbours,
     optim,
     plots,
 )
@@ -206,7 +207,9 @@ def knn_monitor(cfg: Config, info: sources.DatasetInfo) -> KNNMonitor:
         every_n_epochs=cfg.knn_every_epochs,
         k=cfg.knn_k,
         bank_size=cfg.knn_bank_size,
-        fill_value=float("nan"),  # epochs without a kNN pass log nan, not a missing column
+        # Epochs without a kNN pass log no knn_top1 (so the progress line shows no nan):
+        # MetricsCSV adds the column when it first appears and leaves other epochs' cells empty.
+        fill_value=None,
     )
 
 
@@ -305,8 +308,10 @@ def train(
     model_dir.record_flags(cfg, write_dir, step, num_classes=info.num_classes)
 
     extra: list[keras.callbacks.Callback] = []
+    monitor = None
     if cfg.train_mode == "pretrain" and cfg.knn_every_epochs > 0:
-        extra.append(knn_monitor(cfg, info))
+        monitor = knn_monitor(cfg, info)
+        extra.append(monitor)
     extra += [
         MetricsCSV(model_dir.metrics_path(write_dir)),
         keras.callbacks.TensorBoard(log_dir=model_dir.summaries_dir(write_dir), write_graph=False),
@@ -355,4 +360,13 @@ def train(
             shuffle=False,  # the input pipeline shuffles (seeded)
         )
     plots.write_curves_safely(write_dir)  # model_dir/curves.png, when matplotlib is installed
+    if monitor is not None:  # model_dir/neighbours.png: what the kNN monitor's encoder finds
+        neighbours.write_neighbours_safely(
+            write_dir,
+            features=monitor.features,
+            bank=monitor.bank_dataset_fn,
+            queries=monitor.eval_dataset_fn,
+            bank_size=cfg.knn_bank_size,
+            class_names=info.class_names,
+        )
     return model

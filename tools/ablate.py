@@ -234,7 +234,7 @@ def write_outputs(cells: list[Cell], out: str, how: str, pairwise: bool, title: 
                             [100 * float(r[column]) for r in scored],
                             os.path.join(out, "sweep.png"), title, f"{column} (%)")  # fmt: skip
     except ImportError:
-        print("ablate: picture skipped, matplotlib is not installed (pip install .[tools]).")
+        print("ablate: picture skipped, matplotlib is not installed (pip install matplotlib).")
 
 
 def main(argv: list[str]) -> None:

@@ -5,7 +5,7 @@
 
 Panels (each drawn when the run logged it, per epoch): contrastive loss and accuracy, learning
 rate, probe (supervised_acc) and kNN accuracy, supervised loss (fine-tuning), total loss.
-Needs matplotlib (``pip install .[tools]``).
+Needs matplotlib (part of the default install).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     try:
         plots.write_curves(dirs, out, FLAGS.label)
     except ImportError:
-        print("plot_run: matplotlib is not installed: pip install .[tools]", file=sys.stderr)
+        print("plot_run: matplotlib is not installed: pip install matplotlib", file=sys.stderr)
         sys.exit(2)
     except FileNotFoundError as e:
         print(f"plot_run: {e}", file=sys.stderr)

@@ -15,17 +15,21 @@ import tensorflow as tf
 
 from simclr_tf import losses
 from simclr_tf.config import Config
+from simclr_tf.config_checks import RESNET_ENCODER
 from simclr_tf.data.augment import study_ops
 from simclr_tf.errors import ExportError
+from simclr_tf.models.backbone import KerasBackbone, backbone_from_spec
 from simclr_tf.models.distill import DistillationModel
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel
 
 
-def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
-    """The SimCLR model of the config (call inside the strategy scope)."""
-    encoder = ResNet(
+def build_encoder(cfg: Config) -> keras.Model:
+    """The ``--encoder`` of the config: this package's ResNet or a wrapped Keras backbone."""
+    if cfg.encoder != RESNET_ENCODER:
+        return KerasBackbone(backbone_from_spec(cfg.encoder, int(cfg.image_size)), name="encoder")
+    return ResNet(
         depth=cfg.resnet_depth,
         width_multiplier=cfg.width_multiplier,
         cifar_stem=bool(cfg.cifar_stem),
@@ -36,6 +40,11 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
         first_block_projection=cfg.first_block_projection,
         name="encoder",
     )
+
+
+def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
+    """The SimCLR model of the config (call inside the strategy scope)."""
+    encoder = build_encoder(cfg)
     head = ProjectionHead(
         mode=cfg.proj_head_mode,
         num_layers=cfg.num_proj_layers,

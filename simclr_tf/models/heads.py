@@ -33,6 +33,18 @@ class ProjectionHead(keras.layers.Layer):
         ``"nonlinear"``: ``num_layers`` layers. Each middle layer is Dense(dim(h), no bias) +
             BN(center=True) + ReLU; the last is Dense(out_dim, no bias) + BN(center=False), no
             ReLU. ``num_layers=2`` is the SimCLRv1 head, 3 the SimCLRv2 head.
+
+    Args:
+      mode: ``"none"``, ``"linear"`` or ``"nonlinear"``.
+      num_layers: layers of the nonlinear head.
+      out_dim: width of the projection z.
+      bn_momentum: batch-norm moving-average momentum.
+      global_bn: batch-norm moments over all replicas.
+
+    Example::
+
+        head = simclr_tf.ProjectionHead(num_layers=2, out_dim=128)
+        hiddens = head(h, training=True)  # [h, layer 1, z]
     """
 
     def __init__(

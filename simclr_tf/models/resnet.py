@@ -238,6 +238,20 @@ class ResNet(keras.Model):
     ``stages`` = [stem, block_group1, ..., block_group4]. ``frozen_stages=k`` in `call` runs the
     first k stages in inference mode (moving BN statistics, no updates) and stops gradients at
     their output, which is how linear evaluation (k = 5) and partial fine-tuning use the encoder.
+
+    Args:
+      depth: 18, 34, 50, 101, 152 or 200.
+      width_multiplier: channel multiplier (fractions allowed).
+      cifar_stem: 3x3 stride-1 stem without max pool (for 32 px images).
+      sk_ratio, se_ratio: selective-kernel / squeeze-excitation ratios (0 = off).
+      bn_momentum: batch-norm moving-average momentum.
+      global_bn: batch-norm moments over all replicas.
+      first_block_projection: a projection shortcut in every group's first block.
+
+    Example::
+
+        encoder = simclr_tf.ResNet(depth=18, cifar_stem=True)
+        h = encoder(tf.zeros([2, 32, 32, 3]))  # [2, 512]
     """
 
     def __init__(

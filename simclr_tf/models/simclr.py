@@ -19,9 +19,9 @@ import tensorflow as tf
 from simclr_tf import distribute, losses, optim
 from simclr_tf.metrics import ExampleCount, LastValue, TopKAccuracy
 from simclr_tf.models import gradient_cache
+from simclr_tf.models.backbone import BackboneError, as_encoder, uses_keras_batch_norm
 from simclr_tf.models.heads import LinearHead, ProjectionHead
 from simclr_tf.models.layers import set_batch_moments, set_trainable
-from simclr_tf.models.resnet import ResNet
 
 AugmentFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
@@ -30,7 +30,9 @@ class SimCLRModel(keras.Model):
     """Encoder, projection head and supervised head, trained by ``fit`` with custom steps.
 
     Args:
-      encoder: the ResNet giving the representation ``h``.
+      encoder: the network giving the representation ``h``: this package's ``ResNet`` or any
+        ``keras.Model`` from images to a vector or feature map (wrapped in
+        :class:`~simclr_tf.models.backbone.KerasBackbone`, which supports no partial freezing).
       projection_head: maps ``h`` to the projection ``z`` used by the contrastive loss.
       num_classes: classes of the supervised head (0 = no supervised head).
       train_mode: ``pretrain`` (NT-Xent, plus a live linear probe when
@@ -54,7 +56,7 @@ class SimCLRModel(keras.Model):
 
     def __init__(
         self,
-        encoder: ResNet,
+        encoder: keras.Model,
         projection_head: ProjectionHead,
         num_classes: int,
         *,
@@ -76,7 +78,12 @@ class SimCLRModel(keras.Model):
         super().__init__(**kwargs)
         if train_mode not in ("pretrain", "finetune"):
             raise ValueError(f"train_mode must be pretrain or finetune, got {train_mode!r}.")
-        self.encoder = encoder
+        self.encoder = as_encoder(encoder)
+        if micro_batch_size and uses_keras_batch_norm(self.encoder):
+            raise BackboneError(
+                "Gradient caching (micro_batch_size) needs this package's BatchNorm (the encoder "
+                "has keras.layers.BatchNormalization): use micro_batch_size=0 or the ResNet."
+            )
         self.projection_head = projection_head
         self.train_mode = train_mode
         self.ft_proj_selector = ft_proj_selector

@@ -27,6 +27,7 @@ from simclr_tf import export as export_lib
 from simclr_tf import model_dir as model_dir_lib
 from simclr_tf.atomic import replace_folder, write_json_atomic
 from simclr_tf.config import ARCHITECTURE_KEYS, Config
+from simclr_tf.config_checks import RESNET_ENCODER
 from simclr_tf.model_card import model_card
 from simclr_tf.official.load import OfficialInfo, arch_config, inspect, load_official
 from simclr_tf.official.reader import OfficialCheckpointError, is_official
@@ -55,6 +56,11 @@ def configure(cfg: Config) -> Config:
     ``--mode=eval``, so its flags.json need not be repeated on the command line.
     """
     if cfg.checkpoint and is_official(cfg.checkpoint):
+        if cfg.encoder != RESNET_ENCODER:
+            raise OfficialCheckpointError(
+                f"{cfg.checkpoint} is a published ResNet checkpoint: it cannot be loaded into "
+                f"--encoder={cfg.encoder} (drop --encoder)."
+            )
         _, arch, head, _ = inspect(cfg.checkpoint, cfg.checkpoint_ema)
         if head.proj_mode == "none" and cfg.ft_proj_selector:
             raise OfficialCheckpointError(

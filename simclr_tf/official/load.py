@@ -257,6 +257,17 @@ def load_official(
     supervised head; None: measured for a SavedModel, else 0 (TF1/TF2 checkpoints cannot tell;
     SimCLRv2 fine-tuned from layer 1 of the head). ``base``: other flags of the returned
     ``info.config`` (the architecture ones are replaced).
+
+    Args:
+      path: the published checkpoint or SavedModel.
+      use_ema: load the EMA weights of TF1 SimCLRv2 checkpoints.
+      ft_proj_selector: projection layer feeding the supervised head (None = measured or 0).
+      base: a Config whose non-architecture settings the returned config keeps.
+
+    Example::
+
+        model, info = simclr_tf.load_official("r50_1x_sk0/saved_model")
+        h = model(images)["final_avg_pool"]
     """
     source, arch, head, layer_slots = inspect(path, use_ema)
     selector = 0 if ft_proj_selector is None else int(ft_proj_selector)

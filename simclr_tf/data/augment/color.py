@@ -225,7 +225,18 @@ def random_grayscale(image, seed, p: float = 0.2) -> tf.Tensor:
 def color_distortion(
     image, seed, strength: float, jitter_p: float = 0.8, grayscale_p: float = 0.2
 ) -> tf.Tensor:
-    """Colour jitter (random order) with probability ``jitter_p``, then grayscale with p."""
+    """Colour jitter (random order) with probability ``jitter_p``, then grayscale with p.
+
+    Args:
+      image: one image ``[H, W, 3]`` or a batch ``[B, H, W, 3]`` (uint8 or float in [0, 1]).
+      seed: ``[2]`` int tensor of the stateless draws.
+      strength: colour jitter strength s (0.5 CIFAR-10, 1.0 ImageNet).
+      jitter_p, grayscale_p: probabilities of the jitter and of grayscale.
+
+    Example::
+
+        x = simclr_tf.color_distortion(images, seed=[1, 2], strength=0.5)
+    """
     _check_p("jitter_p", jitter_p)
     _check_p("grayscale_p", grayscale_p)
     x, single = _to_batch(image)

@@ -272,6 +272,18 @@ def random_resized_crop(
     A single image takes the slice-and-resize path (any H, W, even unknown); a batch takes the
     exact matmul path of :func:`crop_resize_bicubic`, each example with its own box.
     ``sampler`` picks the box distribution (see :func:`sample_crop_boxes`).
+
+    Args:
+      image: one image ``[H, W, C]`` or a batch ``[B, H, W, C]``.
+      seed: ``[2]`` int tensor of the stateless draws.
+      size: output side.
+      area_range, aspect_ratio_range: the crop's area fraction and aspect ratio ranges.
+      max_attempts: box draws before falling back to the centre crop.
+      sampler: ``"reference"`` or ``"uniform_area"``.
+
+    Example::
+
+        crops = simclr_tf.random_resized_crop(images, seed=[0, 7], size=32)
     """
     _check_size(size)
     image = tf.convert_to_tensor(image)

@@ -101,7 +101,21 @@ def pretrain_view(
     use_blur: bool,
     crop_sampler: str = "reference",
 ) -> tf.Tensor:
-    """One SimCLR view of an image [H, W, C] or of each image of a batch [B, H, W, C]."""
+    """One SimCLR view of an image [H, W, C] or of each image of a batch [B, H, W, C].
+
+    Args:
+      image: one image ``[H, W, 3]`` or a batch ``[B, H, W, 3]`` (uint8 or float in [0, 1]).
+      seed: ``[2]`` int tensor of the stateless draws.
+      size: output side.
+      color_jitter_strength: colour distortion strength s.
+      use_blur: Gaussian blur with probability 0.5.
+      crop_sampler: ``"reference"`` or ``"uniform_area"``.
+
+    Example::
+
+        view = simclr_tf.pretrain_view(image, seed=[0, 1], size=32,
+                                       color_jitter_strength=0.5, use_blur=False)
+    """
     _check_view_args(color_jitter_strength, size, crop_sampler)
     image = tf.convert_to_tensor(image)
     if image.shape.rank == 3:
@@ -128,6 +142,19 @@ def two_views(
     * ``[B, 2, S, S, C]``: crops already taken and resized by :func:`two_crops` (host side,
       ``--augment_on=device`` with variable-size images); the crop step is skipped and the
       rest of the recipe runs batched.
+
+    Args:
+      image: ``[H, W, 3]``, ``[B, H, W, 3]`` (uint8 or float in [0, 1]) or ``[B, 2, S, S, 3]``.
+      seed: ``[2]`` int tensor of the stateless draws.
+      size: output side.
+      color_jitter_strength: colour distortion strength s.
+      use_blur: Gaussian blur with probability 0.5.
+      crop_sampler: ``"reference"`` or ``"uniform_area"``.
+
+    Example::
+
+        v1, v2 = simclr_tf.two_views(images, seed=[0, step], size=32,
+                                     color_jitter_strength=0.5, use_blur=False)
     """
     _check_view_args(color_jitter_strength, size, crop_sampler)
     image = tf.convert_to_tensor(image)
@@ -177,7 +204,18 @@ def _views_of_crops(crops, seed, size: int, strength: float, use_blur: bool):
 
 
 def finetune_view(image, seed, size: int, crop_sampler: str = "reference") -> tf.Tensor:
-    """Supervised fine-tuning view: random resized crop + horizontal flip only."""
+    """Supervised fine-tuning view: random resized crop + horizontal flip only.
+
+    Args:
+      image: one image ``[H, W, 3]`` or a batch ``[B, H, W, 3]``.
+      seed: ``[2]`` int tensor of the stateless draws.
+      size: output side.
+      crop_sampler: ``"reference"`` or ``"uniform_area"``.
+
+    Example::
+
+        x = simclr_tf.finetune_view(images, seed=[0, 1], size=32)
+    """
     _check_view_args(0.0, size, crop_sampler)
     s_crop, s_flip = _split(seed, 2)
     single = tf.convert_to_tensor(image).shape.rank == 3
@@ -186,7 +224,16 @@ def finetune_view(image, seed, size: int, crop_sampler: str = "reference") -> tf
 
 
 def eval_view(image, size: int) -> tf.Tensor:
-    """Evaluation view: for size > 32 centre crop 87.5% then resize; else resize only."""
+    """Evaluation view: for size > 32 centre crop 87.5% then resize; else resize only.
+
+    Args:
+      image: one image ``[H, W, 3]`` or a batch ``[B, H, W, 3]``.
+      size: output side.
+
+    Example::
+
+        x = simclr_tf.eval_view(images, size=224)  # float32 [B, 224, 224, 3] in [0, 1]
+    """
     _check_size(size)
     if size > 32:
         return center_crop_resize(image, size, 0.875)
