@@ -123,8 +123,9 @@ class KerasBackbone(keras.Model):
 
 
 def as_encoder(encoder: keras.layers.Layer) -> keras.Model:
-    """``encoder`` itself when it has the ResNet interface, else wrapped in a KerasBackbone."""
-    if hasattr(encoder, "call_endpoints") and hasattr(encoder, "freeze_stages"):
+    """``encoder`` itself when it has the endpoint interface (``call_endpoints``, as the ResNet;
+    ``freeze_stages`` is needed only to freeze stages), else wrapped in a KerasBackbone."""
+    if hasattr(encoder, "call_endpoints"):
         return encoder
     return KerasBackbone(encoder)
 

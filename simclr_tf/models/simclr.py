@@ -138,6 +138,11 @@ class SimCLRModel(keras.Model):
         if self.train_mode != "finetune":
             return
         if self.frozen_stages:
+            if not hasattr(self.encoder, "freeze_stages"):
+                raise BackboneError(
+                    f"frozen_stages={self.frozen_stages} needs an encoder with freeze_stages(n) "
+                    f"(the ResNet, or KerasBackbone); {type(self.encoder).__name__} has none."
+                )
             self.encoder.freeze_stages(self.frozen_stages)
         if self.frozen_stages >= 5:
             # Linear evaluation: nothing but the linear classifier learns.
