@@ -103,6 +103,7 @@ def train_dataset(
                 augment_on=cfg.augment_on,
                 augmentations=cfg.augmentations,
                 augment_views=cfg.augment_views,
+                color_jitter_impl=cfg.color_jitter_impl,
                 **common,
             )
         return pipeline.finetune_dataset(ds, **common)
