@@ -60,3 +60,11 @@ def test_no_slots_to_tell_refuses_naming_the_flag(tf1, monkeypatch):
     no_sup = [s for s in layer_slots if s.ours[0] == "supervised_head"][0]
     sup_untrained = dataclasses.replace(source, trained=source.trained - set(no_sup.variables()))
     assert load.trained_selector(sup_untrained, head, layer_slots) is None
+
+
+def test_eval_refuses_a_selector_the_slots_contradict(tf1):
+    model, info = load.load_official(str(TF1), ft_proj_selector=1)  # explicit: no inference
+    assert info.config.ft_proj_selector == 1
+    parts = ("encoder", "projection_head", "supervised_head")
+    with pytest.raises(UserError, match="--ft_proj_selector=0"):
+        load.restore_into(model, str(TF1), parts)
