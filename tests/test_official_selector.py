@@ -68,3 +68,13 @@ def test_eval_refuses_a_selector_the_slots_contradict(tf1):
     parts = ("encoder", "projection_head", "supervised_head")
     with pytest.raises(UserError, match="--ft_proj_selector=0"):
         load.restore_into(model, str(TF1), parts)
+
+
+def test_an_untold_teacher_names_the_converter(tf1, monkeypatch):
+    from simclr_tf import restore
+
+    source, arch, head, layer_slots = tf1
+    found = (dataclasses.replace(source, trained=None), arch, head, layer_slots)
+    monkeypatch.setattr(load, "inspect", lambda path, use_ema=False: found)
+    with pytest.raises(UserError, match="convert_checkpoint.py --ft_proj_selector"):
+        restore._official_teacher(str(TF1), 10)
