@@ -28,6 +28,7 @@ from simclr_tf.config_checks import (
     AUGMENT_PLACES,
     AUGMENT_VIEWS,
     BN_MOMENTS,
+    COLOR_JITTER_IMPLS,
     CROP_SAMPLERS,
     ENCODER_SYNTAX,
     LOSSES,
@@ -43,6 +44,7 @@ from simclr_tf.config_checks import (
     ConfigError,
 )
 from simclr_tf.data.recipe import (
+    DEFAULT_COLOR_JITTER_IMPL,
     SMALL_IMAGE_SIDE,
     default_color_strength,
     default_use_blur,
@@ -155,6 +157,13 @@ class Config(ConfigChecks):
     color_jitter_strength: float | None = setting(
         None,
         "Colour distortion strength s (default 0.5 for images <= 32 px, else 1.0).",
+    )
+    color_jitter_impl: str = setting(
+        DEFAULT_COLOR_JITTER_IMPL,
+        "Brightness form of the colour jitter, as the reference's data_util random_brightness: "
+        "v1 = additive, x + U(-0.8s, 0.8s) (SimCLR v1's tf.image.random_brightness); v2 = "
+        "multiplicative, x * U(max(0, 1 - 0.8s), 1 + 0.8s) (the reference's default, SimCLRv2).",
+        choices=COLOR_JITTER_IMPLS,
     )
     use_blur: bool | None = setting(None, "Gaussian blur in pretraining (default: on above 32 px).")
     augment_on: str = setting(
@@ -374,8 +383,10 @@ class Config(ConfigChecks):
     )
     augment_views: str = setting(
         "both",
-        "both: augment both views; one: the second view is only resized (the paper's "
-        "asymmetric study).",
+        "both: augment both views. one: the paper's asymmetric study (Figure 5): both views are "
+        "randomly cropped (and flipped if flip is listed), only the first gets the other "
+        "--augmentations. one_resize: the second view is only resized (centre view), the "
+        "first gets all --augmentations.",
         choices=AUGMENT_VIEWS,
     )
 

@@ -10,13 +10,20 @@ Python: flags are checked before TensorFlow starts.
 
 from __future__ import annotations
 
-from simclr_tf.data.recipe import AUGMENT_PLACES, AUGMENT_VIEWS, CROP_SAMPLERS, parse_augmentations
+from simclr_tf.data.recipe import (
+    AUGMENT_PLACES,
+    AUGMENT_VIEWS,
+    COLOR_JITTER_IMPLS,
+    CROP_SAMPLERS,
+    parse_augmentations,
+)
 from simclr_tf.errors import UserError
 
 __all__ = [  # the choices of the settings table, including the augmentation ones
     "AUGMENT_PLACES",
     "AUGMENT_VIEWS",
     "BN_MOMENTS",
+    "COLOR_JITTER_IMPLS",
     "CROP_SAMPLERS",
     "LOSSES",
     "LR_SCALINGS",
@@ -172,6 +179,11 @@ class ConfigChecks:
         err += self._encoder_errors()
         if self.crop_sampler not in CROP_SAMPLERS:
             err.append(f"--crop_sampler={self.crop_sampler} is not one of {CROP_SAMPLERS}.")
+        if self.color_jitter_impl not in COLOR_JITTER_IMPLS:
+            err.append(
+                f"--color_jitter_impl={self.color_jitter_impl} is not one of {COLOR_JITTER_IMPLS} "
+                "(v1 additive brightness, v2 multiplicative)."
+            )
         err += self._study_errors()
         if err:
             raise ConfigError("Invalid flags:\n  - " + "\n  - ".join(err))

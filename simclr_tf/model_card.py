@@ -157,6 +157,7 @@ CARD_FLAGS = (
     "weight_decay",
     "temperature",
     "color_jitter_strength",
+    "color_jitter_impl",
     "use_blur",
     "seed",
 )

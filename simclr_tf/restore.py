@@ -203,7 +203,16 @@ def _official_teacher(path: str, num_classes: int) -> keras.Model:
             f"--teacher_checkpoint={path} is not a simclr_tf run (no flags.json beside it) nor "
             "a published checkpoint this package reads: pass the model_dir of a fine-tuned run."
         )
-    model = official.load_official(path)
+    try:
+        model = official.load_official(path)
+    except official.OfficialCheckpointError as e:
+        if "--ft_proj_selector" not in str(e):
+            raise
+        raise TeacherError(
+            f"--teacher_checkpoint={path} does not tell which projection layer feeds its "
+            "supervised head: convert it with tools/convert_checkpoint.py --ft_proj_selector=N "
+            "and pass the converted run folder as --teacher_checkpoint."
+        ) from None
     model = model[0] if isinstance(model, tuple) else model
     classes = int(getattr(model, "num_classes", num_classes))
     if classes != num_classes:

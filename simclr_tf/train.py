@@ -142,6 +142,7 @@ def train_dataset(
                 augment_on=run.augment_on,
                 augmentations=cfg.augmentations,
                 augment_views=cfg.augment_views,
+                color_jitter_impl=cfg.color_jitter_impl,
                 **common,
             )
         return pipeline.finetune_dataset(ds, **common)
@@ -184,6 +185,7 @@ def service_dataset(
         crop_sampler=cfg.crop_sampler,
         augmentations=cfg.augmentations,
         augment_views=cfg.augment_views,
+        color_jitter_impl=cfg.color_jitter_impl,
     )
 
 

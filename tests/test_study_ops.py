@@ -8,6 +8,7 @@ from conftest import tiny_config
 from simclr_tf import config
 from simclr_tf.data import augment, recipe
 from simclr_tf.data.augment import study_ops as so
+from simclr_tf.data.augment.seeds import _split
 
 
 def _images(batch=6, side=16, seed=0):
@@ -113,8 +114,8 @@ def test_composition_order_views_and_recipe_path():
             any(np.array_equal(v[i], np.rot90(x.numpy()[i], k)) for k in (1, 2, 3))
             for i in range(4)
         )
-    # augment_views=one: the second view is the image itself (already 16 px).
-    w1, w2 = so.composed_two_views(x, _seed(8), 16, ["crop", "color"], augment_views="one")
+    # augment_views=one_resize: the second view is the image itself (already 16 px).
+    w1, w2 = so.composed_two_views(x, _seed(8), 16, ["crop", "color"], augment_views="one_resize")
     np.testing.assert_array_equal(w2.numpy(), x.numpy())
     assert not np.allclose(w1.numpy(), x.numpy())
     # The default recipe is augment.two_views itself (today's runs unchanged).
@@ -212,7 +213,7 @@ def test_augmentations_reach_host_pipeline_and_device_step():
         width_multiplier=0.125,
         augment_on="device",
         augmentations="rotate",
-        augment_views="one",
+        augment_views="one_resize",
         proj_out_dim=8,
     )
     model = train.build_model(cfg, 4)
@@ -237,3 +238,38 @@ def test_composed_crop_uses_the_runs_crop_sampler(sampler):
     rot = so.random_rotate(want, so._split(so._split(seed, 2)[0], 2)[1])
     np.testing.assert_allclose(view1.numpy(), np.clip(rot.numpy(), 0, 1), atol=1e-6)
     assert not np.allclose(view1.numpy(), np.clip(unwanted.numpy(), 0, 1), atol=1e-3)
+
+
+def test_asymmetric_ops_leave_only_the_studied_ops_out_of_the_second_view():
+    assert so.asymmetric_ops(["color"]) == (("crop", "color"), ("crop",))
+    assert so.asymmetric_ops(["crop", "flip", "color", "grayscale"]) == (
+        ("crop", "flip", "color", "grayscale"),
+        ("crop", "flip"),
+    )
+    first, second = so.asymmetric_ops(["flip", "crop", "sobel"])
+    assert (first, second) == (("flip", "crop", "sobel"), ("flip", "crop"))
+    assert so.asymmetric_ops(["crop"]) == (("crop",), ("crop",))
+
+
+def test_augment_views_one_crops_both_views_and_rotates_only_the_first():
+    """The paper's Figure 5 asymmetric setting: the second view is an independent random crop
+    (not the centre resize of one_resize), without the studied op (rotate)."""
+    x = tf.constant(_images(batch=4, side=24))
+    seed = _seed(21)
+    v1, v2 = so.composed_two_views(x, seed, 16, ["rotate"], augment_views="one")
+    s1, s2 = _split(seed, 2)
+    crop2 = augment.random_resized_crop(x, _split(s2, 1)[0], 16)
+    np.testing.assert_allclose(v2.numpy(), crop2.numpy(), atol=1e-6)
+    assert not np.allclose(v2.numpy(), so.centre_view(x, 16).numpy(), atol=1e-2)
+    c1, r1 = _split(s1, 2)
+    crop1 = augment.random_resized_crop(x, c1, 16).numpy()
+    assert not np.allclose(crop1, crop2.numpy(), atol=1e-2)  # independent crops
+    for i in range(4):  # the first view is its own crop, quarter-turned
+        assert any(np.allclose(v1.numpy()[i], np.rot90(crop1[i], k), atol=1e-6) for k in (1, 2, 3))
+    # The paper recipe under "one": the second view is crop + flip only, the first the recipe.
+    p1, p2 = so.two_views_fn(16, 1.0, False, None, "one")(x, _seed(22))
+    t1, t2 = _split(_seed(22), 2)
+    base = so.composed_view(x, t2, 16, ["crop", "flip"])
+    np.testing.assert_allclose(p2.numpy(), base.numpy(), atol=1e-6)
+    recipe_view = so.composed_view(x, t1, 16, ["crop", "flip", "color", "grayscale"], 1.0)
+    np.testing.assert_allclose(p1.numpy(), recipe_view.numpy(), atol=1e-6)

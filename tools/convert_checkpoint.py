@@ -36,9 +36,8 @@ flags.DEFINE_bool("use_ema", False, "TF1 SimCLRv2 checkpoints: take the ema_mode
 flags.DEFINE_integer(
     "ft_proj_selector",
     None,
-    "Projection-head layer feeding the supervised "
-    "head (default: measured on a SavedModel, else 0; TF1/TF2 checkpoints "
-    "cannot tell, SimCLRv2 fine-tuned from layer 1).",
+    "Projection-head layer feeding the supervised head (default: measured on a SavedModel, "
+    "read off a TF1/TF2 checkpoint's optimizer slots, refused when neither tells).",
 )
 flags.DEFINE_bool("overwrite", False, "Replace an existing --model_dir.")
 flags.DEFINE_bool("export", True, "Also write the serving + TF Hub export.")

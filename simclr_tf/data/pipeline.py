@@ -57,6 +57,7 @@ def pretrain_dataset(
     crop_sampler: str = "reference",
     augmentations: str | None = None,
     augment_views: str = "both",
+    color_jitter_impl: str = augment.DEFAULT_COLOR_JITTER_IMPL,
 ) -> tf.data.Dataset:
     """Endless two-view batches for contrastive pretraining.
 
@@ -68,7 +69,8 @@ def pretrain_dataset(
     ``(crops uint8 [batch, 2, image_size, image_size, 3], labels)``, and the device runs the
     rest of the recipe (flip, colour, grayscale, blur). ``batch_size`` is per replica; the
     remainder is dropped; the stream repeats forever. Labels are passed through for the live
-    linear probe. ``augmentations`` / ``augment_views`` choose the view operations
+    linear probe. ``color_jitter_impl`` is the brightness form (v1 additive, v2
+    multiplicative). ``augmentations`` / ``augment_views`` choose the view operations
     (:mod:`simclr_tf.data.augment.study_ops`; default: the paper recipe).
     """
     _check_common(dataset, batch_size, image_size)
@@ -90,6 +92,7 @@ def pretrain_dataset(
         crop_sampler=crop_sampler,
         augmentations=augmentations,
         augment_views=augment_views,
+        color_jitter_impl=color_jitter_impl,
     )
 
 
@@ -106,6 +109,7 @@ def augment_indexed(
     crop_sampler: str = "reference",
     augmentations: str | None = None,
     augment_views: str = "both",
+    color_jitter_impl: str = augment.DEFAULT_COLOR_JITTER_IMPL,
 ) -> tf.data.Dataset:
     """The augmentation half of :func:`pretrain_dataset`, over an endless indexed stream.
 
@@ -132,6 +136,7 @@ def augment_indexed(
         augmentations,
         augment_views,
         crop_sampler=crop_sampler,
+        color_jitter_impl=color_jitter_impl,
     )
 
     recipe = getattr(two_views, "func", None) is augment.two_views

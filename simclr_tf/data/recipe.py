@@ -15,8 +15,20 @@ RECIPE = ("crop", "flip", "color", "grayscale", "blur")
 OPERATIONS = (*RECIPE, "cutout", "sobel", "noise", "rotate")
 
 CROP_SAMPLERS = ("reference", "uniform_area")
-AUGMENT_VIEWS = ("both", "one")
+# both: the two views run the same ops. one: the paper's asymmetric study (Figure 5): both
+# views are randomly cropped (and flipped when flip is listed), only the first gets the other
+# listed (studied) ops. one_resize: the first view gets the listed ops, the second is only
+# resized to the output size (the centre evaluation view).
+AUGMENT_VIEWS = ("both", "one", "one_resize")
+# The ops the second view keeps under augment_views=one: the crop every Figure 5 branch starts
+# with, and flip.
+ASYMMETRIC_BASE_OPS = ("crop", "flip")
 AUGMENT_PLACES = ("auto", "host", "device")
+# Brightness of the colour jitter, the reference data_util's two forms: v1 additive
+# (x + delta, delta ~ U(-0.8s, 0.8s), SimCLR v1's tf.image.random_brightness), v2 multiplicative
+# (x * f, f ~ U(max(0, 1 - 0.8s), 1 + 0.8s)). The reference's default is v2.
+COLOR_JITTER_IMPLS = ("v1", "v2")
+DEFAULT_COLOR_JITTER_IMPL = "v2"
 
 # Images up to this side get the paper's CIFAR-10 settings: colour strength 0.5, no blur, the
 # 3x3 stem.

@@ -62,6 +62,7 @@ def build_model(cfg: Config, num_classes: int) -> SimCLRModel:
             cfg.augmentations,
             cfg.augment_views,
             crop_sampler=cfg.crop_sampler,
+            color_jitter_impl=cfg.color_jitter_impl,
         )
     model_class, mode_kwargs = SimCLRModel, {"train_mode": cfg.train_mode}
     if cfg.train_mode == "distill":  # the student; train.build_for_run attaches its teacher

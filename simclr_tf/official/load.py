@@ -206,6 +206,40 @@ def _not_found(head: layout.Head) -> list[str]:
     return missing
 
 
+def trained_selector(
+    source: Source, head: layout.Head, layer_slots: list[layout.Slot]
+) -> int | None:
+    """``ft_proj_selector`` of a TF1/TF2 checkpoint from which weights have optimizer slots.
+
+    Fine-tuning from projection layer k trains only the k head layers below the supervised head
+    (the reference's finetune graph builds the others without a gradient), so their slots
+    count k; pretraining trains every head layer, and its probe reads h (0). None when the
+    checkpoint cannot tell: no slots, an untrained supervised head, or another pattern.
+    """
+    if source.trained is None or not head.proj_layers or not head.num_classes:
+        return None
+
+    def trained(slot: layout.Slot) -> bool:
+        return any(key in source.trained for key in slot.variables())
+
+    if not all(trained(s) for s in layer_slots if s.ours[0] == "supervised_head"):
+        return None
+    dense = {s.ours[1]: s for s in layer_slots if s.ours[0] == "projection_head"}
+    flags = [trained(dense[f"dense_{j}"]) for j in range(head.proj_layers)]
+    k = flags.index(False) if False in flags else len(flags)
+    if any(flags[k:]):
+        return None
+    return 0 if k == len(flags) else k
+
+
+def _unknown_selector(path: str) -> OfficialCheckpointError:
+    return OfficialCheckpointError(
+        f"{path} does not record which projection layer feeds its supervised head (no optimizer "
+        "slots tell it): pass --ft_proj_selector=N (0 = h; the reference README fine-tunes "
+        "SimCLRv2 models with 1)."
+    )
+
+
 _MEASURED: dict[str, int | None] = {}  # SavedModel prefix -> measured selector (loads are slow)
 
 
@@ -254,14 +288,16 @@ def load_official(
     ``path``: a TF2 checkpoint (prefix or folder), a TF2 SavedModel folder, or a TF1 checkpoint
     (prefix or folder). The architecture comes from the checkpoint. ``use_ema``: TF1 SimCLRv2
     checkpoints' ``ema_model/`` weights. ``ft_proj_selector``: which projection layer feeds the
-    supervised head; None: measured for a SavedModel, else 0 (TF1/TF2 checkpoints cannot tell;
-    SimCLRv2 fine-tuned from layer 1 of the head). ``base``: other flags of the returned
-    ``info.config`` (the architecture ones are replaced).
+    supervised head; None: measured for a SavedModel, read off the optimizer slots of a TF1/TF2
+    checkpoint (:func:`trained_selector`), and refused when a checkpoint with both heads cannot
+    tell. ``base``: other flags of the returned ``info.config`` (the architecture ones are
+    replaced).
 
     Args:
       path: the published checkpoint or SavedModel.
       use_ema: load the EMA weights of TF1 SimCLRv2 checkpoints.
-      ft_proj_selector: projection layer feeding the supervised head (None = measured or 0).
+      ft_proj_selector: projection layer feeding the supervised head (None = measured,
+        read off the optimizer slots, or refused).
       base: a Config whose non-architecture settings the returned config keeps.
 
     Example::
@@ -271,6 +307,12 @@ def load_official(
     """
     source, arch, head, layer_slots = inspect(path, use_ema)
     selector = 0 if ft_proj_selector is None else int(ft_proj_selector)
+    both_heads = bool(head.proj_layers and head.num_classes)
+    if ft_proj_selector is None and source.format != TF2_SAVED_MODEL and both_heads:
+        inferred = trained_selector(source, head, layer_slots)
+        if inferred is None:
+            raise _unknown_selector(path)
+        selector = inferred
     if not 0 <= selector <= max(head.proj_layers, 0):
         raise OfficialCheckpointError(
             f"ft_proj_selector={selector} but the checkpoint's projection head has "
@@ -313,6 +355,12 @@ def restore_into(
     selector = int(getattr(model, "ft_proj_selector", 0))
     measured = None
     if "supervised_head" in parts and head.proj_layers and head.num_classes:
+        inferred = trained_selector(source, head, layer_slots)
+        if source.format != TF2_SAVED_MODEL and inferred is not None and inferred != selector:
+            raise OfficialCheckpointError(
+                f"{path}: its optimizer slots show its supervised head reads projection layer "
+                f"{inferred}, this model layer {selector}: pass --ft_proj_selector={inferred}."
+            )
         measured = measured_selector(source, model)
         if measured is not None and measured != selector:
             raise OfficialCheckpointError(

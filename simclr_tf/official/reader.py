@@ -88,6 +88,9 @@ class Source:
     read: Callable[[str], np.ndarray]
     ignored: dict[str, int]  # what was deliberately not read, e.g. {"optimizer slots": 239}
     use_ema: bool = False
+    # Keys (as in ``shapes``) of the weights that have an optimizer slot, i.e. that the saving
+    # run trained; None when the checkpoint holds no optimizer slots at all.
+    trained: frozenset[str] | None = None
 
 
 def find_prefix(path: str) -> tuple[str, str | None]:
@@ -280,8 +283,24 @@ def _read_object_graph(path: str, fmt: str, prefix: str) -> Source:
             step = int(reader.get_tensor(keys[0]))
     slots = sum(len(n.slot_variables) for n in graph.nodes)
     ignored = {"optimizer slots": slots} if slots else {}
-    read = _guarded(prefix, lambda p: reader.get_tensor(paths[p]))
-    return Source(fmt, path, prefix, step, shapes, read, ignored)
+    path_of_key = {k: p for p, k in paths.items()}
+    trained = set()
+    for node in graph.nodes:
+        for slot in node.slot_variables:
+            original = graph.nodes[slot.original_variable_node_id]
+            for attr in original.attributes:
+                if attr.name == "VARIABLE_VALUE" and attr.checkpoint_key in path_of_key:
+                    trained.add(path_of_key[attr.checkpoint_key])
+    return Source(
+        fmt,
+        path,
+        prefix,
+        step,
+        shapes,
+        _guarded(prefix, lambda p: reader.get_tensor(paths[p])),
+        ignored,
+        trained=frozenset(trained) if slots else None,
+    )
 
 
 def _read_tf1(path: str, prefix: str, use_ema: bool) -> Source:
@@ -289,9 +308,13 @@ def _read_tf1(path: str, prefix: str, use_ema: bool) -> Source:
     all_shapes = {k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()}
     shapes: dict[str, tuple[int, ...]] = {}
     ignored = {"optimizer slots": 0, "ema_model/ copies": 0, "bookkeeping": 0}
+    trained = set()
     for key, shape in all_shapes.items():
-        if _TF1_SLOT.search(key):
+        slot = _TF1_SLOT.search(key)
+        if slot:
             ignored["optimizer slots"] += 1
+            if slot.group(1) != "ExponentialMovingAverage":
+                trained.add(key[: slot.start()])
         elif key.startswith(EMA_SCOPE):
             ignored["ema_model/ copies"] += 1
         elif key in _TF1_BOOKKEEPING or key.split("/")[-1] in _TF1_BOOKKEEPING:
@@ -323,8 +346,17 @@ def _read_tf1(path: str, prefix: str, use_ema: bool) -> Source:
         )
         ignored["regular weights (EMA used instead)"] = sum(EMA_SCOPE + k in ema for k in shapes)
     ignored = {k: v for k, v in ignored.items() if v}
+    trained_keys = frozenset(trained) if trained else None
     return Source(
-        TF1_CHECKPOINT, path, prefix, step, shapes, _guarded(prefix, read), ignored, use_ema
+        TF1_CHECKPOINT,
+        path,
+        prefix,
+        step,
+        shapes,
+        _guarded(prefix, read),
+        ignored,
+        use_ema,
+        trained_keys,
     )
 
 

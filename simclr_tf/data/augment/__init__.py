@@ -30,6 +30,7 @@ One module per idea; this package defines the public API (import from here):
 from simclr_tf.data.augment.blur import gaussian_blur, random_blur
 from simclr_tf.data.augment.color import (
     adjust_brightness,
+    adjust_brightness_additive,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
@@ -53,17 +54,25 @@ from simclr_tf.data.augment.views import (
     two_crops,
     two_views,
 )
-from simclr_tf.data.recipe import default_color_strength, default_use_blur
+from simclr_tf.data.recipe import (
+    COLOR_JITTER_IMPLS,
+    DEFAULT_COLOR_JITTER_IMPL,
+    default_color_strength,
+    default_use_blur,
+)
 
 __all__ = [
     "adjust_brightness",
+    "adjust_brightness_additive",
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
     "center_crop_resize",
     "color_distortion",
     "color_jitter",
+    "COLOR_JITTER_IMPLS",
     "CROP_SAMPLERS",
+    "DEFAULT_COLOR_JITTER_IMPL",
     "crop_resize_bicubic",
     "default_color_strength",
     "default_use_blur",

@@ -22,6 +22,7 @@ from simclr_tf.data.augment.common import (
     _to_batch,
 )
 from simclr_tf.data.augment.seeds import _as_seed, _bernoulli, _split, _uniform
+from simclr_tf.data.recipe import COLOR_JITTER_IMPLS, DEFAULT_COLOR_JITTER_IMPL
 
 # tf.image.rgb_to_grayscale weights (ITU-R 601-2 luma).
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -34,6 +35,12 @@ _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 def _brightness(x: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
     return tf.minimum(x * _bcast(f), 1.0)  # f >= 0, so only the upper clip can bind
+
+
+def _brightness_additive(x: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    # SimCLR v1's brightness (tf.image.adjust_brightness, then the jitter's clip); exactly x
+    # when delta == 0, its neutral value.
+    return tf.clip_by_value(x + _bcast(delta), 0.0, 1.0)
 
 
 def _contrast(x: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
@@ -76,6 +83,11 @@ def adjust_brightness(image, factor) -> tf.Tensor:
     return tf.clip_by_value(_public_adjust(_brightness, "adjust_brightness", image, factor), 0, 1)
 
 
+def adjust_brightness_additive(image, delta) -> tf.Tensor:
+    """Additive brightness ``x + delta`` (SimCLR v1's form, ``--color_jitter_impl=v1``), clipped."""
+    return _public_adjust(_brightness_additive, "adjust_brightness_additive", image, delta)
+
+
 def adjust_contrast(image, factor) -> tf.Tensor:
     """``(x - mean) * factor + mean`` with per-channel means over H, W (tf.image's rule)."""
     return _public_adjust(_contrast, "adjust_contrast", image, factor)
@@ -91,9 +103,18 @@ def adjust_hue(image, delta) -> tf.Tensor:
     return tf.clip_by_value(_public_adjust(_hue, "adjust_hue", image, delta), 0.0, 1.0)
 
 
-# Op ids: 0 brightness, 1 contrast, 2 saturation, 3 hue.
-_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
-_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
+# Op ids: 0 brightness, 1 contrast, 2 saturation, 3 hue. The brightness op and its neutral
+# value depend on the jitter's form (recipe.COLOR_JITTER_IMPLS).
+_JITTER_OPS = {
+    "v2": (_brightness, _contrast, _saturation, _hue),
+    "v1": (_brightness_additive, _contrast, _saturation, _hue),
+}
+_NEUTRAL = {"v2": (1.0, 1.0, 1.0, 0.0), "v1": (0.0, 1.0, 1.0, 0.0)}
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in COLOR_JITTER_IMPLS:
+        raise ValueError(f"colour jitter impl must be one of {COLOR_JITTER_IMPLS}; got {impl!r}.")
 
 
 def _build_schedule() -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
@@ -129,20 +150,28 @@ def _check_strength(strength: float) -> None:
         raise ValueError(f"colour jitter strength must be >= 0; got {strength}.")
 
 
-def _jitter_params(seed, batch, strength: float, random_order: bool = True) -> dict:
+def _jitter_params(
+    seed, batch, strength: float, random_order: bool = True, impl: str = DEFAULT_COLOR_JITTER_IMPL
+) -> dict:
     """Draws per-example jitter factors and op order (exposed for tests).
 
     Returns brightness, contrast, saturation factors and hue delta (each [B] float32) and
     ``order`` ([B, 4] int32, a permutation of 0..3 = brightness, contrast, saturation, hue).
-    Lower bounds are clamped at 0 so strengths > 1.25 stay valid.
+    Lower bounds are clamped at 0 so strengths > 1.25 stay valid. With ``impl="v1"`` the
+    brightness entry is an additive delta U(-0.8s, 0.8s) instead of a factor.
     """
     _check_strength(strength)
+    _check_impl(impl)
     s = float(strength)
     seeds = _split(seed, 5)
     shape = tf.reshape(tf.cast(batch, tf.int32), [1])
     lo = max(0.0, 1.0 - 0.8 * s)
+    if impl == "v1":
+        brightness = _uniform(shape, seeds[0], -0.8 * s, 0.8 * s)
+    else:
+        brightness = _uniform(shape, seeds[0], lo, 1.0 + 0.8 * s)
     params = {
-        "brightness": _uniform(shape, seeds[0], lo, 1.0 + 0.8 * s),
+        "brightness": brightness,
         "contrast": _uniform(shape, seeds[1], lo, 1.0 + 0.8 * s),
         "saturation": _uniform(shape, seeds[2], lo, 1.0 + 0.8 * s),
         "hue": _uniform(shape, seeds[3], -0.2 * s, 0.2 * s),
@@ -156,7 +185,12 @@ def _jitter_params(seed, batch, strength: float, random_order: bool = True) -> d
     return params
 
 
-def _apply_jitter(x: tf.Tensor, params: dict, active: tf.Tensor | None = None) -> tf.Tensor:
+def _apply_jitter(
+    x: tf.Tensor,
+    params: dict,
+    active: tf.Tensor | None = None,
+    impl: str = DEFAULT_COLOR_JITTER_IMPL,
+) -> tf.Tensor:
     """Runs each example's four ops in its own order (``active``: [B] bool, else all).
 
     Every example's order is embedded greedily in the fixed slot schedule; slots an example
@@ -164,9 +198,11 @@ def _apply_jitter(x: tf.Tensor, params: dict, active: tf.Tensor | None = None) -
     Only [B]-sized index arithmetic differs per example: no gathers of images, no dynamic
     shapes, so it also compiles with XLA.
     """
+    _check_impl(impl)
+    ops, neutral = _JITTER_OPS[impl], _NEUTRAL[impl]
     factors = [params["brightness"], params["contrast"], params["saturation"], params["hue"]]
     if active is not None:
-        factors = [tf.where(active, f, n) for f, n in zip(factors, _NEUTRAL, strict=True)]
+        factors = [tf.where(active, f, n) for f, n in zip(factors, neutral, strict=True)]
     order = params["order"]
     next_slot = tf.constant(_NEXT_SLOT, tf.int32)  # [n + 1, 4]
     pos = tf.zeros_like(order[:, 0])
@@ -177,28 +213,35 @@ def _apply_jitter(x: tf.Tensor, params: dict, active: tf.Tensor | None = None) -
         slot_of_op = [tf.where(tf.equal(op, j), slot, s) for j, s in enumerate(slot_of_op)]
         pos = slot + 1
     for index, op_id in enumerate(_SCHEDULE):
-        f = tf.where(tf.equal(slot_of_op[op_id], index), factors[op_id], _NEUTRAL[op_id])
-        x = _JITTER_OPS[op_id](x, f)
+        f = tf.where(tf.equal(slot_of_op[op_id], index), factors[op_id], neutral[op_id])
+        x = ops[op_id](x, f)
     return x
 
 
-def color_jitter(image, seed, strength: float, random_order: bool = True) -> tf.Tensor:
+def color_jitter(
+    image,
+    seed,
+    strength: float,
+    random_order: bool = True,
+    impl: str = DEFAULT_COLOR_JITTER_IMPL,
+) -> tf.Tensor:
     """SimCLR colour jitter of ``strength`` s on every example (no apply probability).
 
-    Brightness x*U(max(0, 1-0.8s), 1+0.8s), contrast and saturation factors
+    Brightness x*U(max(0, 1-0.8s), 1+0.8s) (``impl="v2"``, the reference's default) or
+    x + U(-0.8s, 0.8s) (``impl="v1"``, SimCLR v1), contrast and saturation factors
     U(max(0, 1-0.8s), 1+0.8s), hue delta U(-0.2s, 0.2s); in a random order per example when
     ``random_order``; clipped to [0, 1] after each op. s = 0 is the identity.
     """
     x, single = _to_batch(image)
     _check_rgb(x, "color_jitter")
-    params = _jitter_params(seed, tf.shape(x)[0], strength, random_order)
+    params = _jitter_params(seed, tf.shape(x)[0], strength, random_order, impl)
     if float(strength) == 0.0:
         return _from_batch(x, single)
     if not random_order:
         for op_id, name in enumerate(("brightness", "contrast", "saturation", "hue")):
-            x = _JITTER_OPS[op_id](x, params[name])
+            x = _JITTER_OPS[impl][op_id](x, params[name])
         return _from_batch(x, single)
-    return _from_batch(_apply_jitter(x, params), single)
+    return _from_batch(_apply_jitter(x, params, impl=impl), single)
 
 
 def _grayscale_mix(x: tf.Tensor, gray_mask: tf.Tensor) -> tf.Tensor:
@@ -223,15 +266,22 @@ def random_grayscale(image, seed, p: float = 0.2) -> tf.Tensor:
 
 
 def color_distortion(
-    image, seed, strength: float, jitter_p: float = 0.8, grayscale_p: float = 0.2
+    image,
+    seed,
+    strength: float,
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+    impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> tf.Tensor:
-    """Colour jitter (random order) with probability ``jitter_p``, then grayscale with p.
+    """Colour jitter (random order, brightness form ``impl``) with probability ``jitter_p``,
+    then grayscale with p.
 
     Args:
       image: one image ``[H, W, 3]`` or a batch ``[B, H, W, 3]`` (uint8 or float in [0, 1]).
       seed: ``[2]`` int tensor of the stateless draws.
       strength: colour jitter strength s (0.5 CIFAR-10, 1.0 ImageNet).
       jitter_p, grayscale_p: probabilities of the jitter and of grayscale.
+      impl: brightness form, "v1" (additive) or "v2" (multiplicative, the reference default).
 
     Example::
 
@@ -243,9 +293,9 @@ def color_distortion(
     _check_rgb(x, "color_distortion")
     s_jitter, s_apply, s_gray = _split(seed, 3)
     batch = tf.shape(x)[0]
-    params = _jitter_params(s_jitter, batch, strength, random_order=True)
+    params = _jitter_params(s_jitter, batch, strength, random_order=True, impl=impl)
     if float(strength) > 0.0 and jitter_p > 0.0:
-        x = _apply_jitter(x, params, active=_bernoulli(s_apply, batch, jitter_p))
+        x = _apply_jitter(x, params, active=_bernoulli(s_apply, batch, jitter_p), impl=impl)
     x = _grayscale_mix(x, _bernoulli(s_gray, batch, grayscale_p))
     return _from_batch(x, single)
 
@@ -253,30 +303,41 @@ def color_distortion(
 # The steps of the view recipe (views.py): batched, or per view (each op once, own order).
 
 
-def _jitter_step(x: Views, params: dict, active: tf.Tensor, per_view: bool) -> Views:
+def _jitter_step(
+    x: Views,
+    params: dict,
+    active: tf.Tensor,
+    per_view: bool,
+    impl: str = DEFAULT_COLOR_JITTER_IMPL,
+) -> Views:
+    _check_impl(impl)
     if not per_view:
-        return _apply_jitter(x, params, active=active)
+        return _apply_jitter(x, params, active=active, impl=impl)
     names = ("brightness", "contrast", "saturation", "hue")
     factors = tf.stack([params[k] for k in names], axis=1)  # [n, 4]
     order = params["order"]
     out = [
-        _cond(active[i], lambda v=v, i=i: _jitter_one_compiled(v, factors[i], order[i]), v)
+        _cond(active[i], lambda v=v, i=i: _jitter_one_compiled(v, factors[i], order[i], impl), v)
         for i, v in enumerate(x)
     ]
     return [tf.ensure_shape(v, x[0].shape) for v in out]
 
 
-def _jitter_one(v: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
+def _jitter_one(
+    v: tf.Tensor, factors: tf.Tensor, order: tf.Tensor, impl: str = DEFAULT_COLOR_JITTER_IMPL
+) -> tf.Tensor:
     """The four jitter ops on one view [S, S, 3], each once, in ``order`` (clipped after each).
 
-    ``factors``: brightness, contrast, saturation factors and hue delta. A while loop over the
-    4 stages traces (and XLA compiles) the 4 ops once instead of once per stage.
+    ``factors``: brightness factor (v1: delta), contrast, saturation factors and hue delta. A
+    while loop over the 4 stages traces (and XLA compiles) the 4 ops once instead of once per
+    stage.
     """
+    view_ops = _VIEW_JITTER_OPS[impl]
 
     def stage(k, v):
         op = order[k]
         f = tf.gather(factors, op)
-        v = tf.switch_case(op, [lambda fn=fn, v=v, f=f: fn(v, f) for fn in _VIEW_JITTER_OPS])
+        v = tf.switch_case(op, [lambda fn=fn, v=v, f=f: fn(v, f) for fn in view_ops])
         return k + 1, tf.ensure_shape(v, v_shape)
 
     v_shape = v.shape
@@ -285,6 +346,10 @@ def _jitter_one(v: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor
 
 def _view_brightness(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
     return tf.minimum(v * f, 1.0)  # factor >= 0
+
+
+def _view_brightness_additive(v: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(v + delta, 0.0, 1.0)
 
 
 def _view_contrast(v: tf.Tensor, f: tf.Tensor) -> tf.Tensor:
@@ -299,7 +364,10 @@ def _view_hue(v: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(tf.image.adjust_hue(v, delta), 0.0, 1.0)
 
 
-_VIEW_JITTER_OPS = (_view_brightness, _view_contrast, _view_saturation, _view_hue)
+_VIEW_JITTER_OPS = {
+    "v2": (_view_brightness, _view_contrast, _view_saturation, _view_hue),
+    "v1": (_view_brightness_additive, _view_contrast, _view_saturation, _view_hue),
+}
 # XLA fuses the elementwise passes of each op into one loop: 2.6x faster on a CPU host than op
 # by op (tools/benchmark.py --what=ops), same values to ~1e-6. It compiles in about 2 s once
 # per process and view size (unrolling the 4 stages instead of the while loop took a minute).

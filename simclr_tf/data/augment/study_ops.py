@@ -1,8 +1,12 @@
 """Augmentation composition for the paper's ablations (SimCLR, Figure 5 and Table 1).
 
 ``--augmentations=crop,color`` picks which operations make a view and in which ORDER they run
-(Figure 5's off-diagonal cells are "first op, then second op"); ``--augment_views=one`` leaves
-the second view un-augmented (the paper's asymmetric study: only a centre resize).
+(Figure 5's off-diagonal cells are "first op, then second op"). ``--augment_views=one`` is the
+paper's asymmetric study (Figure 5: "we always first randomly crop images and resize them to the
+same resolution, and we then apply the targeted transformation(s) only to one branch"): both
+views are randomly cropped (crop is added first when not listed) and flipped when flip is
+listed, and only the first view gets the other listed ops. ``--augment_views=one_resize`` leaves
+the second view un-augmented instead (only a centre resize).
 
 The operations:
 
@@ -38,7 +42,14 @@ from simclr_tf.data.augment.common import _to_batch
 from simclr_tf.data.augment.crop import random_flip, random_resized_crop
 from simclr_tf.data.augment.seeds import _split, _uniform
 from simclr_tf.data.augment.views import eval_view, two_views
-from simclr_tf.data.recipe import AUGMENT_VIEWS, OPERATIONS, is_recipe, parse_augmentations
+from simclr_tf.data.recipe import (
+    ASYMMETRIC_BASE_OPS,
+    AUGMENT_VIEWS,
+    DEFAULT_COLOR_JITTER_IMPL,
+    OPERATIONS,
+    is_recipe,
+    parse_augmentations,
+)
 
 CUTOUT_FRACTION = 0.5  # side of the cutout square / image side (DeVries & Taylor on CIFAR)
 NOISE_SIGMA = (0.05, 0.15)
@@ -160,14 +171,20 @@ def random_rotate(image, seed) -> tf.Tensor:
 
 
 def _apply(
-    op: str, x: tf.Tensor, seed: tf.Tensor, size: int, strength: float, crop_sampler: str
+    op: str,
+    x: tf.Tensor,
+    seed: tf.Tensor,
+    size: int,
+    strength: float,
+    crop_sampler: str,
+    impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> tf.Tensor:
     if op == "crop":
         return random_resized_crop(x, seed, size, sampler=crop_sampler)
     if op == "flip":
         return random_flip(x, seed)
     if op == "color":
-        return color_distortion(x, seed, strength, jitter_p=0.8, grayscale_p=0.0)
+        return color_distortion(x, seed, strength, jitter_p=0.8, grayscale_p=0.0, impl=impl)
     if op == "grayscale":
         return random_grayscale(x, seed, p=0.2)
     if op == "blur":
@@ -199,6 +216,7 @@ def composed_view(
     ops: Sequence[str],
     color_jitter_strength: float = 0.5,
     crop_sampler: str = "reference",
+    color_jitter_impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> tf.Tensor:
     """One view: the ``ops`` in the given order; float32 ``size x size`` in [0, 1].
 
@@ -211,7 +229,7 @@ def composed_view(
         x = centre_view(x, size)
     seeds = _split(seed, len(ops))
     for op, s in zip(ops, seeds, strict=True):
-        x = _apply(op, x, s, size, color_jitter_strength, crop_sampler)
+        x = _apply(op, x, s, size, color_jitter_strength, crop_sampler, color_jitter_impl)
     x = tf.clip_by_value(tf.image.convert_image_dtype(x, tf.float32), 0.0, 1.0)
     rank = 3 if x.shape.rank == 3 else 4
     return tf.ensure_shape(x, [size, size, None] if rank == 3 else [None, size, size, None])
@@ -225,8 +243,15 @@ def composed_two_views(
     color_jitter_strength: float = 0.5,
     augment_views: str = "both",
     crop_sampler: str = "reference",
+    color_jitter_impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Two views of the same image(s); with ``augment_views="one"`` the second is only resized."""
+    """Two views of the same image(s).
+
+    ``augment_views``: ``both`` = the ``ops`` on each view; ``one`` = the paper's asymmetric
+    study, both views cropped (and flipped when listed), the other ops on the first view only
+    (:func:`asymmetric_ops`); ``one_resize`` = the ``ops`` on the first view, the second only
+    resized (:func:`centre_view`).
+    """
     if augment_views not in AUGMENT_VIEWS:
         raise ValueError(f"augment_views must be one of {AUGMENT_VIEWS}; got {augment_views!r}.")
     image = tf.convert_to_tensor(image)
@@ -237,15 +262,31 @@ def composed_two_views(
         ops=ops,
         color_jitter_strength=color_jitter_strength,
         crop_sampler=crop_sampler,
+        color_jitter_impl=color_jitter_impl,
     )
-    if augment_views == "one":
+    if augment_views == "one_resize":
         return view(image, s1), centre_view(image, size)
+    if augment_views == "one":
+        first, second = asymmetric_ops(ops)
+        return view(image, s1, ops=first), view(image, s2, ops=second)
     if image.shape.rank == 3:
         return view(image, s1), view(image, s2)
     # One batched pass over both copies: every image of the doubled batch draws its own values.
     batch = tf.shape(image)[0]
     views = view(tf.concat([image, image], 0), s1)
     return views[:batch], views[batch:]
+
+
+def asymmetric_ops(ops: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The two views' ops of ``--augment_views=one`` (the paper's Figure 5 asymmetric setting).
+
+    The first view runs ``ops``, with ``crop`` put first when it is not listed (every Figure 5
+    branch starts with a random crop); the second keeps only the crop and, when listed, the
+    flip, in the same order. So the studied transformations are the only difference.
+    """
+    ops = parse_augmentations(list(ops))
+    first = ops if "crop" in ops else ("crop", *ops)
+    return first, tuple(op for op in first if op in ASYMMETRIC_BASE_OPS)
 
 
 def two_views_fn(
@@ -255,6 +296,7 @@ def two_views_fn(
     augmentations: str | Sequence[str] | None = None,
     augment_views: str = "both",
     crop_sampler: str = "reference",
+    color_jitter_impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> TwoViewsFn:
     """``(images, seed) -> (view1, view2)`` of a run's flags.
 
@@ -269,6 +311,7 @@ def two_views_fn(
             color_jitter_strength=color_jitter_strength,
             use_blur=use_blur,
             crop_sampler=crop_sampler,
+            color_jitter_impl=color_jitter_impl,
         )
     return functools.partial(
         composed_two_views,
@@ -277,6 +320,7 @@ def two_views_fn(
         color_jitter_strength=color_jitter_strength,
         augment_views=augment_views,
         crop_sampler=crop_sampler,
+        color_jitter_impl=color_jitter_impl,
     )
 
 

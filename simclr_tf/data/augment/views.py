@@ -23,7 +23,7 @@ from simclr_tf.data.augment.crop import (
     sample_crop_boxes,
 )
 from simclr_tf.data.augment.seeds import _bernoulli, _split
-from simclr_tf.data.recipe import CROP_SAMPLERS
+from simclr_tf.data.recipe import CROP_SAMPLERS, DEFAULT_COLOR_JITTER_IMPL
 
 # One recipe, two executions. A BATCH runs every op vectorised with per-example parameters
 # (device side, fixed-size images): coins become neutral factors or identity kernels, colour
@@ -39,13 +39,20 @@ CropFn = Callable[[tf.Tensor, tf.Tensor], tuple[Views, bool]]
 
 
 def _compose_views(
-    crop: CropFn, seed, n, strength: float, use_blur: bool, per_view: bool
+    crop: CropFn,
+    seed,
+    n,
+    strength: float,
+    use_blur: bool,
+    per_view: bool,
+    impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> tf.Tensor:
     """The SimCLR view recipe, in order: crop -> flip -> colour jitter -> grayscale -> blur.
 
     ``crop(s_crop, flip)`` returns the ``n`` cropped views resized to S x S (float in [0, 1])
     and whether it already applied ``flip`` ([n] bool; the batched matmul crop mirrors for
-    free). Returns float32 ``[n, S, S, 3]`` in [0, 1].
+    free). ``impl`` is the brightness form (``--color_jitter_impl``). Returns float32
+    ``[n, S, S, 3]`` in [0, 1].
     """
     s_crop, s_flip, s_color, s_blur = _split(seed, 4)
     s_jitter, s_apply, s_gray = _split(s_color, 3)
@@ -54,8 +61,8 @@ def _compose_views(
     if not flipped:
         x = _flip_step(x, flip, per_view)
     if float(strength) > 0.0:
-        params = _jitter_params(s_jitter, n, strength, random_order=True)
-        x = _jitter_step(x, params, _bernoulli(s_apply, n, _JITTER_P), per_view)
+        params = _jitter_params(s_jitter, n, strength, random_order=True, impl=impl)
+        x = _jitter_step(x, params, _bernoulli(s_apply, n, _JITTER_P), per_view, impl)
     x = _gray_step(x, _bernoulli(s_gray, n, _GRAY_P), per_view)
     if use_blur:
         x = _blur_step(x, *_blur_params(s_blur, n, _BLUR_P, _BLUR_SIGMA), per_view)
@@ -100,6 +107,7 @@ def pretrain_view(
     color_jitter_strength: float,
     use_blur: bool,
     crop_sampler: str = "reference",
+    color_jitter_impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> tf.Tensor:
     """One SimCLR view of an image [H, W, C] or of each image of a batch [B, H, W, C].
 
@@ -118,12 +126,13 @@ def pretrain_view(
     """
     _check_view_args(color_jitter_strength, size, crop_sampler)
     image = tf.convert_to_tensor(image)
+    strength, impl = color_jitter_strength, color_jitter_impl
     if image.shape.rank == 3:
         crop = _image_crop(image, 1, size, crop_sampler)
-        return _compose_views(crop, seed, 1, color_jitter_strength, use_blur, True)[0]
+        return _compose_views(crop, seed, 1, strength, use_blur, True, impl)[0]
     x, _ = _to_batch(image)
     crop = _batched_crop(x, size, crop_sampler)
-    return _compose_views(crop, seed, tf.shape(x)[0], color_jitter_strength, use_blur, False)
+    return _compose_views(crop, seed, tf.shape(x)[0], strength, use_blur, False, impl)
 
 
 def two_views(
@@ -133,8 +142,10 @@ def two_views(
     color_jitter_strength: float,
     use_blur: bool,
     crop_sampler: str = "reference",
+    color_jitter_impl: str = DEFAULT_COLOR_JITTER_IMPL,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Two independently augmented views of the same image(s).
+    """Two independently augmented views of the same image(s) (``color_jitter_impl``: the
+    brightness form, v1 additive or v2 multiplicative).
 
     * ``[H, W, C]`` (one image, host side): per-view ops on the two crops.
     * ``[B, H, W, C]``: one batched pass over the input stacked twice (each copy draws its own
@@ -158,16 +169,17 @@ def two_views(
     """
     _check_view_args(color_jitter_strength, size, crop_sampler)
     image = tf.convert_to_tensor(image)
+    strength, impl = color_jitter_strength, color_jitter_impl
     if image.shape.rank == 3:
         crop = _image_crop(image, 2, size, crop_sampler)
-        views = _compose_views(crop, seed, 2, color_jitter_strength, use_blur, True)
+        views = _compose_views(crop, seed, 2, strength, use_blur, True, impl)
         return views[0], views[1]
     if image.shape.rank == 5:
-        return _views_of_crops(image, seed, size, color_jitter_strength, use_blur)
+        return _views_of_crops(image, seed, size, strength, use_blur, impl)
     x, _ = _to_batch(image)
     batch = tf.shape(x)[0]
     views = pretrain_view(
-        tf.concat([x, x], axis=0), seed, size, color_jitter_strength, use_blur, crop_sampler
+        tf.concat([x, x], axis=0), seed, size, strength, use_blur, crop_sampler, impl
     )
     return views[:batch], views[batch:]
 
@@ -185,7 +197,9 @@ def two_crops(image, seed, size: int, crop_sampler: str = "reference") -> tf.Ten
     return tf.cast(tf.math.rint(tf.stack(views) * 255.0), tf.uint8)
 
 
-def _views_of_crops(crops, seed, size: int, strength: float, use_blur: bool):
+def _views_of_crops(
+    crops, seed, size: int, strength: float, use_blur: bool, impl: str = DEFAULT_COLOR_JITTER_IMPL
+):
     """Batched flip -> colour -> grayscale -> blur of pre-cropped pairs [B, 2, S, S, C]."""
     x = tf.image.convert_image_dtype(crops, tf.float32)
     if x.shape[2] is not None and x.shape[2] != size:
@@ -198,7 +212,7 @@ def _views_of_crops(crops, seed, size: int, strength: float, use_blur: bool):
     shape = tf.concat([[2 * batch], tf.shape(x)[2:]], 0)
     flat = tf.reshape(tf.transpose(x, [1, 0, 2, 3, 4]), shape)
     views = _compose_views(
-        lambda s_crop, flip: (flat, False), seed, 2 * batch, strength, use_blur, False
+        lambda s_crop, flip: (flat, False), seed, 2 * batch, strength, use_blur, False, impl
     )
     return views[:batch], views[batch:]
 
