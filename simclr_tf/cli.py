@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
-from simclr_tf import config
+from simclr_tf import config, config_defaults
 from simclr_tf.errors import UserError
 
 config.define_flags()
@@ -117,7 +117,7 @@ def read_dataset(cfg: config.Config, strategy):
     side = None
     if info.image_shape and info.image_shape[0] and info.image_shape[0] == info.image_shape[1]:
         side = info.image_shape[0]
-    cfg = config.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    cfg = config_defaults.resolve(cfg, side, tuple(info.split_sizes)).validate()
     from simclr_tf.official import convert as official_convert
 
     cfg = official_convert.configure(cfg).validate()  # architecture of an official checkpoint

@@ -8,8 +8,9 @@ field; nothing else needs to change.
 
 Flag names and meanings follow the reference SimCLR TF2 code (google-research/simclr, ``tf2/``)
 wherever it has them, so its commands and the papers' recipes carry over. Defaults that depend on
-the dataset (image size, colour strength, blur, eval split) are ``None`` here and resolved once the
-dataset is known (:func:`resolve`), so one command works for CIFAR-10 and for ImageNet.
+the dataset (image size, colour strength, blur, eval split) are ``None`` here and resolved once
+the dataset is known (:func:`simclr_tf.config_defaults.resolve`), so one command works for
+CIFAR-10 and for ImageNet.
 
 Where the rules live: the choices and checks in :mod:`simclr_tf.config_checks`, the augmentation
 names and small-image defaults in :mod:`simclr_tf.data.recipe`, the step schedule in
@@ -45,11 +46,9 @@ from simclr_tf.config_checks import (
 )
 from simclr_tf.data.recipe import (
     DEFAULT_COLOR_JITTER_IMPL,
-    SMALL_IMAGE_SIDE,
-    default_color_strength,
-    default_use_blur,
-    parse_augmentations,
 )
+
+__all__ = ["ARCHITECTURE_KEYS", "Config", "ConfigError", "define_flags", "setting"]
 
 # Flags that define the network's variables: a model_dir written with other values holds a
 # different architecture and must not be silently reused.
@@ -427,41 +426,3 @@ class Config(ConfigChecks):
     @property
     def is_linear_eval(self) -> bool:
         return self.train_mode == "finetune" and self.fine_tune_after_block >= 4
-
-
-def resolve(cfg: Config, image_side: int | None, splits: tuple[str, ...]) -> Config:
-    """Fills dataset-dependent defaults: image size, CIFAR stem, colour strength, blur, eval split.
-
-    ``image_side`` is the dataset's fixed image side when known. The small-image rules follow the
-    paper's CIFAR-10 settings (3x3 stem, s = 0.5, no blur).
-    """
-    image_size = cfg.image_size
-    if image_size is None:
-        image_size = image_side if image_side is not None and image_side <= 64 else 224
-    small = image_size <= SMALL_IMAGE_SIDE
-    eval_split = cfg.eval_split
-    if eval_split is None:
-        eval_split = next((s for s in ("validation", "test") if s in splits), None)
-        if eval_split is None and cfg.mode != "train":
-            raise ConfigError(
-                f"The dataset has no validation or test split (splits: {sorted(splits)}): "
-                "pass --eval_split."
-            )
-    use_blur = default_use_blur(image_size) if cfg.use_blur is None else cfg.use_blur
-    try:
-        ops = parse_augmentations(cfg.augmentations, use_blur)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if cfg.augmentations is not None:
-        use_blur = "blur" in ops  # an explicit list decides; --use_blur shapes only the default
-    return cfg.replace(
-        image_size=image_size,
-        cifar_stem=small if cfg.cifar_stem is None else cfg.cifar_stem,
-        color_jitter_strength=default_color_strength(image_size)
-        if cfg.color_jitter_strength is None
-        else cfg.color_jitter_strength,
-        use_blur=use_blur,
-        augmentations=",".join(ops),
-        eval_split=eval_split,
-        strategy=cfg.strategy_name,
-    )

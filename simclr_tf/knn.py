@@ -1,5 +1,7 @@
 """Weighted kNN classification of features and the kNN monitor callback.
 
+(:func:`extract_features` lives in :mod:`simclr_tf.features`; it is re-exported here.)
+
 The kNN monitor follows the protocol of Wu et al. 2018 ("Unsupervised Feature Learning via
 Non-Parametric Instance Discrimination") that most self-supervised papers report: L2-normalised
 features, cosine similarity, the k nearest bank examples vote for their class with weight
@@ -19,6 +21,12 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import distribute
+from simclr_tf.features import (
+    extract_features,
+    mask_of,
+    sparse_batch_labels,
+    split_element,
+)
 
 __all__ = ["KNNMonitor", "extract_features", "knn_predict"]
 
@@ -155,110 +163,6 @@ def knn_predict(
 
 
 # ---------------------------------------------------------------------------------------------
-# Feature extraction
-# ---------------------------------------------------------------------------------------------
-
-
-def _split_element(element: Any) -> tuple[Any, Any]:
-    """(images, labels) from a dataset element: a tuple/list or a TFDS-style dict."""
-    if isinstance(element, dict):
-        if "image" in element and "label" in element:
-            return element["image"], element["label"]
-    elif isinstance(element, tuple | list) and len(element) >= 2:
-        return element[0], element[1]
-    raise ValueError(
-        "extract_features needs a dataset of (images, labels) batches (or dicts with 'image' "
-        f"and 'label'); got elements of structure {element!r}."
-    )
-
-
-def _mask_of(element: Any) -> tf.Tensor | None:
-    """The boolean row mask of a padded ``(images, labels, mask)`` batch, else None."""
-    if isinstance(element, tuple | list) and len(element) >= 3:
-        return tf.cast(element[2], tf.bool)
-    return None
-
-
-def _compile_encoder(
-    encoder_fn: Callable[[tf.Tensor], tf.Tensor], image_spec: tf.TensorSpec
-) -> Callable[[tf.Tensor], tf.Tensor]:
-    """tf.function with a batch-agnostic signature: one trace serves full and partial batches."""
-    if isinstance(encoder_fn, tf.types.experimental.PolymorphicFunction):
-        return encoder_fn
-    signature = tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)
-    return tf.function(encoder_fn, input_signature=[signature])
-
-
-def _describe(value: Any) -> str:
-    """Shape-level description for error messages (never dumps tensor contents)."""
-    if isinstance(value, tf.Tensor):
-        return f"a tensor of shape {value.shape}"
-    return f"a {type(value).__name__}"
-
-
-def _sparse_batch_labels(labels: tf.Tensor) -> tf.Tensor:
-    """int32 [batch] ids from sparse, [batch, 1] or one-hot labels."""
-    labels = tf.convert_to_tensor(labels)
-    if labels.shape.rank == 2:
-        labels = tf.squeeze(labels, 1) if labels.shape[1] == 1 else tf.argmax(labels, axis=1)
-    if labels.shape.rank != 1:
-        raise ValueError(f"labels must be [batch] ids or one-hot, got shape {labels.shape}.")
-    return tf.cast(labels, tf.int32)
-
-
-def extract_features(
-    encoder_fn: Callable[[tf.Tensor], tf.Tensor],
-    dataset: tf.data.Dataset,
-    max_examples: int | None = None,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Runs `encoder_fn` over a finite batched (images, labels) dataset.
-
-    Returns (features [N, D] float32, labels [N] int32), every example once including the last
-    partial batch; `max_examples` stops after that many. The encoder is wrapped in one
-    tf.function with an unknown batch size, so it is traced once per call, not per batch shape
-    (pass an existing tf.function to reuse its traces across calls).
-    """
-    if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be None or >= 1, got {max_examples}.")
-    if max_examples is None and dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-        raise ValueError(
-            "extract_features got an infinite dataset (drop .repeat()) and no max_examples."
-        )
-    image_spec, _ = _split_element(dataset.element_spec)
-    if not isinstance(image_spec, tf.TensorSpec) or image_spec.shape.rank in (None, 0, 1):
-        raise ValueError(
-            f"images must be batched tensors [batch, ...], got spec {image_spec}: call "
-            ".batch(n) on the dataset."
-        )
-    encode = _compile_encoder(encoder_fn, image_spec)
-    features, labels, seen = [], [], 0
-    for element in dataset:
-        images, batch_labels = _split_element(element)
-        mask = _mask_of(element)
-        if mask is not None:  # padded batches (distribute.pad_batches): keep the real rows
-            images = tf.boolean_mask(images, mask)
-            batch_labels = tf.boolean_mask(batch_labels, mask)
-        if max_examples is not None and seen + int(tf.shape(images)[0]) > max_examples:
-            images = images[: max_examples - seen]
-            batch_labels = batch_labels[: max_examples - seen]
-        batch_features = encode(images)
-        if isinstance(batch_features, dict | list | tuple) or batch_features.shape.rank != 2:
-            raise ValueError(
-                "the encoder must return one [batch, dim] tensor (pooled features), got "
-                f"{_describe(batch_features)} for images of shape {images.shape}; if the "
-                "dataset is unbatched, call .batch(n) on it."
-            )
-        features.append(tf.cast(batch_features, tf.float32))
-        labels.append(_sparse_batch_labels(batch_labels))
-        seen += int(tf.shape(features[-1])[0])
-        if max_examples is not None and seen >= max_examples:
-            break
-    if not features:
-        raise ValueError("extract_features: the dataset yielded no examples.")
-    return tf.concat(features, axis=0), tf.concat(labels, axis=0)
-
-
-# ---------------------------------------------------------------------------------------------
 # kNN monitor callback
 # ---------------------------------------------------------------------------------------------
 
@@ -350,7 +254,7 @@ class KNNMonitor(keras.callbacks.Callback):
 
             def replica_step(images, labels, mask):
                 features = tf.cast(encoder(images, training=False), tf.float32)
-                return features, _sparse_batch_labels(labels), mask
+                return features, sparse_batch_labels(labels), mask
 
             @tf.function
             def step(images, labels, mask):
@@ -369,13 +273,13 @@ class KNNMonitor(keras.callbacks.Callback):
         first = next(iter(dataset), None)
         if first is None:
             raise ValueError("KNNMonitor: a dataset yielded no examples.")
-        images, _ = _split_element(first)
+        images, _ = split_element(first)
         batch = -(-int(images.shape[0]) // replicas) * replicas  # rounded up to the replicas
 
         def as_tuple(*element):
             element = element[0] if len(element) == 1 else element
-            mask = _mask_of(element)
-            return _split_element(element) + (() if mask is None else (mask,))
+            mask = mask_of(element)
+            return split_element(element) + (() if mask is None else (mask,))
 
         padded = distribute.pad_batches(dataset.map(as_tuple), batch)
         step = self._step_for(padded.element_spec[0])

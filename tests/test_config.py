@@ -7,7 +7,7 @@ import math
 import pytest
 from absl import flags
 
-from simclr_tf import config, config_checks, schedule
+from simclr_tf import config, config_checks, config_defaults, schedule
 from simclr_tf.data import recipe
 
 # The defaults of the settings table itself (not conftest.tiny_config): only a model_dir.
@@ -60,17 +60,19 @@ def test_valid_config_passes():
 
 
 def test_resolve_small_and_large_images():
-    small = config.resolve(_cfg(), 32, ("train", "test"))
+    small = config_defaults.resolve(_cfg(), 32, ("train", "test"))
     assert (small.image_size, small.cifar_stem, small.use_blur) == (32, True, False)
     assert small.color_jitter_strength == 0.5 and small.eval_split == "test"
-    large = config.resolve(_cfg(), None, ("train", "validation", "test"))
+    large = config_defaults.resolve(_cfg(), None, ("train", "validation", "test"))
     assert (large.image_size, large.cifar_stem, large.use_blur) == (224, False, True)
     assert large.color_jitter_strength == 1.0 and large.eval_split == "validation"
-    explicit = config.resolve(_cfg(image_size=64, use_blur=False, cifar_stem=True), 32, ("train",))
+    explicit = config_defaults.resolve(
+        _cfg(image_size=64, use_blur=False, cifar_stem=True), 32, ("train",)
+    )
     assert (explicit.image_size, explicit.use_blur, explicit.cifar_stem) == (64, False, True)
-    assert config.resolve(_cfg(use_tpu=True), 32, ("train", "test")).strategy == "tpu"
+    assert config_defaults.resolve(_cfg(use_tpu=True), 32, ("train", "test")).strategy == "tpu"
     with pytest.raises(config.ConfigError, match="--eval_split"):
-        config.resolve(_cfg(mode="eval"), 32, ("train",))
+        config_defaults.resolve(_cfg(mode="eval"), 32, ("train",))
 
 
 def test_schedule_from_epochs_and_steps():

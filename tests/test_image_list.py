@@ -15,17 +15,17 @@ from PIL import Image
 from tensorflow.core.framework import graph_pb2
 
 from simclr_tf import atomic
-from simclr_tf.data import image_folder
+from simclr_tf.data import image_list
 from simclr_tf.data.sources import DataError, load_split
 
-_PROCESS_LIST_DIR = image_folder._list_dir  # before the fixture below replaces it
+_PROCESS_LIST_DIR = image_list._list_dir  # before the fixture below replaces it
 
 
 @pytest.fixture(autouse=True)
 def list_dir(tmp_path, monkeypatch) -> pathlib.Path:
     """Each test gets its own list folder."""
     folder = tmp_path / "lists"
-    monkeypatch.setattr(image_folder, "_list_dir", lambda: str(folder))
+    monkeypatch.setattr(image_list, "_list_dir", lambda: str(folder))
     return folder
 
 
@@ -64,7 +64,7 @@ def test_large_list_is_data_not_a_graph_constant(tmp_path, list_dir):
     n = 100_000
     rel = [f"n{c:08d}/n{c:08d}_{k:06d}.JPEG" for c in range(100) for k in range(n // 100)]
     labels = [(i * 7) % 100 for i in range(n)]
-    ds = image_folder._decode_files(str(tmp_path), rel, labels, (8, 8, 3))
+    ds = image_list.decode_files(str(tmp_path), rel, labels, (8, 8, 3))
 
     list_bytes = sum(len(p.encode()) for p in rel)
     serialized = ds._as_serialized_graph().numpy()
@@ -81,9 +81,9 @@ def test_large_list_is_data_not_a_graph_constant(tmp_path, list_dir):
 def test_list_file_reused_and_one_per_selection(tmp_path, list_dir, monkeypatch):
     ids = _folder(tmp_path, {"a": [f"{k}.png" for k in range(6)], "b": ["x.png", "y.png"]})
     writes = []
-    real_write = image_folder.write_text_atomic
+    real_write = image_list.write_text_atomic
     monkeypatch.setattr(
-        image_folder, "write_text_atomic", lambda p, t: (writes.append(p), real_write(p, t))
+        image_list, "write_text_atomic", lambda p, t: (writes.append(p), real_write(p, t))
     )
     sorted_order = [(ids[k], 0 if k[0] == "a" else 1) for k in sorted(ids)]
 
@@ -117,7 +117,7 @@ def test_the_list_folder_is_private_to_the_process():
     try:
         for folder in folders:
             assert os.path.dirname(folder) == tempfile.gettempdir()
-            assert os.path.basename(folder).startswith(image_folder.LIST_DIR_PREFIX)
+            assert os.path.basename(folder).startswith(image_list.LIST_DIR_PREFIX)
             assert os.stat(folder).st_mode & 0o777 == 0o700
         assert folders[0] != folders[1]  # each process gets its own
     finally:
@@ -148,7 +148,7 @@ def test_writer_killed_before_rename_leaves_no_file(tmp_path, list_dir, monkeypa
         load_split("image_folder", "train", str(tmp_path))
     assert os.listdir(list_dir) == []  # neither a half list under its name nor a stray temp
     monkeypatch.undo()
-    monkeypatch.setattr(image_folder, "_list_dir", lambda: str(list_dir))
+    monkeypatch.setattr(image_list, "_list_dir", lambda: str(list_dir))
     ds, _ = load_split("image_folder", "train", str(tmp_path))
     assert _values(ds) == [(ids["a/0.png"], 0), (ids["a/1.png"], 0)]
 
@@ -169,7 +169,7 @@ def test_tab_in_a_file_name_is_read_and_named(tmp_path):
 def test_line_break_in_a_file_name_is_refused_in_one_line(tmp_path, list_dir):
     for name in ("bad\nname.png", "bad\rname.png"):
         with pytest.raises(DataError) as caught:
-            image_folder._decode_files(str(tmp_path), ["a/ok.png", f"a/{name}"], [0, 0], None)
+            image_list.decode_files(str(tmp_path), ["a/ok.png", f"a/{name}"], [0, 0], None)
         message = str(caught.value)
         assert "\n" not in message and repr(str(tmp_path / "a" / name)) in message
         assert "rename the file" in message

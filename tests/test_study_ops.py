@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_config
 
-from simclr_tf import config
+from simclr_tf import config, config_defaults
 from simclr_tf.data import augment, recipe
 from simclr_tf.data.augment import study_ops as so
 from simclr_tf.data.augment.seeds import _split
@@ -173,13 +173,15 @@ def test_crops_share_colour_histograms_until_colour_is_distorted():
 
 def test_config_flags_for_studies():
     cfg = config.Config(model_dir="/tmp/m").validate()
-    resolved = config.resolve(cfg, 32, ("train", "test"))
+    resolved = config_defaults.resolve(cfg, 32, ("train", "test"))
     assert resolved.augmentations == "crop,flip,color,grayscale" and not resolved.use_blur
-    big = config.resolve(cfg, None, ("train", "validation"))
+    big = config_defaults.resolve(cfg, None, ("train", "validation"))
     assert big.augmentations == "crop,flip,color,grayscale,blur" and big.use_blur
-    listed = config.resolve(cfg.replace(augmentations="crop,blur"), 32, ("train", "test"))
+    listed = config_defaults.resolve(cfg.replace(augmentations="crop,blur"), 32, ("train", "test"))
     assert listed.use_blur and listed.augmentations == "crop,blur"
-    off = config.resolve(cfg.replace(augmentations="crop", use_blur=True), None, ("train",))
+    off = config_defaults.resolve(
+        cfg.replace(augmentations="crop", use_blur=True), None, ("train",)
+    )
     assert not off.use_blur  # the list decides
     with pytest.raises(config.ConfigError, match="Unknown augmentation"):
         cfg.replace(augmentations="crop,zoom").validate()

@@ -8,7 +8,7 @@
         --warmup_steps=0 --candidate=micro_batch_size=128
 
 Every case runs in its own subprocess (so peak RSS, XLA caches and the global mixed-precision
-policy never mix) and builds everything the way ``run.py`` does: ``config.resolve`` /
+policy never mix) and builds everything the way ``run.py`` does: ``config_defaults.resolve`` /
 ``validate``, ``train.build_for_run`` (precision policy, model, optimizer, ``compile`` with
 ``jit_compile``), ``train.train_dataset`` (the real tf.data input, host or device
 augmentation) and ``model.fit`` with the real ``train_step``; a callback only reads the clock.

@@ -31,7 +31,7 @@ sys.path.insert(0, REPO)
 
 import tensorflow as tf  # noqa: E402
 
-from simclr_tf import config, data_service, train  # noqa: E402
+from simclr_tf import config, config_defaults, data_service, train  # noqa: E402
 
 
 def _free_port() -> int:
@@ -125,7 +125,7 @@ def main() -> None:
         cfg = config.Config(**fields)
         info = train.sources.dataset_info(cfg.dataset, cfg.data_dir)
         side = info.image_shape[0] if info.image_shape else None
-        cfg = config.resolve(cfg, side, tuple(info.split_sizes)).validate()
+        cfg = config_defaults.resolve(cfg, side, tuple(info.split_sizes)).validate()
         counts = [int(w) for w in args.workers.split(",")]
         speeds: dict[int, list[float]] = {w: [] for w in counts}
         for _ in range(args.repeats):
