@@ -1,4 +1,4 @@
-"""Test setup: quiet TF, no network, and two logical CPU devices for distribution tests.
+"""Test setup: quiet TF, no network, TF's own CPU kernels, two logical CPUs for distribution.
 
 Logical devices must be configured before TensorFlow initialises its runtime, so this runs at
 import time, before any test module touches TF.
@@ -10,6 +10,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-dir-for-tests")
+# TensorFlow's own float32 kernels, not oneDNN's: oneDNN picks its blocking (and so the order of
+# a convolution's sums) by CPU instruction set and batch size, and the training steps amplify
+# that rounding. Measured on an AVX-512 AMD EPYC: a 2-replica global-BN step 4.7e-4 from the
+# one-device step with oneDNN, < 1e-5 without; the equality tests would pass on one CPU family
+# and fail on another. Subprocesses (run.py in end-to-end tests) inherit it. Set
+# TF_ENABLE_ONEDNN_OPTS=1 to run the suite with oneDNN.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
