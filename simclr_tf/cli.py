@@ -23,13 +23,14 @@ FLAGS = flags.FLAGS
 # checkpoint files and the lock before it does not start TF's runtime).
 
 
-def run_config(cfg: config.Config) -> dict | None:
+def run_config(cfg: config.Config, given: frozenset[str] = frozenset()) -> dict | None:
     """Runs one configured job; returns the evaluation result when the mode evaluates.
 
     The steps, in order: :func:`take_run_folder` (the lock), :func:`check_checkpoints`,
     :func:`pick_strategy`, :func:`read_dataset`, then in the run's folder
     (:func:`run_in_folder`) :func:`train_model`, :func:`model_to_evaluate`,
-    :func:`evaluate_model`, :func:`export_model`.
+    :func:`evaluate_model`, :func:`export_model`. ``given``: the flags the user set (command
+    line or flagfile); the rest are defaults.
     """
     lock = take_run_folder(cfg)
     try:
@@ -39,7 +40,7 @@ def run_config(cfg: config.Config) -> dict | None:
 
             data_service.check_dispatcher(cfg.data_service)  # one line now, not a hang later
         strategy = pick_strategy(cfg)
-        cfg, info = read_dataset(cfg, strategy)
+        cfg, info = read_dataset(cfg, strategy, given)
         return run_in_folder(cfg, strategy, info, lock is not None)
     finally:
         if lock is not None:
@@ -109,7 +110,7 @@ def pick_strategy(cfg: config.Config):
     return distribute.strategy_for(cfg)
 
 
-def read_dataset(cfg: config.Config, strategy):
+def read_dataset(cfg: config.Config, strategy, given: frozenset[str] = frozenset()):
     """The dataset's metadata, and the config resolved and checked against it and the replicas."""
     from simclr_tf.data import sources
 
@@ -120,7 +121,9 @@ def read_dataset(cfg: config.Config, strategy):
     cfg = config_defaults.resolve(cfg, side, tuple(info.split_sizes)).validate()
     from simclr_tf.official import convert as official_convert
 
-    cfg = official_convert.configure(cfg).validate()  # architecture of an official checkpoint
+    cfg = official_convert.configure(
+        cfg, given
+    ).validate()  # architecture of an official checkpoint
     if cfg.trains:
         from simclr_tf import train
 
@@ -211,7 +214,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         cfg = config.Config.from_flags(FLAGS).validate()
-        run_config(cfg)
+        run_config(cfg, frozenset(name for name in FLAGS if FLAGS[name].present))
     except UserError as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - only data-check failures are turned into one line

@@ -78,3 +78,31 @@ def test_an_untold_teacher_names_the_converter(tf1, monkeypatch):
     monkeypatch.setattr(load, "inspect", lambda path, use_ema=False: found)
     with pytest.raises(UserError, match="convert_checkpoint.py --ft_proj_selector"):
         restore._official_teacher(str(TF1), 10)
+
+
+def test_mode_eval_reads_the_selector_or_asks_for_the_flag(tf1, monkeypatch):
+    """--mode=eval of an official checkpoint: the slots' selector, never a silent default."""
+    from conftest import tiny_config
+
+    from simclr_tf.official import convert
+
+    source, arch, head, layer_slots = tf1
+    cfg = tiny_config(mode="eval", checkpoint=str(TF1), ft_proj_selector=0)
+    assert convert.configure(cfg).ft_proj_selector == 0  # the fixture's slots say 0
+    with pytest.raises(UserError, match="--ft_proj_selector=0 or leave") as err:
+        convert.configure(cfg.replace(ft_proj_selector=2), frozenset({"ft_proj_selector"}))
+    assert "\n" not in str(err.value)
+    # A fine-tuned checkpoint whose slots say 1, the flag left out: 1, not the default 0.
+    trained = source.trained | _head_keys(layer_slots, 0)
+    told = (dataclasses.replace(source, trained=frozenset(trained)), arch, head, layer_slots)
+    monkeypatch.setattr(convert, "inspect", lambda path, use_ema=False: told)
+    assert convert.configure(cfg).ft_proj_selector == 1
+    # No slots to tell: the flag is required, and then taken as given.
+    untold = (dataclasses.replace(source, trained=None), arch, head, layer_slots)
+    monkeypatch.setattr(convert, "inspect", lambda path, use_ema=False: untold)
+    with pytest.raises(UserError, match="pass --ft_proj_selector=N"):
+        convert.configure(cfg)
+    given = frozenset({"ft_proj_selector"})
+    assert convert.configure(cfg.replace(ft_proj_selector=2), given).ft_proj_selector == 2
+    # Training modes choose their own head input: no refusal.
+    assert convert.configure(cfg.replace(mode="train")).ft_proj_selector == 0

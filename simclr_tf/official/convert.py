@@ -29,8 +29,15 @@ from simclr_tf.atomic import replace_folder, write_json_atomic
 from simclr_tf.config import ARCHITECTURE_KEYS, Config
 from simclr_tf.config_checks import RESNET_ENCODER
 from simclr_tf.model_card import model_card
-from simclr_tf.official.load import OfficialInfo, arch_config, inspect, load_official
-from simclr_tf.official.reader import OfficialCheckpointError, is_official
+from simclr_tf.official.load import (
+    OfficialInfo,
+    arch_config,
+    inspect,
+    load_official,
+    trained_selector,
+    unknown_selector,
+)
+from simclr_tf.official.reader import TF2_SAVED_MODEL, OfficialCheckpointError, is_official
 
 
 def default_image_size(cifar_stem: bool) -> int:
@@ -48,12 +55,14 @@ def _converted_run(path: str | None) -> str | None:
     return None
 
 
-def configure(cfg: Config) -> Config:
+def configure(cfg: Config, given: frozenset[str] = frozenset()) -> Config:
     """``cfg`` with the architecture of an official ``--checkpoint`` (or converted run).
 
     Flags the user gave for the architecture are replaced: the checkpoint decides them. A
     converted run folder is recognised as ``--checkpoint`` and as ``--model_dir`` of
-    ``--mode=eval``, so its flags.json need not be repeated on the command line.
+    ``--mode=eval``, so its flags.json need not be repeated on the command line. ``given``: the
+    flags set on the command line or in a flagfile (:func:`eval_selector` needs to know whether
+    ``--ft_proj_selector`` was).
     """
     if cfg.checkpoint and is_official(cfg.checkpoint):
         if cfg.encoder != RESNET_ENCODER:
@@ -61,12 +70,15 @@ def configure(cfg: Config) -> Config:
                 f"{cfg.checkpoint} is a published ResNet checkpoint: it cannot be loaded into "
                 f"--encoder={cfg.encoder} (drop --encoder)."
             )
-        _, arch, head, _ = inspect(cfg.checkpoint, cfg.checkpoint_ema)
+        source, arch, head, layer_slots = inspect(cfg.checkpoint, cfg.checkpoint_ema)
         if head.proj_mode == "none" and cfg.ft_proj_selector:
             raise OfficialCheckpointError(
                 f"{cfg.checkpoint} has no projection head, so --ft_proj_selector must be 0."
             )
-        new = arch_config(arch, head, cfg, cfg.ft_proj_selector)
+        selector = cfg.ft_proj_selector
+        if cfg.mode == "eval":  # evaluates the checkpoint's own supervised head
+            selector = eval_selector(cfg, source, head, layer_slots, given)
+        new = arch_config(arch, head, cfg, selector)
         logging.info(
             "Architecture from official checkpoint %s: %s",
             cfg.checkpoint,
@@ -82,6 +94,31 @@ def configure(cfg: Config) -> Config:
         return cfg
     flags = model_dir_lib.read_flags(run) or {}
     return cfg.replace(**{k: flags[k] for k in keys if k in flags})
+
+
+def eval_selector(cfg: Config, source, head, layer_slots, given: frozenset[str]) -> int:
+    """The projection layer feeding the supervised head that ``--mode=eval`` evaluates.
+
+    On ResNet-50 1x the first projection layer is as wide as ``h``, so a wrong selector loads
+    and gives wrong logits in silence. Read off the TF1/TF2 checkpoint's optimizer slots when
+    they tell (:func:`~simclr_tf.official.load.trained_selector`); when they do not, the user
+    must say it (``--ft_proj_selector``): no default of 0. A SavedModel is measured when it is
+    restored (:func:`~simclr_tf.official.load.measured_selector`).
+    """
+    if source.format == TF2_SAVED_MODEL or not (head.proj_layers and head.num_classes):
+        return cfg.ft_proj_selector
+    inferred = trained_selector(source, head, layer_slots)
+    if inferred is None:
+        if "ft_proj_selector" not in given:
+            raise unknown_selector(cfg.checkpoint)
+        return cfg.ft_proj_selector
+    if "ft_proj_selector" in given and cfg.ft_proj_selector != inferred:
+        raise OfficialCheckpointError(
+            f"{cfg.checkpoint}: its optimizer slots show its supervised head reads projection "
+            f"layer {inferred}, not {cfg.ft_proj_selector}: pass --ft_proj_selector={inferred} "
+            "or leave the flag out."
+        )
+    return inferred
 
 
 def _run_config(

@@ -232,7 +232,7 @@ def trained_selector(
     return 0 if k == len(flags) else k
 
 
-def _unknown_selector(path: str) -> OfficialCheckpointError:
+def unknown_selector(path: str) -> OfficialCheckpointError:
     return OfficialCheckpointError(
         f"{path} does not record which projection layer feeds its supervised head (no optimizer "
         "slots tell it): pass --ft_proj_selector=N (0 = h; the reference README fine-tunes "
@@ -311,7 +311,7 @@ def load_official(
     if ft_proj_selector is None and source.format != TF2_SAVED_MODEL and both_heads:
         inferred = trained_selector(source, head, layer_slots)
         if inferred is None:
-            raise _unknown_selector(path)
+            raise unknown_selector(path)
         selector = inferred
     if not 0 <= selector <= max(head.proj_layers, 0):
         raise OfficialCheckpointError(
