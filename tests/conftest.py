@@ -86,6 +86,28 @@ CIFAR10_DIR = REPO.parent / "shared" / "data" / "cifar10"
 REQUIRE_DATA_ENV = "SIMCLR_REQUIRE_DATA"
 
 
+def tiny_run_flags(data_dir, model_dir, batch: int, *extra: str) -> list[str]:
+    """The flags of a tiny ``run.py`` pretraining run on an image folder (ResNet-18 at width
+    1/16): for ``run_cli`` or after ``python run.py``."""
+    return [
+        "--mode=train",
+        "--dataset=image_folder",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        "--resnet_depth=18",
+        "--width_multiplier=0.0625",
+        "--proj_out_dim=16",
+        f"--train_batch_size={batch}",
+        "--verbose=0",
+        *extra,
+    ]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a ``run.py`` child process: CPU only, quiet TensorFlow."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
 def require_shared(path: pathlib.Path, what: str) -> pathlib.Path:
     """``path`` from ../shared; skips when absent, fails under CI (``SIMCLR_REQUIRE_DATA``)."""
     if not path.is_dir():

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import subprocess_env, tiny_run_flags
 
 from simclr_tf import callbacks, checkpoints, train
 from simclr_tf import model_dir as model_dir_lib
@@ -41,23 +42,11 @@ def data_dir(tmp_path_factory, write_png_folder) -> pathlib.Path:
 
 def _command(data_dir: pathlib.Path, model_dir: pathlib.Path, *extra: str) -> list[str]:
     """The flags of a tiny run.py training run (for run_cli, or after ``python run.py``)."""
-    return [
-        "--mode=train",
-        "--dataset=image_folder",
-        f"--data_dir={data_dir}",
-        f"--model_dir={model_dir}",
-        "--resnet_depth=18",
-        "--width_multiplier=0.0625",
-        "--proj_out_dim=16",
-        f"--train_batch_size={BATCH}",
-        "--optimizer=lars",
-        "--verbose=0",
-        *extra,
-    ]
+    return tiny_run_flags(data_dir, model_dir, BATCH, "--optimizer=lars", *extra)
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess_env()
 
 
 def _checkpoint_steps(model_dir: pathlib.Path) -> list[int]:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import subprocess_env, tiny_run_flags
 
 from simclr_tf import checkpoints, config, run_lock, tf_config
 from simclr_tf import model_dir as model_dir_lib
@@ -355,25 +356,12 @@ def data_dir(tmp_path_factory, write_png_folder) -> pathlib.Path:
 
 
 def _command(data_dir: pathlib.Path, model_dir: pathlib.Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(REPO / "run.py"),
-        "--mode=train",
-        "--dataset=image_folder",
-        f"--data_dir={data_dir}",
-        f"--model_dir={model_dir}",
-        "--resnet_depth=18",
-        "--width_multiplier=0.0625",
-        "--proj_out_dim=16",
-        f"--train_batch_size={BATCH}",
-        "--warmup_epochs=0",
-        "--verbose=0",
-        *extra,
-    ]
+    run_py = [sys.executable, str(REPO / "run.py")]
+    return run_py + tiny_run_flags(data_dir, model_dir, BATCH, "--warmup_epochs=0", *extra)
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess_env()
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

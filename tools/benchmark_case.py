@@ -256,7 +256,7 @@ def run_case(
 ) -> dict[str, Any]:
     """Builds the run exactly as ``run.py`` does and measures it (call in a fresh process)."""
     from simclr_tf import config as config_lib
-    from simclr_tf import distribute
+    from simclr_tf import config_defaults, distribute
 
     case = dict(case)
     reference = case.pop("_reference", None)
@@ -281,7 +281,7 @@ def run_case(
 
     info = sources.dataset_info(cfg.dataset, cfg.data_dir)
     side = info.image_shape[0] if info.image_shape and info.image_shape[0] else None
-    cfg = config_lib.resolve(cfg, side, tuple(info.split_sizes)).validate()
+    cfg = config_defaults.resolve(cfg, side, tuple(info.split_sizes)).validate()
     cfg = train.place_augmentation(cfg, strategy, info)  # --augment_on=auto, as run.py
     result: dict[str, Any] = {
         "case": case_name(case.get("_overrides", {})),
