@@ -10,8 +10,8 @@ with ``--compare`` its distance from an ``.npz`` of outputs (the test's figure):
 
     python tools/reference_train_steps.py --reference_dir=/tmp/ref/tf2 \\
         --checkpoint=../shared/official_checkpoints/tf2_ckpt_r50_sk1 --case=finetune_two_steps \\
-        --set=steps=1 --out=/tmp/r50_one_step.npz \\
-        --compare=tests/fixtures/reference_steps/r50_sk1_finetune_one_step.npz
+        --set=steps=1 --shift_inputs=-0.5 --out=/tmp/r50_one_step.npz \\
+        --compare=tests/fixtures/reference_steps/r50_sk1_finetune_one_step_centred.npz
 """
 
 from __future__ import annotations
