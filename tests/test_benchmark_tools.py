@@ -17,28 +17,34 @@ from conftest import subprocess_env
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _run_tool(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python tools/<script> args...`` in a child process; fails the test on a non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / script), *args],
+        env={**subprocess_env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=os.fspath(REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def _json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
 def test_benchmark_pipeline_cases_and_their_ratio(tmp_path, write_png_folder):
     data = write_png_folder(tmp_path / "data", 2, {"train": 8, "test": 2}, 8)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "benchmark.py"),
-            "--what=pipeline",
-            "--pipeline_batches=2",
-            f"--set=data_dir={data},train_batch_size=4,width_multiplier=0.0625",
-            "--candidate=augment_on=device",
-        ],
-        env={**subprocess_env(), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = _run_tool(
+        "benchmark.py",
+        "--what=pipeline",
+        "--pipeline_batches=2",
+        f"--set=data_dir={data},train_batch_size=4,width_multiplier=0.0625",
+        "--candidate=augment_on=device",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     lines = _json_lines(proc.stdout)
     cases = {d["case"]: d for d in lines if "case" in d}
     assert set(cases) == {"baseline", "augment_on=device"}, [d.get("error") for d in lines]
@@ -56,25 +62,15 @@ def test_benchmark_pipeline_cases_and_their_ratio(tmp_path, write_png_folder):
 
 
 def test_benchmark_host_views_reports_each_case_and_its_ratio():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "benchmark_host_views.py"),
-            "--cases=ours_crops,ours",
-            "--repeats=1",
-            "--batches=1",
-            "--batch=4",
-            "--images=4",
-            "--image_size=32",
-        ],
-        env={**subprocess_env(), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=os.fspath(REPO),
+    proc = _run_tool(
+        "benchmark_host_views.py",
+        "--cases=ours_crops,ours",
+        "--repeats=1",
+        "--batches=1",
+        "--batch=4",
+        "--images=4",
+        "--image_size=32",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     rates = {d["case"]: d["images_per_sec"] for d in _json_lines(proc.stdout)}
     assert set(rates) == {"ours_crops", "ours"} and min(rates.values()) > 0
     table = [line.split() for line in proc.stdout.splitlines() if not line.startswith("{")]
