@@ -121,9 +121,8 @@ def read_dataset(cfg: config.Config, strategy, given: frozenset[str] = frozenset
     cfg = config_defaults.resolve(cfg, side, tuple(info.split_sizes)).validate()
     from simclr_tf.official import convert as official_convert
 
-    cfg = official_convert.configure(
-        cfg, given
-    ).validate()  # architecture of an official checkpoint
+    # The architecture (and the supervised head's input) of an official checkpoint:
+    cfg = official_convert.configure(cfg, given).validate()
     if cfg.trains:
         from simclr_tf import train
 

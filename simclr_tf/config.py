@@ -44,9 +44,7 @@ from simclr_tf.config_checks import (
     ConfigChecks,
     ConfigError,
 )
-from simclr_tf.data.recipe import (
-    DEFAULT_COLOR_JITTER_IMPL,
-)
+from simclr_tf.data.recipe import DEFAULT_COLOR_JITTER_IMPL
 
 __all__ = ["ARCHITECTURE_KEYS", "Config", "ConfigError", "define_flags", "setting"]
 

@@ -45,10 +45,6 @@ def _command(data_dir: pathlib.Path, model_dir: pathlib.Path, *extra: str) -> li
     return tiny_run_flags(data_dir, model_dir, BATCH, "--optimizer=lars", *extra)
 
 
-def _env() -> dict[str, str]:
-    return subprocess_env()
-
-
 def _checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
     state = tf.train.get_checkpoint_state(str(model_dir))
     if state is None:
@@ -97,7 +93,7 @@ def test_kill_9_then_same_command_resumes_with_optimizer_and_schedule(data_dir, 
     proc = subprocess.Popen(
         [sys.executable, "run.py", *cmd],
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -360,13 +360,9 @@ def _command(data_dir: pathlib.Path, model_dir: pathlib.Path, *extra: str) -> li
     return run_py + tiny_run_flags(data_dir, model_dir, BATCH, "--warmup_epochs=0", *extra)
 
 
-def _env() -> dict[str, str]:
-    return subprocess_env()
-
-
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
 
 
@@ -397,7 +393,7 @@ def concurrent_runs(data_dir, tmp_path_factory):
     cmd = _command(data_dir, folder, f"--train_epochs={EPOCHS}", "--checkpoint_epochs=1")
     log = folder.parent / "first.log"  # a file, not a pipe nobody reads while the second runs
     with open(log, "w") as stderr:
-        first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stderr=stderr, text=True)
+        first = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not (folder / "run.lock").exists():
@@ -512,7 +508,7 @@ def test_bad_settings_are_refused_before_any_work(data_dir, tmp_path):
             "--strategy=tpu",
         ),
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,

@@ -98,7 +98,6 @@ def reference_steps(ref_dir: str, checkpoint: str, settings: dict, arrays: dict)
     features = tf.constant(features, tf.float32)
     before = _outputs(model, tf.constant(arrays["probe_images"]))
     one_hot = tf.constant(one_hot, tf.float32)
-    losses: dict[str, float] = {}
 
     @tf.function
     def step():

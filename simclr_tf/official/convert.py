@@ -32,10 +32,10 @@ from simclr_tf.model_card import model_card
 from simclr_tf.official.load import (
     OfficialInfo,
     arch_config,
+    checkpoint_selector,
     inspect,
     load_official,
     trained_selector,
-    unknown_selector,
 )
 from simclr_tf.official.reader import TF2_SAVED_MODEL, OfficialCheckpointError, is_official
 
@@ -100,25 +100,22 @@ def eval_selector(cfg: Config, source, head, layer_slots, given: frozenset[str])
     """The projection layer feeding the supervised head that ``--mode=eval`` evaluates.
 
     On ResNet-50 1x the first projection layer is as wide as ``h``, so a wrong selector loads
-    and gives wrong logits in silence. Read off the TF1/TF2 checkpoint's optimizer slots when
-    they tell (:func:`~simclr_tf.official.load.trained_selector`); when they do not, the user
-    must say it (``--ft_proj_selector``): no default of 0. A SavedModel is measured when it is
-    restored (:func:`~simclr_tf.official.load.measured_selector`).
+    and gives wrong logits in silence. The flag when given, else the checkpoint's own
+    (:func:`~simclr_tf.official.load.checkpoint_selector`: its optimizer slots, or a refusal
+    naming the flag; no default of 0). A given flag that the slots contradict is refused here,
+    before any work. A SavedModel is measured when it is restored.
     """
-    if source.format == TF2_SAVED_MODEL or not (head.proj_layers and head.num_classes):
-        return cfg.ft_proj_selector
-    inferred = trained_selector(source, head, layer_slots)
-    if inferred is None:
-        if "ft_proj_selector" not in given:
-            raise unknown_selector(cfg.checkpoint)
-        return cfg.ft_proj_selector
-    if "ft_proj_selector" in given and cfg.ft_proj_selector != inferred:
-        raise OfficialCheckpointError(
-            f"{cfg.checkpoint}: its optimizer slots show its supervised head reads projection "
-            f"layer {inferred}, not {cfg.ft_proj_selector}: pass --ft_proj_selector={inferred} "
-            "or leave the flag out."
-        )
-    return inferred
+    explicit = cfg.ft_proj_selector if "ft_proj_selector" in given else None
+    selector = checkpoint_selector(cfg.checkpoint, source, head, layer_slots, explicit)
+    if explicit is not None and source.format != TF2_SAVED_MODEL and head.num_classes:
+        inferred = trained_selector(source, head, layer_slots)
+        if inferred is not None and inferred != explicit:
+            raise OfficialCheckpointError(
+                f"{cfg.checkpoint}: its optimizer slots show its supervised head reads "
+                f"projection layer {inferred}, not {explicit}: pass "
+                f"--ft_proj_selector={inferred} or leave the flag out."
+            )
+    return selector
 
 
 def _run_config(

@@ -232,12 +232,28 @@ def trained_selector(
     return 0 if k == len(flags) else k
 
 
-def unknown_selector(path: str) -> OfficialCheckpointError:
-    return OfficialCheckpointError(
-        f"{path} does not record which projection layer feeds its supervised head (no optimizer "
-        "slots tell it): pass --ft_proj_selector=N (0 = h; the reference README fine-tunes "
-        "SimCLRv2 models with 1)."
-    )
+def checkpoint_selector(
+    path: str,
+    source: Source,
+    head: layout.Head,
+    layer_slots: list[layout.Slot],
+    explicit: int | None,
+) -> int:
+    """The ``ft_proj_selector`` to load a checkpoint with: ``explicit`` when given, else read
+    off a TF1/TF2 checkpoint's slots (:func:`trained_selector`), refused when a checkpoint with
+    both heads cannot tell; 0 for a SavedModel (measured when it is restored) or one head."""
+    if explicit is not None:
+        return int(explicit)
+    if source.format == TF2_SAVED_MODEL or not (head.proj_layers and head.num_classes):
+        return 0
+    inferred = trained_selector(source, head, layer_slots)
+    if inferred is None:
+        raise OfficialCheckpointError(
+            f"{path} does not record which projection layer feeds its supervised head (no "
+            "optimizer slots tell it): pass --ft_proj_selector=N (0 = h; the reference README "
+            "fine-tunes SimCLRv2 models with 1)."
+        )
+    return inferred
 
 
 _MEASURED: dict[str, int | None] = {}  # SavedModel prefix -> measured selector (loads are slow)
@@ -306,13 +322,7 @@ def load_official(
         h = model(images)["final_avg_pool"]
     """
     source, arch, head, layer_slots = inspect(path, use_ema)
-    selector = 0 if ft_proj_selector is None else int(ft_proj_selector)
-    both_heads = bool(head.proj_layers and head.num_classes)
-    if ft_proj_selector is None and source.format != TF2_SAVED_MODEL and both_heads:
-        inferred = trained_selector(source, head, layer_slots)
-        if inferred is None:
-            raise unknown_selector(path)
-        selector = inferred
+    selector = checkpoint_selector(path, source, head, layer_slots, ft_proj_selector)
     if not 0 <= selector <= max(head.proj_layers, 0):
         raise OfficialCheckpointError(
             f"ft_proj_selector={selector} but the checkpoint's projection head has "
