@@ -129,6 +129,8 @@ def read_dataset(cfg: config.Config, strategy, given: frozenset[str] = frozenset
         placement, why = train.augment_placement(cfg, strategy, info)
         logging.info("Augmentation placement: %s (%s).", placement, why)
         cfg = cfg.replace(augment_on=placement)  # flags.json records the placement that ran
+        cfg = cfg.replace(conv_filter_grad=train.filter_gradient_for(cfg, strategy))
+        logging.info("Convolution filter gradient: %s.", cfg.conv_filter_grad)
     for split, needed in ((cfg.train_split, cfg.trains), (cfg.eval_split, cfg.evaluates)):
         if needed and split not in info.split_sizes:
             raise sources.DataError(

@@ -297,6 +297,14 @@ class Config(ConfigChecks):
         "XLA-compile the train step (one replica: the whole step; several GPUs/CPUs: per device "
         "by XLA auto-clustering; TPUs always compile).",
     )
+    conv_filter_grad: str = setting(
+        "auto",
+        "Filter gradient of the encoder's bfloat16 convolutions: matmul (one matrix product per "
+        "kernel tap, layers with >= 256 input channels; faster on CPUs), native (TF's kernel), "
+        "auto (matmul for --mixed_precision=bfloat16 on CPU replicas without --jit_compile, "
+        "else native; recorded in flags.json).",
+        choices=("auto", "native", "matmul"),
+    )
     micro_batch_size: int = setting(
         0,
         "Gradient caching: compute the batch in chunks of this many images per replica (0 = off).",

@@ -31,6 +31,7 @@ from simclr_tf.config import Config
 from simclr_tf.data import image_folder, pipeline, sources
 from simclr_tf.data.recipe import choose_augment_on, is_recipe
 from simclr_tf.knn import KNNMonitor
+from simclr_tf.models import conv_grad
 from simclr_tf.models.build import build_model
 from simclr_tf.models.distill import fixed_view_dataset
 from simclr_tf.models.simclr import SimCLRModel
@@ -42,6 +43,26 @@ def set_precision(cfg: Config) -> None:
     """Mixed precision for encoder and heads (the loss is always computed in float32)."""
     policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     keras.mixed_precision.set_dtype_policy(policy[cfg.mixed_precision])
+
+
+def filter_gradient_for(cfg: Config, strategy: tf.distribute.Strategy) -> str:
+    """``--conv_filter_grad`` with ``auto`` resolved: matmul where it is the faster kernel.
+
+    That is bfloat16 on CPU replicas (oneDNN's bfloat16 filter-gradient kernel is slow at small
+    maps, see ``models.conv_grad``); GPUs, TPUs and XLA keep their own kernels, and float32 runs
+    never take it (the layer only switches in bfloat16).
+    """
+    if cfg.conv_filter_grad != "auto":
+        return cfg.conv_filter_grad
+    cpu = distribute.accelerator(strategy) is None
+    return (
+        "matmul" if cpu and cfg.mixed_precision == "bfloat16" and not cfg.jit_compile else "native"
+    )
+
+
+def set_kernels(cfg: Config, strategy: tf.distribute.Strategy) -> None:
+    """Kernel choices of layers traced from now on (the run's ``--conv_filter_grad``)."""
+    conv_grad.set_filter_gradient(filter_gradient_for(cfg, strategy))
 
 
 def build_optimizer_for(cfg: Config, schedule: Schedule) -> keras.optimizers.Optimizer:
@@ -235,6 +256,7 @@ def build_for_run(
     """
     cfg = place_augmentation(cfg, strategy, info)
     set_precision(cfg)
+    set_kernels(cfg, strategy)
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = build_model(cfg, info.num_classes)

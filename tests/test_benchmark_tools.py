@@ -77,3 +77,30 @@ def test_benchmark_host_views_reports_each_case_and_its_ratio():
     ratio = {row[0]: float(row[-1].rstrip("x")) for row in table if row}
     assert ratio["ours_crops"] == 1.0  # the first case is the base without a reference
     assert ratio["ours"] == pytest.approx(rates["ours"] / rates["ours_crops"], abs=0.006)
+
+
+def test_benchmark_profile_traces_every_conv_of_the_step(tmp_path, write_png_folder):
+    """--what=profile: the trace holds each of ResNet-18's 20 convolutions (1 stem, 16 in blocks,
+    3 projections) forward and filter-gradient once, and the printed table sums the JSON."""
+    data = write_png_folder(tmp_path / "data", 2, {"train": 8, "test": 2}, 8)
+    proc = _run_tool(
+        "benchmark.py",
+        "--what=profile",
+        "--steps=1",
+        "--warmup_steps=1",
+        "--profile_top=3",
+        f"--set=data_dir={data},train_batch_size=4,width_multiplier=0.0625",
+    )
+    (case,) = [d for d in _json_lines(proc.stdout) if d.get("case") == "baseline"]
+    profile = case["op_profile_ms_per_step"]
+    ops = [name.split(" ", 1) for name in profile["by_name"]]
+    forward = {op for kind, op in ops if kind.endswith("Conv2D")}
+    filter_grads = {op for kind, op in ops if kind.endswith("Conv2DBackpropFilter")}
+    assert len(forward) == 20 and len(filter_grads) == 20, sorted(forward | filter_grads)
+    total = sum(profile["by_type"].values())
+    assert total == pytest.approx(sum(profile["by_name"].values()), rel=1e-9)
+    assert total > 0
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| (all ops)")]
+    assert len(rows) == 2  # by type, by name
+    for row in rows:
+        assert float(row.split("|")[2]) == pytest.approx(total, abs=0.051)

@@ -43,6 +43,12 @@ host path, old and new variants side by side, on one thread, repeats interleaved
     python tools/make_benchmark_folder.py --out=/tmp/bench_folder
     python tools/benchmark.py --what=ops --set=data_dir=/tmp/bench_folder --set=image_size=224
 
+Per-op profile of the train step (``--what=profile``): ``tf.profiler`` traces each case's timed
+steps and a table gives each op type's (and each op's) self-time per step, baseline and
+candidates side by side, with the speed-up of the last case over the first::
+
+    python tools/benchmark.py --what=profile --steps=2 --candidate=mixed_precision=bfloat16
+
 This file is the command line and the parent that runs cases and prints ratios;
 ``benchmark_case.py`` describes and measures one case (in the child process), and
 ``benchmark_ops.py`` is the per-op profile.
@@ -152,6 +158,39 @@ def _ratios(base: list[dict], cand: list[dict]) -> dict[str, float]:
     return out
 
 
+def _print_profiles(results: dict[str, list[dict]], top: int) -> None:
+    """Markdown tables: ms of self-time per step by op type and by op, median over repeats."""
+    names = [n for n, runs in results.items() if any("op_profile_ms_per_step" in r for r in runs)]
+    if not names:
+        print("benchmark: no case produced a profile (see the JSON lines above).", file=sys.stderr)
+        return
+    for key in ("by_type", "by_name"):
+        med: dict[str, dict[str, float]] = {}
+        for name in names:
+            runs = [
+                r["op_profile_ms_per_step"][key]
+                for r in results[name]
+                if "op_profile_ms_per_step" in r
+            ]
+            ops = set().union(*runs)
+            med[name] = {op: statistics.median(run.get(op, 0.0) for run in runs) for op in ops}
+        first = med[names[0]]
+        order = sorted(set().union(*med.values()), key=lambda op: -first.get(op, 0.0))
+        cols = " | ".join(names)
+        print(f"\nself-time per step, ms, {key.replace('_', ' ')} (median over repeats)")
+        print(f"| op | {cols} |" + " vs first |" * (len(names) > 1))
+        print("|---|" + "---:|" * len(names) + "---:|" * (len(names) > 1))
+        rows = order[:top] + ["(all ops)"]
+        for name in names:
+            med[name]["(all ops)"] = sum(med[name].values())
+        for op in rows:
+            vals = [med[n].get(op, 0.0) for n in names]
+            ratio = ""
+            if len(names) > 1:
+                ratio = f" {vals[0] / vals[-1]:.2f}x |" if vals[-1] else " - |"
+            print(f"| {op} | " + " | ".join(f"{v:.1f}" for v in vals) + " |" + ratio)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,10 +215,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--what",
-        choices=("all", "step", "pipeline", "ops"),
+        choices=("all", "step", "pipeline", "ops", "profile"),
         default="all",
-        help="ops: the per-op profile of the per-image host path (no cases).",
+        help="ops: the per-op profile of the per-image host path (no cases). profile: "
+        "tf.profiler per-op self-time of the timed train steps of each case, side by side.",
     )
+    p.add_argument("--profile_top", type=int, default=25, help="Rows of each --what=profile table.")
     p.add_argument(
         "--reference_data_util",
         default=None,
@@ -273,6 +314,9 @@ def _run_cases(cases: list[tuple[str, dict]], args, base_overrides: dict[str, An
                 res["baseline_overrides"] = base_overrides
             results[name].append(res)
             print(json.dumps(res), flush=True)
+    if args.what == "profile":
+        _print_profiles(results, args.profile_top)
+        return
     bases = ("baseline", "reference", "reference_step")
     for base in bases:
         if base not in results:

@@ -7,6 +7,7 @@ what is measured); ``machine_info`` and ``load_reference`` also serve the per-op
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import resource
@@ -133,8 +134,13 @@ def _device_peak_bytes(tf) -> int | None:
     return None
 
 
-def _step_timer(keras):
-    """A callback recording the wall time of each train step."""
+def _step_timer(keras, profile_dir: str | None = None, profile_from: int = 0):
+    """A callback recording the wall time of each train step.
+
+    With ``profile_dir``, ``tf.profiler`` traces every step from ``profile_from`` on (the
+    warm-up steps, which trace and autotune, stay out of the trace).
+    """
+    import tensorflow as tf
 
     class StepTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -142,8 +148,12 @@ def _step_timer(keras):
             self.seconds: list[float] = []
             self.last_loss: float | None = None
             self._t0 = 0.0
+            self._tracing = False
 
         def on_train_batch_begin(self, batch, logs=None):
+            if profile_dir and batch == profile_from and not self._tracing:
+                tf.profiler.experimental.start(profile_dir)
+                self._tracing = True
             self._t0 = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
@@ -152,7 +162,44 @@ def _step_timer(keras):
                 self.last_loss = float(logs["loss"])
             self.seconds.append(time.perf_counter() - self._t0)
 
+        def on_train_end(self, logs=None):
+            if self._tracing:
+                tf.profiler.experimental.stop()
+                self._tracing = False
+
     return StepTimer()
+
+
+def op_profile(profile_dir: str, steps: int) -> dict[str, dict[str, float]]:
+    """Self-time per step (ms) of each op type and of each op of a ``tf.profiler`` trace.
+
+    Reads the trace with TensorFlow's own converter (the one TensorBoard's profile plugin
+    calls), so no plugin needs installing. On a CPU, ops run on several threads at once, so
+    the sum over ops exceeds the step's wall time; ``IDLE`` is left out.
+    """
+    import glob
+
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    paths = glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True)
+    if not paths:
+        raise RuntimeError(f"no tf.profiler trace under {profile_dir}")
+    data, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(f"could not convert the trace under {profile_dir}")
+    table = json.loads(data)[0]
+    cols = [c["id"] for c in table["cols"]]
+    by_type: dict[str, float] = {}
+    by_name: dict[str, float] = {}
+    for row in table["rows"]:
+        rec = dict(zip(cols, (c.get("v") for c in row["c"]), strict=False))
+        if rec["type"] == "IDLE":
+            continue
+        ms = float(rec["total_self_time"]) / 1e3 / steps
+        by_type[rec["type"]] = by_type.get(rec["type"], 0.0) + ms
+        name = f"{rec['type']} {rec['operation']}"
+        by_name[name] = by_name.get(name, 0.0) + ms
+    return {"by_type": by_type, "by_name": by_name}
 
 
 def _time_batches(dataset, batches: int) -> list[float]:
@@ -218,8 +265,14 @@ def reference_dataset(cfg, path: str, blur: bool = True):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _measure_steps(cfg, strategy, info, warmup: int, steps: int) -> dict[str, Any]:
-    """Build time, per-step times and speed of ``warmup + steps`` real train steps in ``fit``."""
+def _measure_steps(
+    cfg, strategy, info, warmup: int, steps: int, profile: bool = False
+) -> dict[str, Any]:
+    """Build time, per-step times and speed of ``warmup + steps`` real train steps in ``fit``.
+
+    ``profile`` also traces the timed steps and adds their per-op self-times (``op_profile``);
+    the trace slows the steps a little, so profiled step times are not for ratios.
+    """
     import keras
 
     from simclr_tf import train
@@ -230,7 +283,8 @@ def _measure_steps(cfg, strategy, info, warmup: int, steps: int) -> dict[str, An
     model = train.build_for_run(cfg, strategy, info, schedule)
     out["build_seconds"] = time.perf_counter() - t_build
     dataset = train.train_dataset(cfg, strategy, 0)
-    timer = _step_timer(keras)
+    profile_dir = tempfile.mkdtemp(prefix="simclr_profile_") if profile else None
+    timer = _step_timer(keras, profile_dir, warmup)
     model.fit(
         dataset,
         epochs=1,
@@ -248,6 +302,9 @@ def _measure_steps(cfg, strategy, info, warmup: int, steps: int) -> dict[str, An
     # The fastest timed step: the least disturbed by other processes on a shared machine.
     out["step_images_per_sec_best"] = cfg.train_batch_size / min(measured)
     out["final_loss"] = timer.last_loss
+    if profile_dir:
+        out["op_profile_ms_per_step"] = op_profile(profile_dir, steps)
+        shutil.rmtree(profile_dir, ignore_errors=True)
     return out
 
 
@@ -308,8 +365,8 @@ def run_case(
         result["pipeline_batch_seconds_median"] = statistics.median(times)
         result["pipeline_images_per_sec"] = cfg.train_batch_size / statistics.median(times)
 
-    if what in ("step", "all"):
-        result.update(_measure_steps(cfg, strategy, info, warmup, steps))
+    if what in ("step", "all", "profile"):
+        result.update(_measure_steps(cfg, strategy, info, warmup, steps, what == "profile"))
 
     result["peak_rss_gb"] = _peak_rss_gb()
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from simclr_tf.models import conv_grad
 from simclr_tf.models.layers import BatchNorm
 
 BN_EPSILON = 1e-5
@@ -69,10 +70,17 @@ class FixedPaddingConv2D(keras.layers.Layer):
         b, h, w, _ = input_shape
         return (b, out_size(h, self.strides), out_size(w, self.strides), self.filters)
 
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if self.strides > 1 and self.kernel_size > 1:
             beg, end = self._pads()
             inputs = tf.pad(inputs, [[0, 0], [beg, end], [beg, end], [0, 0]])
+        if conv_grad.wants_matmul(
+            inputs.shape[-1], self.kernel_size, self.compute_dtype, bool(training)
+        ):
+            # Same forward op; only the bfloat16 filter gradient differs (see conv_grad).
+            kernel = tf.cast(self.conv.kernel, self.compute_dtype)
+            padding = "SAME" if self.strides == 1 else "VALID"
+            return conv_grad.conv2d(inputs, kernel, self.strides, padding)
         return self.conv(inputs)
 
     def get_config(self) -> dict[str, Any]:

@@ -1,0 +1,142 @@
+"""The matmul filter gradient (models.conv_grad) is the convolution's gradient.
+
+Checked against a NumPy float64 sum written from the definition and against TensorFlow's own
+autodiff, in float32 (tight) and bfloat16 (to bfloat16 rounding); the forward pass and the
+input gradient are TensorFlow's own ops and must match autodiff exactly.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import config, train
+from simclr_tf.models import conv_grad
+from simclr_tf.models.conv import FixedPaddingConv2D
+
+
+@pytest.fixture(autouse=True)
+def _native_after():
+    yield
+    conv_grad.set_filter_gradient("native")
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+def numpy_filter_grad(x, dy, k, strides, padding):
+    """dW[i, j, c, d] = sum_{n, h, w} xpad[n, s*h + i, s*w + j, c] * dy[n, h, w, d], float64."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    if padding == "SAME":
+        p = (k - 1) // 2
+        x = np.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
+    _, ho, wo, _ = dy.shape
+    out = np.zeros((k, k, x.shape[-1], dy.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            tap = x[
+                :,
+                i : i + strides * (ho - 1) + 1 : strides,
+                j : j + strides * (wo - 1) + 1 : strides,
+            ]
+            out[i, j] = np.einsum("nhwc,nhwd->cd", tap, dy)
+    return out
+
+
+def _grads(fn, x, k, dy):
+    with tf.GradientTape() as tape:
+        tape.watch([x, k])
+        y = fn(x, k)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy)
+    return y, *tape.gradient(loss, [x, k])
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+CASES = [(3, 1, "SAME", 6), (3, 2, "VALID", 7), (7, 2, "VALID", 11), (3, 1, "VALID", 5)]
+
+
+@pytest.mark.parametrize("k,strides,padding,size", CASES)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_matmul_filter_gradient_is_the_convolution_gradient(k, strides, padding, size, dtype):
+    rng = np.random.default_rng(k * 10 + strides)
+    x = tf.constant(rng.normal(size=(3, size, size, 5)), dtype)
+    kern = tf.constant(rng.normal(size=(k, k, 5, 4)), dtype)
+    native = lambda a, b: tf.nn.conv2d(a, b, strides, padding)  # noqa: E731
+    ours = lambda a, b: conv_grad.conv2d(a, b, strides, padding)  # noqa: E731
+    y0 = native(x, kern)
+    dy = tf.constant(rng.normal(size=y0.shape), tf.float32)
+    y0, dx0, dk0 = _grads(native, x, kern, dy)
+    y1, dx1, dk1 = _grads(ours, x, kern, dy)
+    np.testing.assert_array_equal(y1.numpy(), y0.numpy())  # TF's own forward op
+    np.testing.assert_array_equal(dx1.numpy(), dx0.numpy())  # and input gradient
+    want = numpy_filter_grad(x.numpy(), tf.cast(dy, dtype).numpy(), k, strides, padding)
+    if dtype == "float32":
+        assert _rel(dk1.numpy(), want) < 1e-5
+        np.testing.assert_allclose(dk1.numpy(), dk0.numpy(), rtol=1e-4, atol=1e-4)
+    else:  # both round their float32 sums to bfloat16 (relative step 2^-8)
+        assert dk1.dtype == tf.bfloat16
+        assert _rel(dk1.numpy(), want) < 8e-3
+        assert _rel(dk1.numpy(), want) < 2 * _rel(dk0.numpy(), want) + 1e-3
+
+
+def test_same_padding_with_strides_is_refused():
+    with pytest.raises(ValueError, match="SAME padding needs stride 1"):
+        conv_grad.conv2d(tf.zeros([1, 4, 4, 1]), tf.zeros([3, 3, 1, 1]), 2, "SAME")
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_bfloat16_layer_trains_on_the_matmul_gradient_only_when_asked(strides):
+    """A 256-channel bfloat16 FixedPaddingConv2D: identical forward either way, the same kernel
+    gradient to bfloat16 rounding, and the matmul path traced only in training with "matmul"."""
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    layer = FixedPaddingConv2D(8, 3, strides)
+    layer.build((2, 5, 5, conv_grad.MIN_CHANNELS))
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 5, 5, conv_grad.MIN_CHANNELS)))
+    x = tf.cast(x, tf.bfloat16)
+
+    def run(mode, training=True):
+        conv_grad.set_filter_gradient(mode)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                y = layer(x, training=training)
+                loss = tf.reduce_sum(tf.square(tf.cast(y, tf.float32)))
+            return y, tape.gradient(loss, layer.trainable_variables)[0]
+
+        fn = step.get_concrete_function()
+        ops = {op.type for op in fn.graph.get_operations()}
+        y, grad = fn()
+        return y.numpy(), grad.numpy(), ops
+
+    y0, g0, ops0 = run("native")
+    y1, g1, ops1 = run("matmul")
+    _, _, ops_eval = run("matmul", training=False)
+    np.testing.assert_array_equal(y1, y0)
+    assert _rel(g1, g0) < 1e-2
+    assert "Conv2DBackpropFilter" in ops0 and "MatMul" not in ops0
+    assert "Conv2DBackpropFilter" not in ops1 and "MatMul" in ops1
+    assert ops_eval == ops0  # inference (and export) traces never take it
+
+
+def test_auto_takes_matmul_only_for_bfloat16_on_cpu_without_xla():
+    cpu = tf.distribute.get_strategy()
+
+    class GPUStrategy:
+        extended = type(
+            "E", (), {"worker_devices": ["/job:localhost/replica:0/task:0/device:GPU:0"]}
+        )
+
+    base = config.Config()
+    assert base.conv_filter_grad == "auto"
+    bf16 = base.replace(mixed_precision="bfloat16")
+    assert train.filter_gradient_for(bf16, cpu) == "matmul"
+    assert train.filter_gradient_for(base, cpu) == "native"  # float32: reference parity
+    assert train.filter_gradient_for(bf16.replace(jit_compile=True), cpu) == "native"
+    assert train.filter_gradient_for(bf16, GPUStrategy()) == "native"
+    assert train.filter_gradient_for(base.replace(conv_filter_grad="matmul"), cpu) == "matmul"
+    assert train.filter_gradient_for(bf16.replace(conv_filter_grad="native"), cpu) == "native"
+    with pytest.raises(ValueError, match="native"):
+        conv_grad.set_filter_gradient("fast")
