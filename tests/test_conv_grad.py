@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
 from simclr_tf import config, train
 from simclr_tf.models import conv_grad
@@ -53,6 +54,18 @@ def _rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
+
+# A tiny run on an 8 px image folder (cli/train tests).
+CASE = dict(
+    dataset="image_folder",
+    image_size=8,
+    eval_split="test",
+    train_batch_size=4,
+    train_steps=1,
+    proj_out_dim=8,
+    eval_batch_size=4,
+    width_multiplier=0.0625,
+)
 
 CASES = [(3, 1, "SAME", 6), (3, 2, "VALID", 7), (7, 2, "VALID", 11), (3, 1, "VALID", 5)]
 
@@ -140,3 +153,29 @@ def test_auto_takes_matmul_only_for_bfloat16_on_cpu_without_xla():
     assert train.filter_gradient_for(bf16.replace(conv_filter_grad="native"), cpu) == "native"
     with pytest.raises(ValueError, match="native"):
         conv_grad.set_filter_gradient("fast")
+
+
+def test_run_py_resolves_auto_logs_it_and_build_for_run_sets_it(
+    tmp_path, write_png_folder, monkeypatch
+):
+    """run.py's resolution (cli.read_dataset): bfloat16 on this CPU records "matmul" (what
+    flags.json holds), and train.build_for_run sets the layers' choice from the config."""
+    from absl import logging as absl_logging
+
+    from simclr_tf import cli
+
+    root = write_png_folder(tmp_path / "data", 2, {"train": 4, "test": 2}, 8)
+    cfg = tiny_config(
+        CASE, data_dir=str(root), model_dir=str(tmp_path / "run"), mixed_precision="bfloat16"
+    )
+    lines = []
+    monkeypatch.setattr(absl_logging, "info", lambda msg, *args: lines.append(msg % args))
+    resolved, info = cli.read_dataset(cfg, tf.distribute.get_strategy())
+    assert resolved.conv_filter_grad == "matmul"
+    assert "Convolution filter gradient: matmul." in lines
+    conv_grad.set_filter_gradient("native")
+    train.build_for_run(resolved, tf.distribute.get_strategy(), info, None)
+    assert conv_grad.filter_gradient() == "matmul"
+    fp32 = resolved.replace(mixed_precision="none", conv_filter_grad="auto")
+    train.build_for_run(fp32, tf.distribute.get_strategy(), info, None)
+    assert conv_grad.filter_gradient() == "native"
