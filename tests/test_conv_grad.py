@@ -94,6 +94,31 @@ def test_matmul_filter_gradient_is_the_convolution_gradient(k, strides, padding,
         assert _rel(dk1.numpy(), want) < 2 * _rel(dk0.numpy(), want) + 1e-3
 
 
+def test_matmul_gradient_under_xla_and_two_replicas(strategy):
+    """The accelerator paths on CPU proxies: XLA-compiled, and a step under MirroredStrategy on
+    two logical CPUs (each replica its own batch half), give autodiff's float32 gradient."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(4, 6, 6, 5)), tf.float32)
+    kern = tf.constant(rng.normal(size=(3, 3, 5, 4)), tf.float32)
+    dy = tf.constant(rng.normal(size=(4, 6, 6, 4)), tf.float32)
+    ours = lambda a, b: conv_grad.conv2d(a, b, 1, "SAME")  # noqa: E731
+    native = lambda a, b: tf.nn.conv2d(a, b, 1, "SAME")  # noqa: E731
+    _, _, want = _grads(native, x, kern, dy)
+    _, _, xla = tf.function(lambda: _grads(ours, x, kern, dy), jit_compile=True)()
+    np.testing.assert_allclose(xla.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+    def replica_fn():
+        ctx = tf.distribute.get_replica_context()
+        half = slice(2 * ctx.replica_id_in_sync_group, 2 * ctx.replica_id_in_sync_group + 2)
+        part = lambda t: tf.gather(t, tf.range(half.start, half.stop))  # noqa: E731
+        _, _, dk = _grads(ours, part(x), kern, part(dy))
+        return ctx.all_reduce("sum", dk)
+
+    summed = strategy.run(tf.function(replica_fn))
+    for replica in strategy.experimental_local_results(summed):
+        np.testing.assert_allclose(replica.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_same_padding_with_strides_is_refused():
     with pytest.raises(ValueError, match="SAME padding needs stride 1"):
         conv_grad.conv2d(tf.zeros([1, 4, 4, 1]), tf.zeros([3, 3, 1, 1]), 2, "SAME")

@@ -74,13 +74,10 @@ class FixedPaddingConv2D(keras.layers.Layer):
         if self.strides > 1 and self.kernel_size > 1:
             beg, end = self._pads()
             inputs = tf.pad(inputs, [[0, 0], [beg, end], [beg, end], [0, 0]])
-        if conv_grad.wants_matmul(
-            inputs.shape[-1], self.kernel_size, self.compute_dtype, bool(training)
-        ):
+        if conv_grad.wants_matmul(inputs.shape[-1], self.kernel_size, self.compute_dtype, training):
             # Same forward op; only the bfloat16 filter gradient differs (see conv_grad).
             kernel = tf.cast(self.conv.kernel, self.compute_dtype)
-            padding = "SAME" if self.strides == 1 else "VALID"
-            return conv_grad.conv2d(inputs, kernel, self.strides, padding)
+            return conv_grad.conv2d(inputs, kernel, self.strides, self.conv.padding.upper())
         return self.conv(inputs)
 
     def get_config(self) -> dict[str, Any]:

@@ -37,7 +37,9 @@ def filter_gradient() -> str:
     return _filter_gradient
 
 
-def wants_matmul(in_channels: int | None, kernel_size: int, dtype: str, training: bool) -> bool:
+def wants_matmul(
+    in_channels: int | None, kernel_size: int, dtype: str, training: bool | None
+) -> bool:
     """Whether a convolution of this shape takes the matmul filter gradient when traced now."""
     return (
         _filter_gradient == "matmul"
