@@ -45,13 +45,13 @@ import sys
 
 import tensorflow as tf
 
-from simclr_tf.data import pipeline
+from simclr_tf.data import image_list, pipeline
 from simclr_tf.data.image_folder import FolderSelection
 from simclr_tf.errors import UserError
 
 PROCESSING_MODE = "distributed_epoch"
 PROBE_TIMEOUT_S = 10.0
-_SHUFFLE = 3  # seed "purpose" of the per-epoch permutation (pipeline uses 1 and 2)
+_SHUFFLE = image_list.PERMUTATION_PURPOSE  # of the per-epoch permutation (pipeline: 1 and 2)
 _ADDRESS = re.compile(
     r"^(?:(?P<protocol>[a-z+]+)://)?(?P<host>[^:/\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$"
 )

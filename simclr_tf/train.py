@@ -28,7 +28,7 @@ from simclr_tf import (
 )
 from simclr_tf.callbacks import MetricsCSV, training_callbacks
 from simclr_tf.config import Config
-from simclr_tf.data import image_folder, pipeline, sources
+from simclr_tf.data import image_folder, image_list, pipeline, sources
 from simclr_tf.data.recipe import choose_augment_on, is_recipe
 from simclr_tf.knn import KNNMonitor
 from simclr_tf.models import conv_grad
@@ -146,6 +146,10 @@ def train_dataset(
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         if cfg.train_mode == "pretrain" and cfg.data_service:
             return service_dataset(cfg, strategy, ctx, per_replica, start_step)
+        if cfg.train_mode == "pretrain" and uses_permuted_files(cfg):
+            stream = permuted_folder_dataset(cfg, strategy, ctx, per_replica, start_step)
+            if stream is not None:
+                return stream
         ds, info = load_train_split(cfg, shuffle_files=True, input_context=ctx)
         run = place_augmentation(cfg, strategy, info)
         common = dict(
@@ -169,6 +173,63 @@ def train_dataset(
         return pipeline.finetune_dataset(ds, **common)
 
     return pipeline.distribute(strategy, dataset_fn)
+
+
+def uses_permuted_files(cfg: Config) -> bool:
+    """Whether pretraining reads an image folder of variable-size images by index (a fresh
+    permutation of the files per pass, nothing decoded held back) rather than through a
+    shuffle buffer of decoded images; ``--cache_dataset`` keeps the buffered path."""
+    return cfg.dataset == sources.IMAGE_FOLDER and not cfg.cache_dataset
+
+
+def permuted_folder_dataset(
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    ctx: tf.distribute.InputContext,
+    per_replica: int,
+    start_step: int,
+) -> tf.data.Dataset | None:
+    """This input pipeline's pretraining batches from its shard of a variable-size image
+    folder (:func:`simclr_tf.data.image_list.permuted_images`), or None for fixed-size images,
+    whose decoded shuffle buffer is small (CIFAR-10: 3 KB an image) and stays.
+
+    The stream's position is a function of the step, so a resumed run continues its pass over
+    the files with the views it would have drawn (the seed is not re-drawn on resume).
+    """
+    selection = image_folder.select_folder_split(
+        cfg.data_dir,
+        cfg.train_split,
+        cfg.train_data_fraction,
+        cfg.seed,
+        shuffle_files=True,
+        input_context=ctx,
+    )
+    if selection.shape is not None:
+        return None
+    seed = cfg.seed + 7919 * ctx.input_pipeline_id  # one stream of views per input pipeline
+    batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    indexed = image_list.permuted_images(
+        selection.split_dir,
+        selection.rel_paths,
+        selection.labels,
+        seed=seed,
+        start_index=start_step * batches_per_step * per_replica,
+    )
+    run = place_augmentation(cfg, strategy, selection.info)
+    return pipeline.augment_indexed(
+        indexed,
+        fixed=False,
+        batch_size=per_replica,
+        image_size=cfg.image_size,
+        color_jitter_strength=cfg.color_jitter_strength,
+        use_blur=cfg.use_blur,
+        seed=seed,
+        augment_on=run.augment_on,
+        crop_sampler=cfg.crop_sampler,
+        augmentations=cfg.augmentations,
+        augment_views=cfg.augment_views,
+        color_jitter_impl=cfg.color_jitter_impl,
+    )
 
 
 def service_dataset(

@@ -424,6 +424,15 @@ def test_strength_zero_and_neutral_factors_are_identity():
     assert np.all(out == x)
 
 
+def test_per_view_grayscale_is_numpy_luma_in_three_channels():
+    x = rand_images(1, 224, 224, np.random.default_rng(22))[0]
+    got = aug_color._gray_one_compiled(tf.constant(x)).numpy()
+    luma = x.astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140])
+    np.testing.assert_allclose(got, np.repeat(luma[..., None], 3, -1), atol=1e-6, rtol=0)
+    ref = tf.image.rgb_to_grayscale(x).numpy()  # the batched path's rule, tf.image's kernel
+    np.testing.assert_allclose(got[..., :1], ref, atol=1e-6, rtol=0)
+
+
 def test_color_distortion_rates():
     n = 1500
     x = rand_images(n, 3, 3)
@@ -461,6 +470,24 @@ def test_blur_matches_numpy_reflect_reference_per_example_sigma():
         np.testing.assert_allclose(got[i], np_blur(x[i], sigmas[i], 3), atol=1e-5)
     single = aug.gaussian_blur(x[1], 1.0, 7).numpy()
     np.testing.assert_allclose(single, np_blur(x[1], 1.0, 3), atol=1e-5)
+
+
+def test_per_view_blur_drops_only_taps_below_float32_resolution():
+    """The host's per-view blur leaves out taps beyond 6.1 sigma: its values are the full
+    2r+1-tap kernel's (NumPy, float64, REFLECT) to float32 rounding, at every sigma of the
+    recipe's range, including those where the kernel is cut hardest (0.1) or not at all."""
+    side, radius = 224, 224 // 20
+    x = rand_images(1, side, side, np.random.default_rng(21))[0]
+    x = tf.image.resize(x[None], [side, side], "bicubic")[0].numpy().clip(0, 1)  # smooth
+    blur_one = tf.function(lambda v, s: aug_blur._blur_one(v, s, radius))
+    for sigma in (0.1, 0.35, 0.9, 1.4, 1.8, 2.0):
+        got = blur_one(tf.constant(x), tf.constant(sigma, tf.float32)).numpy()
+        np.testing.assert_allclose(got, np_blur(x, sigma, radius), atol=1e-6, rtol=0)
+    # A sharp edge at a reflected border: the dropped tail is what would differ most.
+    edge = np.zeros((side, side, 3), np.float32)
+    edge[:, :3] = 1.0
+    got = blur_one(tf.constant(edge), tf.constant(0.5)).numpy()
+    np.testing.assert_allclose(got, np_blur(edge, 0.5, radius), atol=1e-6, rtol=0)
 
 
 def test_blur_keeps_mean_and_lowers_high_frequencies():

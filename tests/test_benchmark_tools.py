@@ -104,3 +104,74 @@ def test_benchmark_profile_traces_every_conv_of_the_step(tmp_path, write_png_fol
     assert len(rows) == 2  # by type, by name
     for row in rows:
         assert float(row.split("|")[2]) == pytest.approx(total, abs=0.051)
+
+
+# A stand-in for the reference's tf2/data_util.py: its preprocess_image takes the colour strength
+# as an argument defaulting to 0 (no colour distortion); the reference's data.py passes
+# FLAGS.color_jitter_strength. The stand-in fails at trace time unless the strength arrives, and
+# writes it into every pixel so the batch shows what was passed.
+_FAKE_DATA_UTIL = """
+import os
+
+import tensorflow as tf
+
+
+def preprocess_image(image, height, width, is_training=False, color_jitter_strength=0.0,
+                     test_crop=True):
+    want = float(os.environ["FAKE_REFERENCE_STRENGTH"])
+    assert is_training and color_jitter_strength == want, color_jitter_strength
+    return tf.fill([height, width, 3], tf.constant(color_jitter_strength, tf.float32))
+
+
+def batch_random_blur(images_list, height, width, blur_probability=0.5):
+    return images_list
+"""
+
+
+def test_reference_cases_run_the_reference_colour_distortion(
+    tmp_path, monkeypatch, write_png_folder
+):
+    """The reference baseline of every host-pipeline benchmark gets the colour strength: called
+    without it, the reference does crop and flip only and looks ~3x faster than it is."""
+    (tmp_path / "data_util.py").write_text(_FAKE_DATA_UTIL)
+    monkeypatch.setenv("FAKE_REFERENCE_STRENGTH", "0.7")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "benchmark_host_views.py"),
+            f"--reference_dir={tmp_path}",
+            "--cases=reference",
+            "--strength=0.7",
+            "--repeats=1",
+            "--batches=1",
+            "--batch=2",
+            "--images=2",
+            "--image_size=8",
+        ],
+        env={**subprocess_env(), "PYTHONPATH": str(REPO), "FAKE_REFERENCE_STRENGTH": "0.7"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [d["case"] for d in _json_lines(proc.stdout)] == ["reference"]
+
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import types
+
+    import benchmark_case
+
+    monkeypatch.setenv("FAKE_REFERENCE_STRENGTH", "0.5")
+    cfg = types.SimpleNamespace(
+        dataset="image_folder",
+        train_split="train",
+        data_dir=str(write_png_folder(tmp_path / "data", 2, {"train": 4, "test": 2}, 8)),
+        image_size=8,
+        color_jitter_strength=0.5,
+        train_batch_size=2,
+        use_blur=True,
+    )
+    images, _ = next(iter(benchmark_case.reference_dataset(cfg, str(tmp_path / "data_util.py"))))
+    assert images.shape == (2, 8, 8, 6)
+    assert float(images.numpy().min()) == float(images.numpy().max()) == 0.5

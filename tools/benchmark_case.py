@@ -217,8 +217,6 @@ def load_reference(path: str):
     """Imports the reference code's data_util.py from ``path`` (not shipped with simclr_tf)."""
     import importlib.util
 
-    from absl import flags
-
     if not os.path.isfile(path):
         raise SystemExit(
             f"benchmark: no reference file '{path}'. Fetch tf2/data_util.py of "
@@ -227,10 +225,6 @@ def load_reference(path: str):
     spec = importlib.util.spec_from_file_location("reference_data_util", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if "color_jitter_strength" not in flags.FLAGS:
-        flags.DEFINE_float("color_jitter_strength", 1.0, "Read by the reference data_util.")
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS(["benchmark"])
     return module
 
 
@@ -238,19 +232,23 @@ def reference_dataset(cfg, path: str, blur: bool = True):
     """The reference code's training input over the same files (its tf2/data.py layout);
     ``blur=False`` leaves out its batch blur (its train step's part, on the device)."""
     import tensorflow as tf
-    from absl import flags
 
     from simclr_tf.data import sources
 
     ref = load_reference(path)
-    flags.FLAGS.color_jitter_strength = cfg.color_jitter_strength
+    # data_util reads no flag: its preprocess_image takes the strength as an argument (0 by
+    # default, which would leave out the colour distortion), as the reference's data.py passes it.
+    s = cfg.color_jitter_strength
     images, _ = sources.load_split(
         cfg.dataset, cfg.train_split, data_dir=cfg.data_dir, shuffle_files=True
     )  # decoded as for our pipeline
     size = cfg.image_size
 
     def two_views(image, label):
-        views = [ref.preprocess_image(image, size, size, is_training=True) for _ in range(2)]
+        views = [
+            ref.preprocess_image(image, size, size, is_training=True, color_jitter_strength=s)
+            for _ in range(2)
+        ]
         return tf.concat(views, -1), label
 
     def blur(images, labels):

@@ -49,16 +49,17 @@ def measure(case: str, args: argparse.Namespace) -> float:
     auto = tf.data.AUTOTUNE
     if case == "reference":
         sys.path.insert(0, args.reference_dir)
-        import data_util  # the reference's
-        from absl import flags
+        import data_util  # the reference's; it reads no flags
 
-        import run  # noqa: F401  (defines the reference's flags)
-
-        flags.FLAGS(["reference"])
-        flags.FLAGS.color_jitter_strength = args.strength
-
+        # The strength is an argument (default 0: no colour), passed as the reference's
+        # data.py passes FLAGS.color_jitter_strength.
         def views(i, x):
-            two = [data_util.preprocess_image(x, size, size, is_training=True) for _ in range(2)]
+            two = [
+                data_util.preprocess_image(
+                    x, size, size, is_training=True, color_jitter_strength=args.strength
+                )
+                for _ in range(2)
+            ]
             return tf.concat(two, -1)
 
         ds = source.map(views, num_parallel_calls=auto).batch(batch, drop_remainder=True)

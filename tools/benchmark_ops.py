@@ -196,7 +196,12 @@ def _whole_view_rows(tf, size: int, strength: float, ref) -> list[tuple[str, str
     if ref is not None:
 
         def ref_views(image, seed):
-            views = [ref.preprocess_image(image, size, size, is_training=True) for _ in range(2)]
+            views = [
+                ref.preprocess_image(
+                    image, size, size, is_training=True, color_jitter_strength=strength
+                )
+                for _ in range(2)
+            ]
             return ref.batch_random_blur([tf.stack(views)], size, size)
 
         table.append(("whole two views, reference (decoded image, batch blur)", "image", ref_views))
@@ -218,10 +223,7 @@ def profile_ops(
     strength = float(case.get("color_jitter_strength") or 1.0)
     ref = None
     if reference:
-        from absl import flags
-
         ref = load_reference(reference)
-        flags.FLAGS.color_jitter_strength = strength
     paths = sorted(glob.glob(os.path.join(case["data_dir"], "train", "*", "*.*")))[:num_images]
     if not paths:
         raise SystemExit(f"benchmark: no images under {case['data_dir']}/train/<class>/.")

@@ -174,3 +174,72 @@ def decode_files(
         .take(n)
         .apply(tf.data.experimental.assert_cardinality(n))
     )
+
+
+# Seed "purpose" of the per-pass permutation; the tf.data service source uses the same rule
+# (simclr_tf.data_service), so a local and a served stream of one selection are the same.
+PERMUTATION_PURPOSE = 3
+
+
+def permuted_images(
+    split_dir: str,
+    rel_paths: list[str],
+    labels: list[int],
+    *,
+    seed: int,
+    start_index: int = 0,
+) -> tf.data.Dataset:
+    """Endless ``(index, (image uint8 [H, W, 3], label int32))``: a fresh permutation per pass.
+
+    Example ``i`` is file ``index_shuffle(i mod n, stateless_fold_in([seed, 3], i div n))``.
+    Why not a shuffle buffer of decoded images: at ImageNet size a 10,000-image buffer holds
+    about 5 GB, and it only mixes neighbours of one file order that every pass repeats; here
+    nothing is buffered, each pass over the files is a uniform permutation, and a run that
+    resumes at ``start_index`` continues its pass. The list stays a file (a lookup table reads
+    it; no 80 MB graph constant). A file that cannot be read or decoded stops the stream with
+    its path, as in :func:`decode_files`.
+    """
+    n = len(rel_paths)
+    prefix = split_dir.rstrip(os.sep) + os.sep
+    list_file = write_file_list(split_dir, rel_paths, labels)
+    whole_line = tf.lookup.TextFileIndex.WHOLE_LINE
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            list_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string, whole_line
+        ),
+        default_value="",
+    )
+    base = tf.constant([seed, PERMUTATION_PURPOSE], tf.int64)
+
+    def line_of(index: tf.Tensor) -> tf.Tensor:
+        key = tf.random.experimental.stateless_fold_in(base, index // n)
+        return table.lookup(tf.random.experimental.index_shuffle(index % n, key, n - 1))
+
+    def load(index):
+        line = line_of(index)
+        raw = tf.io.read_file(tf.strings.join([prefix, _path_of(line)]))
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+        return index, image, _label_of(line)
+
+    def check(expected, elem):
+        # A failed element was dropped by ignore_errors: the next index skips `expected`.
+        index, image, label = elem
+
+        def fail():
+            path = tf.strings.join([prefix, _path_of(line_of(expected))])
+            message = [
+                "Could not read or decode image file",
+                path,
+                "(corrupt, truncated, unreadable or not a JPEG/PNG). Fix: replace or delete it.",
+            ]
+            with tf.control_dependencies([tf.debugging.Assert(False, message)]):
+                return tf.constant(False)
+
+        ok = tf.cond(tf.equal(index, expected), lambda: tf.constant(True), fail)
+        with tf.control_dependencies([ok]):
+            nxt = index + 1
+        return nxt, (index, (image, label))
+
+    indices = tf.data.Dataset.range(start_index, tf.int64.max)
+    decoded = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return decoded.ignore_errors().scan(tf.constant(start_index, tf.int64), check)

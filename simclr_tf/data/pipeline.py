@@ -298,12 +298,15 @@ def _source(dataset: tf.data.Dataset, cache: bool) -> tf.data.Dataset:
 
 
 def _shuffle_buffer(dataset: tf.data.Dataset, batch_size: int, given: int | None) -> int:
-    """Given size, else max(10 * batch, 10000) capped at the dataset size when that is known."""
+    """Given size, else max(10 * batch, 10000) for fixed-size (small) images and 10 * batch for
+    variable-size ones (the reference's rule above 32 px: 10,000 decoded ImageNet images would
+    hold ~5 GB), capped at the dataset size when that is known."""
     if given is not None:
         if given < 1:
             raise DataError(f"shuffle_buffer must be >= 1, got {given}.")
         return int(given)
-    buffer = max(10 * batch_size, 10_000)
+    fixed = _fixed_shape(dataset) is not None
+    buffer = max(10 * batch_size, 10_000) if fixed else 10 * batch_size
     n = int(dataset.cardinality())
     return min(buffer, n) if n > 0 else buffer
 
