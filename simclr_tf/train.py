@@ -196,14 +196,9 @@ def permuted_folder_dataset(
     The stream's position is a function of the step, so a resumed run continues its pass over
     the files with the views it would have drawn (the seed is not re-drawn on resume).
     """
-    selection = image_folder.select_folder_split(
-        cfg.data_dir,
-        cfg.train_split,
-        cfg.train_data_fraction,
-        cfg.seed,
-        shuffle_files=True,
-        input_context=ctx,
-    )
+    if sources.dataset_info(cfg.dataset, cfg.data_dir).image_shape is not None:
+        return None  # decided before selecting, so a fixed-size folder is listed once
+    selection = _pretrain_selection(cfg, ctx)
     if selection.shape is not None:
         return None
     seed = cfg.seed + 7919 * ctx.input_pipeline_id  # one stream of views per input pipeline
@@ -217,18 +212,7 @@ def permuted_folder_dataset(
     )
     run = place_augmentation(cfg, strategy, selection.info)
     return pipeline.augment_indexed(
-        indexed,
-        fixed=False,
-        batch_size=per_replica,
-        image_size=cfg.image_size,
-        color_jitter_strength=cfg.color_jitter_strength,
-        use_blur=cfg.use_blur,
-        seed=seed,
-        augment_on=run.augment_on,
-        crop_sampler=cfg.crop_sampler,
-        augmentations=cfg.augmentations,
-        augment_views=cfg.augment_views,
-        color_jitter_impl=cfg.color_jitter_impl,
+        indexed, fixed=False, batch_size=per_replica, seed=seed, **_view_args(run)
     )
 
 
@@ -244,14 +228,7 @@ def service_dataset(
     Same seed on resume (the batch numbers carry the position, see :mod:`simclr_tf.data_service`);
     one seed per input pipeline, which reads its own shard of the files.
     """
-    selection = image_folder.select_folder_split(
-        cfg.data_dir,
-        cfg.train_split,
-        cfg.train_data_fraction,
-        cfg.seed,
-        shuffle_files=True,
-        input_context=ctx,
-    )
+    selection = _pretrain_selection(cfg, ctx)
     batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
     run = place_augmentation(cfg, strategy, sources.dataset_info(cfg.dataset, cfg.data_dir))
     return data_service.pretrain_dataset(
@@ -259,15 +236,35 @@ def service_dataset(
         selection,
         batch_size=per_replica,
         start_batch=start_step * batches_per_step,
-        image_size=cfg.image_size,
-        color_jitter_strength=cfg.color_jitter_strength,
-        use_blur=cfg.use_blur,
         seed=cfg.seed + 7919 * ctx.input_pipeline_id,
+        **_view_args(run),
+    )
+
+
+def _pretrain_selection(cfg: Config, ctx: tf.distribute.InputContext):
+    """This input pipeline's shard of the training folder, in the run's file order."""
+    return image_folder.select_folder_split(
+        cfg.data_dir,
+        cfg.train_split,
+        cfg.train_data_fraction,
+        cfg.seed,
+        shuffle_files=True,
+        input_context=ctx,
+    )
+
+
+def _view_args(run: Config) -> dict:
+    """The view arguments of :func:`simclr_tf.data.pipeline.augment_indexed` (placement
+    resolved) that the indexed sources, local and tf.data service, pass on."""
+    return dict(
+        image_size=run.image_size,
+        color_jitter_strength=run.color_jitter_strength,
+        use_blur=run.use_blur,
         augment_on=run.augment_on,
-        crop_sampler=cfg.crop_sampler,
-        augmentations=cfg.augmentations,
-        augment_views=cfg.augment_views,
-        color_jitter_impl=cfg.color_jitter_impl,
+        crop_sampler=run.crop_sampler,
+        augmentations=run.augmentations,
+        augment_views=run.augment_views,
+        color_jitter_impl=run.color_jitter_impl,
     )
 
 
