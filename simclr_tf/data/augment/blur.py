@@ -132,7 +132,7 @@ _CHANNEL_BLOCK = 16  # channels per depthwise pixel in _blur_one (measured: 16 b
 
 def _reflect_rows(x: tf.Tensor, radius) -> tf.Tensor:
     """REFLECT padding of axis 0 by ``radius`` as one concat of two reversed slices (same
-    values as ``tf.pad(..., "REFLECT")``, which costs ~5x more on a CPU host)."""
+    values as ``tf.pad(..., "REFLECT")``, which took 0.25 ms of a 1.5 ms blur on a CPU host)."""
     rows = tf.shape(x)[0]
     top = tf.reverse(x[1 : radius + 1], [0])
     bottom = tf.reverse(x[rows - radius - 1 : rows - 1], [0])
@@ -146,7 +146,7 @@ def _blur_one(v: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
     float32 (beyond ``_NEGLIGIBLE_SIGMAS`` sigmas). Each 1-D pass is a depthwise convolution
     down the rows of the view seen as [1, S, S * C / b, b]: the kernel has width 1, so the
     split of each row into blocks of b channels changes no sum, and TF's CPU kernel runs
-    fastest at b = 16 (~1.5x over one block of S * C, ~2x over C = 3).
+    fastest at b = 16 (~1.5x over one block of S * C, ~2.5x over C = 3).
     """
     h, w, c = v.shape
     reach = tf.cast(tf.math.ceil(_NEGLIGIBLE_SIGMAS * sigma), tf.int32)
