@@ -51,7 +51,6 @@ from simclr_tf.errors import UserError
 
 PROCESSING_MODE = "distributed_epoch"
 PROBE_TIMEOUT_S = 10.0
-_SHUFFLE = image_list.PERMUTATION_PURPOSE  # of the per-epoch permutation (pipeline: 1 and 2)
 _ADDRESS = re.compile(
     r"^(?:(?P<protocol>[a-z+]+)://)?(?P<host>[^:/\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)$"
 )
@@ -118,11 +117,7 @@ def indexed_folder_stream(
     shape = selection.shape
 
     def example(index: tf.Tensor):
-        epoch, position = index // n, index % n
-        key = tf.random.experimental.stateless_fold_in(
-            tf.constant([seed, _SHUFFLE], tf.int64), epoch
-        )
-        chosen = tf.random.experimental.index_shuffle(position, key, n - 1)
+        chosen = image_list.file_of_example(index, n, seed)
         raw = tf.io.read_file(tf.gather(paths, chosen))
         image = tf.io.decode_image(raw, channels=3, expand_animations=False)
         if shape is not None:

@@ -147,9 +147,7 @@ def train_dataset(
         if cfg.train_mode == "pretrain" and cfg.data_service:
             return service_dataset(cfg, strategy, ctx, per_replica, start_step)
         if cfg.train_mode == "pretrain" and uses_permuted_files(cfg):
-            stream = permuted_folder_dataset(cfg, strategy, ctx, per_replica, start_step)
-            if stream is not None:
-                return stream
+            return permuted_folder_dataset(cfg, strategy, ctx, per_replica, start_step)
         ds, info = load_train_split(cfg, shuffle_files=True, input_context=ctx)
         run = place_augmentation(cfg, strategy, info)
         common = dict(
@@ -178,8 +176,11 @@ def train_dataset(
 def uses_permuted_files(cfg: Config) -> bool:
     """Whether pretraining reads an image folder of variable-size images by index (a fresh
     permutation of the files per pass, nothing decoded held back) rather than through a
-    shuffle buffer of decoded images; ``--cache_dataset`` keeps the buffered path."""
-    return cfg.dataset == sources.IMAGE_FOLDER and not cfg.cache_dataset
+    shuffle buffer of decoded images. Fixed-size images (CIFAR-10: 3 KB each) keep their small
+    buffer, and ``--cache_dataset`` the buffered path."""
+    if cfg.dataset != sources.IMAGE_FOLDER or cfg.cache_dataset:
+        return False
+    return sources.dataset_info(cfg.dataset, cfg.data_dir).image_shape is None
 
 
 def permuted_folder_dataset(
@@ -188,19 +189,14 @@ def permuted_folder_dataset(
     ctx: tf.distribute.InputContext,
     per_replica: int,
     start_step: int,
-) -> tf.data.Dataset | None:
+) -> tf.data.Dataset:
     """This input pipeline's pretraining batches from its shard of a variable-size image
-    folder (:func:`simclr_tf.data.image_list.permuted_images`), or None for fixed-size images,
-    whose decoded shuffle buffer is small (CIFAR-10: 3 KB an image) and stays.
+    folder (:func:`simclr_tf.data.image_list.permuted_images`).
 
     The stream's position is a function of the step, so a resumed run continues its pass over
     the files with the views it would have drawn (the seed is not re-drawn on resume).
     """
-    if sources.dataset_info(cfg.dataset, cfg.data_dir).image_shape is not None:
-        return None  # decided before selecting, so a fixed-size folder is listed once
     selection = _pretrain_selection(cfg, ctx)
-    if selection.shape is not None:
-        return None
     seed = cfg.seed + 7919 * ctx.input_pipeline_id  # one stream of views per input pipeline
     batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
     indexed = image_list.permuted_images(
@@ -241,7 +237,9 @@ def service_dataset(
     )
 
 
-def _pretrain_selection(cfg: Config, ctx: tf.distribute.InputContext):
+def _pretrain_selection(
+    cfg: Config, ctx: tf.distribute.InputContext
+) -> image_folder.FolderSelection:
     """This input pipeline's shard of the training folder, in the run's file order."""
     return image_folder.select_folder_split(
         cfg.data_dir,

@@ -82,6 +82,19 @@ def _label_of(line: tf.Tensor) -> tf.Tensor:
     return tf.strings.to_number(tf.strings.regex_replace(line, "\t.*", ""), tf.int32)
 
 
+# The message of an image file that cannot be read or decoded, around its path.
+_UNREADABLE = (
+    "Could not read or decode image file",
+    "(corrupt, truncated, unreadable or not a JPEG/PNG). Fix: replace or delete it.",
+)
+
+
+def _read_image(prefix: str, line: tf.Tensor) -> tf.Tensor:
+    """The decoded uint8 [H, W, 3] image of one list line (``prefix`` + its path)."""
+    path = tf.strings.join([prefix, _path_of(line)])
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
 def decode_files(
     split_dir: str,
     rel_paths: list[str],
@@ -105,8 +118,7 @@ def decode_files(
     fixed = shape is not None
 
     def load(i, line):
-        path = tf.strings.join([prefix, _path_of(line)])
-        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        img = _read_image(prefix, line)
         ok = tf.constant(True)
         if fixed:
             ok = tf.reduce_all(tf.equal(tf.shape(img), shape))
@@ -148,14 +160,7 @@ def decode_files(
         decoded_ok = tf.cond(
             tf.equal(i, expected),
             lambda: tf.constant(True),
-            lambda: fail(
-                [
-                    "Could not read or decode image file",
-                    "(corrupt, truncated, unreadable or not a JPEG/PNG). "
-                    "Fix: replace or delete it.",
-                ],
-                expected,
-            ),
+            lambda: fail(list(_UNREADABLE), expected),
         )
         with tf.control_dependencies([decoded_ok]):
             size_ok = tf.cond(
@@ -176,9 +181,18 @@ def decode_files(
     )
 
 
-# Seed "purpose" of the per-pass permutation; the tf.data service source uses the same rule
-# (simclr_tf.data_service), so a local and a served stream of one selection are the same.
+# Seed "purpose" of the per-pass permutation (the augmentation seeds use 1 and 2).
 PERMUTATION_PURPOSE = 3
+
+
+def file_of_example(index: tf.Tensor, n: int, seed: int) -> tf.Tensor:
+    """File number of example ``index`` in a stream of passes over ``n`` files: pass
+    ``index div n`` is the permutation ``index_shuffle(., fold_in([seed, 3], pass), n - 1)``.
+    The rule of both the local stream (:func:`permuted_images`) and the tf.data service
+    source, so the two streams of one selection are the same."""
+    base = tf.constant([seed, PERMUTATION_PURPOSE], tf.int64)
+    key = tf.random.experimental.stateless_fold_in(base, index // n)
+    return tf.random.experimental.index_shuffle(index % n, key, n - 1)
 
 
 def permuted_images(
@@ -191,7 +205,7 @@ def permuted_images(
 ) -> tf.data.Dataset:
     """Endless ``(index, (image uint8 [H, W, 3], label int32))``: a fresh permutation per pass.
 
-    Example ``i`` is file ``index_shuffle(i mod n, stateless_fold_in([seed, 3], i div n))``.
+    Example ``i`` is file :func:`file_of_example` of ``i``.
     Why not a shuffle buffer of decoded images: at ImageNet size a 10,000-image buffer holds
     about 5 GB, and it only mixes neighbours of one file order that every pass repeats; here
     nothing is buffered, each pass over the files is a uniform permutation, and a run that
@@ -209,17 +223,13 @@ def permuted_images(
         ),
         default_value="",
     )
-    base = tf.constant([seed, PERMUTATION_PURPOSE], tf.int64)
 
     def line_of(index: tf.Tensor) -> tf.Tensor:
-        key = tf.random.experimental.stateless_fold_in(base, index // n)
-        return table.lookup(tf.random.experimental.index_shuffle(index % n, key, n - 1))
+        return table.lookup(file_of_example(index, n, seed))
 
     def load(index):
         line = line_of(index)
-        raw = tf.io.read_file(tf.strings.join([prefix, _path_of(line)]))
-        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-        return index, image, _label_of(line)
+        return index, _read_image(prefix, line), _label_of(line)
 
     def check(expected, elem):
         # A failed element was dropped by ignore_errors: the next index skips `expected`.
@@ -227,11 +237,7 @@ def permuted_images(
 
         def fail():
             path = tf.strings.join([prefix, _path_of(line_of(expected))])
-            message = [
-                "Could not read or decode image file",
-                path,
-                "(corrupt, truncated, unreadable or not a JPEG/PNG). Fix: replace or delete it.",
-            ]
+            message = [_UNREADABLE[0], path, _UNREADABLE[1]]
             with tf.control_dependencies([tf.debugging.Assert(False, message)]):
                 return tf.constant(False)
 

@@ -76,7 +76,7 @@ def pretrain_dataset(
     _check_common(dataset, batch_size, image_size)
     ds = _source(dataset, cache)
     fixed = _fixed_shape(dataset) is not None
-    buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer)
+    buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer, fixed)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     if fixed:
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
@@ -172,11 +172,12 @@ def finetune_dataset(
     _check_common(dataset, batch_size, image_size)
     _check_sampler(crop_sampler)
     ds = _source(dataset, cache)
-    buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer)
+    fixed = _fixed_shape(dataset) is not None
+    buffer = _shuffle_buffer(dataset, batch_size, shuffle_buffer, fixed)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = _augment(
         ds,
-        _fixed_shape(dataset) is not None,
+        fixed,
         batch_size,
         seed,
         _FINETUNE,
@@ -297,7 +298,9 @@ def _source(dataset: tf.data.Dataset, cache: bool) -> tf.data.Dataset:
     return ds.cache() if cache else ds
 
 
-def _shuffle_buffer(dataset: tf.data.Dataset, batch_size: int, given: int | None) -> int:
+def _shuffle_buffer(
+    dataset: tf.data.Dataset, batch_size: int, given: int | None, fixed: bool
+) -> int:
     """Given size, else max(10 * batch, 10000) for fixed-size (small) images and 10 * batch for
     variable-size ones (the reference's rule above 32 px: 10,000 decoded ImageNet images would
     hold ~5 GB), capped at the dataset size when that is known."""
@@ -305,7 +308,6 @@ def _shuffle_buffer(dataset: tf.data.Dataset, batch_size: int, given: int | None
         if given < 1:
             raise DataError(f"shuffle_buffer must be >= 1, got {given}.")
         return int(given)
-    fixed = _fixed_shape(dataset) is not None
     buffer = max(10 * batch_size, 10_000) if fixed else 10 * batch_size
     n = int(dataset.cardinality())
     return min(buffer, n) if n > 0 else buffer
