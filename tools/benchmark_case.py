@@ -219,13 +219,23 @@ def load_reference(path: str):
 
     if not os.path.isfile(path):
         raise SystemExit(
-            f"benchmark: no reference file '{path}'. Fetch tf2/data_util.py of "
-            "google-research/simclr and pass its path to --reference_data_util."
+            f"benchmark: no reference file '{path}'. Fetch google-research/simclr and pass "
+            "its tf2/data_util.py (--reference_data_util) or tf2/ folder (--reference_dir)."
         )
     spec = importlib.util.spec_from_file_location("reference_data_util", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def reference_two_views(ref, image, size: int, strength: float) -> list:
+    """The reference's two pretraining views of one decoded image, as its tf2/data.py makes
+    them: ``preprocess_image`` takes the colour strength as an argument whose default, 0,
+    would leave out the colour distortion (its data_util reads no flag)."""
+    return [
+        ref.preprocess_image(image, size, size, is_training=True, color_jitter_strength=strength)
+        for _ in range(2)
+    ]
 
 
 def reference_dataset(cfg, path: str, blur: bool = True):
@@ -236,19 +246,13 @@ def reference_dataset(cfg, path: str, blur: bool = True):
     from simclr_tf.data import sources
 
     ref = load_reference(path)
-    # data_util reads no flag: its preprocess_image takes the strength as an argument (0 by
-    # default, which would leave out the colour distortion), as the reference's data.py passes it.
-    s = cfg.color_jitter_strength
     images, _ = sources.load_split(
         cfg.dataset, cfg.train_split, data_dir=cfg.data_dir, shuffle_files=True
     )  # decoded as for our pipeline
     size = cfg.image_size
 
     def two_views(image, label):
-        views = [
-            ref.preprocess_image(image, size, size, is_training=True, color_jitter_strength=s)
-            for _ in range(2)
-        ]
+        views = reference_two_views(ref, image, size, cfg.color_jitter_strength)
         return tf.concat(views, -1), label
 
     def blur(images, labels):

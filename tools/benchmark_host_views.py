@@ -48,19 +48,12 @@ def measure(case: str, args: argparse.Namespace) -> float:
 
     auto = tf.data.AUTOTUNE
     if case == "reference":
-        sys.path.insert(0, args.reference_dir)
-        import data_util  # the reference's; it reads no flags
+        from benchmark_case import load_reference, reference_two_views
 
-        # The strength is an argument (default 0: no colour), passed as the reference's
-        # data.py passes FLAGS.color_jitter_strength.
+        ref = load_reference(os.path.join(args.reference_dir, "data_util.py"))
+
         def views(i, x):
-            two = [
-                data_util.preprocess_image(
-                    x, size, size, is_training=True, color_jitter_strength=args.strength
-                )
-                for _ in range(2)
-            ]
-            return tf.concat(two, -1)
+            return tf.concat(reference_two_views(ref, x, size, args.strength), -1)
 
         ds = source.map(views, num_parallel_calls=auto).batch(batch, drop_remainder=True)
     else:

@@ -12,7 +12,7 @@ import statistics
 import time
 from typing import Any
 
-from benchmark_case import load_reference, machine_info
+from benchmark_case import load_reference, machine_info, reference_two_views
 
 # --------------------------------------------------------------------------------------------
 # Per-op profile of the per-image host path
@@ -196,12 +196,7 @@ def _whole_view_rows(tf, size: int, strength: float, ref) -> list[tuple[str, str
     if ref is not None:
 
         def ref_views(image, seed):
-            views = [
-                ref.preprocess_image(
-                    image, size, size, is_training=True, color_jitter_strength=strength
-                )
-                for _ in range(2)
-            ]
+            views = reference_two_views(ref, image, size, strength)
             return ref.batch_random_blur([tf.stack(views)], size, size)
 
         table.append(("whole two views, reference (decoded image, batch blur)", "image", ref_views))
