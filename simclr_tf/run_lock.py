@@ -12,8 +12,10 @@ lives, so a lock left behind by a killed run is recognised and taken over (with 
   shared file system).
 
 Local paths (and NFS) are exclusive: the lock is created with ``link(2)`` of a finished file,
-which fails when the lock exists, so two runs can never both create it, and a reader never sees a
-half-written lock. ``gs://`` and other remote paths have no create-if-absent through
+which fails when the lock exists, so two runs can never both create it. The heartbeat is rewritten
+inside the file it checked (one write, padded to the old length), so it can never overwrite a
+successor's lock; a reader catching that write half done sees an unreadable lock, which counts
+as held for a grace period. ``gs://`` and other remote paths have no create-if-absent through
 ``tf.io.gfile``: there the lock is best effort (check, write, read back), which refuses a run
 started while another one is alive but not two runs started within the same second.
 
@@ -307,8 +309,12 @@ class RunLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
-            holder = self._read()
-            if holder is None or holder.token != self._token:
+            try:
+                ours = self._refresh_remote() if _remote(self.path) else self._refresh_local()
+            except Exception as e:  # noqa: BLE001 - a missed heartbeat is retried next time
+                logging.warning("Could not refresh the lock %s: %s", self.path, e)
+                continue
+            if not ours:
                 logging.error(
                     "The lock %s is no longer this run's (taken over after %.0f s without a "
                     "heartbeat?): another run may be writing into the same folder.",
@@ -316,14 +322,40 @@ class RunLock:
                     self.expiry_seconds,
                 )
                 return
-            try:
-                tmp = self._write_temp()
-                if _remote(tmp):
-                    _gfile().rename(tmp, self.path, overwrite=True)
-                else:
-                    os.replace(tmp, self.path)
-            except Exception as e:  # noqa: BLE001 - a missed heartbeat is retried next time
-                logging.warning("Could not refresh the lock %s: %s", self.path, e)
+
+    def _refresh_local(self) -> bool:
+        """Rewrites the heartbeat inside the lock file it read; False when that file is not ours.
+
+        Why in place: the token is checked and the heartbeat written through one open file, so
+        a successor's lock (always a new file, linked or renamed into place) is never
+        overwritten, however long this thread stalls between the two. Padded to the old length
+        with spaces (JSON ignores them), the refresh is one write and needs no truncation.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            old = os.read(fd, 1 << 16)
+            holder = Holder.from_json(old.decode("utf-8", errors="replace"))
+            if holder is None or holder.token != self._token:
+                return False
+            os.pwrite(fd, self._payload().encode("utf-8").ljust(len(old)), 0)
+            os.fsync(fd)
+            return True
+        finally:
+            os.close(fd)
+
+    def _refresh_remote(self) -> bool:
+        """Best effort, as remote creation is: the new file is written before the token check,
+        so only the rename lies between the check and the write."""
+        tmp = self._write_temp()
+        holder = self._read()
+        if holder is None or holder.token != self._token:
+            _gfile().remove(tmp)
+            return False
+        _gfile().rename(tmp, self.path, overwrite=True)
+        return True
 
     def release(self) -> None:
         """Gives the lock back (only if it is still ours); removes a folder left empty."""

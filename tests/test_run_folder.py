@@ -54,7 +54,10 @@ def _write_lock(folder: pathlib.Path, **fields) -> None:
         **fields,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.lock").write_text(json.dumps(holder))
+    # A new file renamed into place, as a real run's lock is (never rewritten in place).
+    tmp = folder / "run.lock.test-tmp"
+    tmp.write_text(json.dumps(holder))
+    os.replace(tmp, folder / "run.lock")
 
 
 def _gone_pid() -> int:
@@ -113,6 +116,54 @@ def test_lock_heartbeat_is_refreshed_and_release_keeps_a_successors_lock(tmp_pat
     _write_lock(folder, token="successor")  # e.g. taken over after an expiry
     lock.release()
     assert json.loads((folder / "run.lock").read_text())["token"] == "successor"
+
+
+def test_heartbeat_stalled_between_its_check_and_its_write_keeps_a_successors_lock(
+    tmp_path, monkeypatch
+):
+    """The race a flaky run of the test above caught: the heartbeat had checked the token, a
+    successor took the lock over, and the heartbeat's write then replaced the successor's lock
+    with this run's (which release then deleted). The refresh now writes into the file it
+    checked, so a successor's new file is never touched."""
+    folder = tmp_path / "run"
+    lock = run_lock.RunLock(str(folder), heartbeat_seconds=3600)
+    lock.acquire()
+    parse = run_lock.Holder.from_json
+
+    def successor_takes_over_right_after_the_check(text):
+        holder = parse(text)
+        _write_lock(folder, token="successor")
+        return holder
+
+    monkeypatch.setattr(
+        run_lock.Holder, "from_json", staticmethod(successor_takes_over_right_after_the_check)
+    )
+    lock._refresh_local()
+    monkeypatch.setattr(run_lock.Holder, "from_json", staticmethod(parse))
+    assert json.loads((folder / "run.lock").read_text())["token"] == "successor"
+    assert lock._refresh_local() is False  # the next beat sees it lost the lock
+    lock.release()
+    assert json.loads((folder / "run.lock").read_text())["token"] == "successor"
+
+
+def test_heartbeat_refresh_pads_the_file_to_stay_one_write(tmp_path):
+    """A refresh never leaves the old tail behind: shorter payloads are padded with spaces and
+    the file still parses as this run's lock with a newer heartbeat."""
+    folder = tmp_path / "run"
+    lock = run_lock.RunLock(str(folder), heartbeat_seconds=3600)
+    lock.acquire()
+    path = folder / "run.lock"
+    path.write_text(path.read_text() + " " * 40)  # the old file longer than any new payload
+    old_length = len(path.read_text())
+    before = json.loads(path.read_text())
+    time.sleep(0.01)
+    assert lock._refresh_local() is True
+    text = path.read_text()
+    after = json.loads(text)
+    assert len(text) == old_length and text.rstrip(" ") == json.dumps(after, sort_keys=True)
+    assert after["token"] == before["token"] and after["heartbeat"] > before["heartbeat"]
+    lock.release()
+    assert not path.exists()
 
 
 def test_chief_task_is_read_from_tf_config():
