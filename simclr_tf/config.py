@@ -300,7 +300,8 @@ class Config(ConfigChecks):
     conv_filter_grad: str = setting(
         "auto",
         "Filter gradient of the encoder's bfloat16 convolutions: matmul (one matrix product per "
-        "kernel tap, layers with >= 256 input channels; faster on CPUs), native (TF's kernel), "
+        "kernel tap, 3x3 layers with output maps of at most 14x14 from >= 128 input channels; "
+        "faster on CPUs), native (TF's kernel), "
         "auto (matmul for --mixed_precision=bfloat16 on CPU replicas without --jit_compile, "
         "else native; recorded in flags.json).",
         choices=("auto", "native", "matmul"),

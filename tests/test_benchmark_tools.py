@@ -175,3 +175,45 @@ def test_reference_cases_run_the_reference_colour_distortion(
     images, _ = next(iter(benchmark_case.reference_dataset(cfg, str(tmp_path / "data_util.py"))))
     assert images.shape == (2, 8, 8, 6)
     assert float(images.numpy().min()) == float(images.numpy().max()) == 0.5
+
+
+def test_benchmark_conv_grad_checks_the_gradient_and_marks_the_rules_slower_pick(monkeypatch):
+    """The raw-op tool times only gradients that agree, and its table flags a row where the
+    rule's pick was the slower gradient (from the timings, not from the rule)."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import benchmark_conv_grad
+    import tensorflow as tf
+
+    from simclr_tf.models import conv_grad
+
+    small = (2, 6, 128, 4, 1)  # 4x4 output from 128 channels: the rule picks matmul
+    row = benchmark_conv_grad.time_gradients(small, repeats=1)
+    assert row["rule_picks_matmul"] and row["relative_error"] < 1e-2
+    assert conv_grad.filter_gradient() == "native"  # the tool leaves the global as it was
+    rows = [
+        {**row, "native_ms": 2.0, "matmul_ms": 1.0},
+        {**row, "native_ms": 1.0, "matmul_ms": 2.0},
+        {**row, "shape": (2, 20, 128, 4, 1), "rule_picks_matmul": False, "native_ms": 3.0},
+    ]
+    marks = [
+        line.rsplit("|", 2)[-2].strip() for line in benchmark_conv_grad.table(rows).split("\n")
+    ]
+    assert marks[2:] == ["no", "**yes**", "**yes**"]
+
+    wrong = lambda x, dy, kernel, strides: tf.zeros(kernel, x.dtype)  # noqa: E731
+    monkeypatch.setattr(conv_grad, "matmul_filter_gradient", wrong)
+    with pytest.raises(AssertionError, match="differs from native"):
+        benchmark_conv_grad.time_gradients(small, repeats=1)
+
+
+def test_benchmark_conv_grad_peak_checks_its_products(monkeypatch):
+    """The peak figure is timed on products that equal NumPy's; a wrong product stops it."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import benchmark_conv_grad
+    import tensorflow as tf
+
+    peak = benchmark_conv_grad.matmul_peak(64, repeats=1)
+    assert set(peak) == {"float32", "bfloat16"} and min(peak.values()) > 0
+    monkeypatch.setattr(tf, "matmul", lambda a, b: tf.zeros_like(a))
+    with pytest.raises(AssertionError, match="float32 matmul differs from NumPy"):
+        benchmark_conv_grad.matmul_peak(64, repeats=1)

@@ -67,7 +67,13 @@ CASE = dict(
     width_multiplier=0.0625,
 )
 
-CASES = [(3, 1, "SAME", 6), (3, 2, "VALID", 7), (7, 2, "VALID", 11), (3, 1, "VALID", 5)]
+CASES = [
+    (3, 1, "SAME", 6),
+    (3, 2, "VALID", 7),
+    (7, 2, "VALID", 11),
+    (3, 1, "VALID", 5),
+    (3, 3, "VALID", 8),  # strided taps read phases; 8 rows pad to 9 before the phase split
+]
 
 
 @pytest.mark.parametrize("k,strides,padding,size", CASES)
@@ -92,6 +98,53 @@ def test_matmul_filter_gradient_is_the_convolution_gradient(k, strides, padding,
         assert dk1.dtype == tf.bfloat16
         assert _rel(dk1.numpy(), want) < 8e-3
         assert _rel(dk1.numpy(), want) < 2 * _rel(dk0.numpy(), want) + 1e-3
+
+
+@pytest.mark.parametrize("strides,size", [(2, 9), (3, 10)])
+def test_strided_gradient_with_unknown_spatial_shape(strides, size):
+    """Traced with unknown batch, height and width (the phase split then pads and reshapes with
+    dynamic sizes), the strided gradient is still the NumPy sum."""
+    rng = np.random.default_rng(strides)
+    x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+    out = (size - 3) // strides + 1
+    dy = rng.normal(size=(2, out, out, 4)).astype(np.float32)
+    spec = tf.TensorSpec([None, None, None, None], tf.float32)
+    fn = tf.function(
+        lambda a, g: conv_grad.matmul_filter_gradient(a, g, tf.TensorShape([3, 3, 3, 4]), strides),
+        input_signature=[spec, spec],
+    )
+    got = fn(tf.constant(x), tf.constant(dy)).numpy()
+    assert _rel(got, numpy_filter_grad(x, dy, 3, strides, "VALID")) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "size,strides,channels,want",
+    [
+        (14, 1, 128, True),  # 14x14 output: the largest map that takes the matmul
+        (16, 1, 256, False),  # 16x16: the native kernel is as fast
+        (16, 2, 128, True),  # strided: padded to 18, an 8x8 output
+        (30, 2, 256, False),  # 30 -> 15x15 output
+        (8, 1, 64, False),  # too few channels
+    ],
+)
+def test_layers_take_the_matmul_gradient_at_small_maps_only(size, strides, channels, want):
+    """The rule reads the layer's *output* map (after a strided conv's padding): a traced
+    bfloat16 training step has MatMul and no Conv2DBackpropFilter exactly when it applies."""
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    conv_grad.set_filter_gradient("matmul")
+    layer = FixedPaddingConv2D(4, 3, strides)
+    layer.build((1, size, size, channels))
+    x = tf.zeros((1, size, size, channels), tf.bfloat16)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32))
+        return tape.gradient(loss, layer.trainable_variables)
+
+    ops = {op.type for op in step.get_concrete_function().graph.get_operations()}
+    assert ("MatMul" in ops) is want
+    assert ("Conv2DBackpropFilter" in ops) is not want
 
 
 def test_matmul_gradient_under_xla_and_two_replicas(strategy):

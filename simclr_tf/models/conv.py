@@ -70,11 +70,23 @@ class FixedPaddingConv2D(keras.layers.Layer):
         b, h, w, _ = input_shape
         return (b, out_size(h, self.strides), out_size(w, self.strides), self.filters)
 
+    def _out_positions(self, padded_shape: tf.TensorShape) -> int | None:
+        """Output height x width from the shape the inner conv sees (padded when strided)."""
+        h, w = padded_shape[1], padded_shape[2]
+        if h is None or w is None:
+            return None
+        if self.strides > 1:
+            h, w = ((n - self.kernel_size) // self.strides + 1 for n in (h, w))
+        return h * w
+
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if self.strides > 1 and self.kernel_size > 1:
             beg, end = self._pads()
             inputs = tf.pad(inputs, [[0, 0], [beg, end], [beg, end], [0, 0]])
-        if conv_grad.wants_matmul(inputs.shape[-1], self.kernel_size, self.compute_dtype, training):
+        positions = self._out_positions(inputs.shape)
+        if conv_grad.wants_matmul(
+            inputs.shape[-1], positions, self.kernel_size, self.compute_dtype, training
+        ):
             # Same forward op; only the bfloat16 filter gradient differs (see conv_grad).
             kernel = tf.cast(self.conv.kernel, self.compute_dtype)
             return conv_grad.conv2d(inputs, kernel, self.strides, self.conv.padding.upper())

@@ -5,7 +5,9 @@ and the channels many (ResNet's last stages: 4x4x512 on CIFAR, 7x7 on ImageNet).
 the real step (``tools/benchmark.py --what=profile``), the filter gradients are the largest op
 and barely gain from bfloat16 (1.14x over float32, against 1.66x for the forward convolution).
 The same gradient written as ``kh * kw`` matrix products ``patch_tap^T @ dy`` over the batch
-and the positions runs on oneDNN's bfloat16 matmul, which is fast at those shapes.
+and the positions runs on oneDNN's bfloat16 matmul, which is fast at those shapes: output maps
+of at most 14x14 from >= 128 input channels (:func:`wants_matmul`; the raw-op timings behind
+the rule come from ``tools/benchmark_conv_grad.py``).
 
 The forward pass and the input gradient are TensorFlow's own ops; only the filter gradient is
 replaced, and it is the same sum (equal to autodiff's to float rounding; tested against
@@ -18,9 +20,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 FILTER_GRADIENTS = ("native", "matmul")
-# Layers with fewer input channels keep the native gradient: at 16x16x128 and larger maps the
-# native bfloat16 kernel is as fast or faster (raw-op timings in benchmarks/README.md).
-MIN_CHANNELS = 256
+# Where the matmul gradient runs: output maps of at most 14x14 positions from >= 128 input
+# channels. The native bfloat16 kernel is as fast or faster at 16x16 and larger output maps and
+# with fewer channels (raw-op timings at CIFAR and ImageNet shapes, stride 1 and 2:
+# tools/benchmark_conv_grad.py, its table in benchmarks/README.md).
+MIN_CHANNELS = 128
+MAX_POSITIONS = 14 * 14
 
 _filter_gradient = "native"
 
@@ -38,16 +43,40 @@ def filter_gradient() -> str:
 
 
 def wants_matmul(
-    in_channels: int | None, kernel_size: int, dtype: str, training: bool | None
+    in_channels: int | None,
+    out_positions: int | None,
+    kernel_size: int,
+    dtype: str,
+    training: bool | None,
 ) -> bool:
-    """Whether a convolution of this shape takes the matmul filter gradient when traced now."""
+    """Whether a convolution of this shape takes the matmul filter gradient when traced now.
+
+    ``out_positions`` is the output map's height x width (None when not static: native).
+    """
     return (
         _filter_gradient == "matmul"
         and bool(training)
         and dtype == "bfloat16"
         and kernel_size > 1
         and (in_channels or 0) >= MIN_CHANNELS
+        and out_positions is not None
+        and out_positions <= MAX_POSITIONS
     )
+
+
+def _phases(inputs: tf.Tensor, strides: int) -> tf.Tensor:
+    """``[s, s, N, ceil(H/s), ceil(W/s), C]``: phase ``(a, b)`` holds rows ``a::s``, cols ``b::s``.
+
+    Why: a strided tap ``inputs[:, i::s, j::s]`` is a gather TensorFlow copies element by element
+    (measured 3x slower than the native gradient it replaces at 10x10x256, stride 2); after this
+    one transpose every tap is a unit-stride window of one phase.
+    """
+    dynamic = tf.shape(inputs)
+    n, h, w, c = (dynamic[i] if d is None else d for i, d in enumerate(inputs.shape))
+    hq, wq = -(-h // strides), -(-w // strides)
+    padded = tf.pad(inputs, [[0, 0], [0, hq * strides - h], [0, wq * strides - w], [0, 0]])
+    split = tf.reshape(padded, [n, hq, strides, wq, strides, c])
+    return tf.transpose(split, [2, 4, 0, 1, 3, 5])
 
 
 def matmul_filter_gradient(
@@ -59,15 +88,15 @@ def matmul_filter_gradient(
     if out_h is None or out_w is None:
         out_h, out_w = tf.shape(grad_out)[1], tf.shape(grad_out)[2]
     flat_grad = tf.reshape(grad_out, [-1, d])
+    phases = _phases(inputs, strides) if strides > 1 else None
     taps = []
     for i in range(kh):
         for j in range(kw):
-            patch = inputs[
-                :,
-                i : i + strides * (out_h - 1) + 1 : strides,
-                j : j + strides * (out_w - 1) + 1 : strides,
-                :,
-            ]
+            if phases is None:
+                patch = inputs[:, i : i + out_h, j : j + out_w, :]
+            else:
+                r, q = divmod(i, strides), divmod(j, strides)
+                patch = phases[r[1], q[1], :, r[0] : r[0] + out_h, q[0] : q[0] + out_w, :]
             taps.append(tf.matmul(tf.reshape(patch, [-1, c]), flat_grad, transpose_a=True))
     return tf.reshape(tf.stack(taps), [kh, kw, c, d])
 
