@@ -41,6 +41,11 @@ SHAPES = [
 ]
 
 
+def out_size(size: int, stride: int) -> int:
+    """Output rows of a VALID 3x3 convolution over ``size`` padded rows."""
+    return (size - 3) // stride + 1
+
+
 def time_gradients(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
     """Median ms of the native and the matmul filter gradient of one shape, repeats interleaved."""
     import numpy as np
@@ -49,7 +54,7 @@ def time_gradients(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
     from simclr_tf.models import conv_grad
 
     batch, size, c, d, stride = shape
-    out = (size - 3) // stride + 1
+    out = out_size(size, stride)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.standard_normal((batch, size, size, c)), tf.bfloat16)
     dy = tf.constant(rng.standard_normal((batch, out, out, d)), tf.bfloat16)
@@ -127,7 +132,7 @@ def table(rows: list[dict]) -> str:
     ]
     for row in rows:
         batch, size, c, d, stride = row["shape"]
-        out = (size - 3) // stride + 1
+        out = out_size(size, stride)
         native, matmul = row["native_ms"], row["matmul_ms"]
         pick = "matmul" if row["rule_picks_matmul"] else "native"
         slower = (pick == "matmul") == (matmul > native)

@@ -70,20 +70,12 @@ class FixedPaddingConv2D(keras.layers.Layer):
         b, h, w, _ = input_shape
         return (b, out_size(h, self.strides), out_size(w, self.strides), self.filters)
 
-    def _out_positions(self, padded_shape: tf.TensorShape) -> int | None:
-        """Output height x width from the shape the inner conv sees (padded when strided)."""
-        h, w = padded_shape[1], padded_shape[2]
-        if h is None or w is None:
-            return None
-        if self.strides > 1:
-            h, w = ((n - self.kernel_size) // self.strides + 1 for n in (h, w))
-        return h * w
-
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _, h, w, _ = self.compute_output_shape(tuple(inputs.shape))
+        positions = None if h is None or w is None else h * w
         if self.strides > 1 and self.kernel_size > 1:
             beg, end = self._pads()
             inputs = tf.pad(inputs, [[0, 0], [beg, end], [beg, end], [0, 0]])
-        positions = self._out_positions(inputs.shape)
         if conv_grad.wants_matmul(
             inputs.shape[-1], positions, self.kernel_size, self.compute_dtype, training
         ):
