@@ -147,15 +147,17 @@ def test_layers_take_the_matmul_gradient_at_small_maps_only(size, strides, chann
     assert ("Conv2DBackpropFilter" in ops) is not want
 
 
-def test_matmul_gradient_under_xla_and_two_replicas(strategy):
+@pytest.mark.parametrize("strides,padding,out", [(1, "SAME", 6), (2, "VALID", 2)])
+def test_matmul_gradient_under_xla_and_two_replicas(strategy, strides, padding, out):
     """The accelerator paths on CPU proxies: XLA-compiled, and a step under MirroredStrategy on
-    two logical CPUs (each replica its own batch half), give autodiff's float32 gradient."""
+    two logical CPUs (each replica its own batch half), give autodiff's float32 gradient; the
+    strided case runs the stride-phase taps."""
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(4, 6, 6, 5)), tf.float32)
     kern = tf.constant(rng.normal(size=(3, 3, 5, 4)), tf.float32)
-    dy = tf.constant(rng.normal(size=(4, 6, 6, 4)), tf.float32)
-    ours = lambda a, b: conv_grad.conv2d(a, b, 1, "SAME")  # noqa: E731
-    native = lambda a, b: tf.nn.conv2d(a, b, 1, "SAME")  # noqa: E731
+    dy = tf.constant(rng.normal(size=(4, out, out, 4)), tf.float32)
+    ours = lambda a, b: conv_grad.conv2d(a, b, strides, padding)  # noqa: E731
+    native = lambda a, b: tf.nn.conv2d(a, b, strides, padding)  # noqa: E731
     _, _, want = _grads(native, x, kern, dy)
     _, _, xla = tf.function(lambda: _grads(ours, x, kern, dy), jit_compile=True)()
     np.testing.assert_allclose(xla.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
