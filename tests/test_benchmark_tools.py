@@ -217,3 +217,37 @@ def test_benchmark_conv_grad_peak_checks_its_products(monkeypatch):
     monkeypatch.setattr(tf, "matmul", lambda a, b: tf.zeros_like(a))
     with pytest.raises(AssertionError, match="float32 matmul differs from NumPy"):
         benchmark_conv_grad.matmul_peak(64, repeats=1)
+
+
+def test_benchmark_conv_grad_passes_check_bfloat16_against_float32_and_weight_by_layers(
+    monkeypatch,
+):
+    """Each pass is timed only when bfloat16 agrees with the float32 kernel (the rule's filter
+    gradient included), and the summary weights each shape's passes by its layer count."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import benchmark_conv_grad
+    import tensorflow as tf
+
+    from simclr_tf.models import conv_grad
+
+    small = (2, 6, 128, 4, 1)  # 4x4 output from 128 channels: bfloat16 takes the matmul gradient
+    row = benchmark_conv_grad.time_passes(small, repeats=1)
+    assert row["bfloat16_filter_grad"] == "matmul"
+    assert conv_grad.filter_gradient() == "native"  # the tool leaves the global as it was
+    fake = [
+        {"shape": (1, 6, 8, 8, 1), "bfloat16_filter_grad": "native"}
+        | {f"float32_{p}_ms": 4.0 for p in benchmark_conv_grad.PASSES}
+        | {f"bfloat16_{p}_ms": 2.0 for p in benchmark_conv_grad.PASSES},
+        {"shape": (1, 6, 8, 8, 2), "bfloat16_filter_grad": "matmul"}
+        | {f"float32_{p}_ms": 1.0 for p in benchmark_conv_grad.PASSES}
+        | {f"bfloat16_{p}_ms": 1.0 for p in benchmark_conv_grad.PASSES},
+    ]
+    text = benchmark_conv_grad.passes_table(fake, {(1, 6, 8, 8, 1): 3, (1, 6, 8, 8, 2): 2})
+    # float32: 3 * 12 + 2 * 3 = 42 ms; bfloat16: 3 * 6 + 2 * 3 = 24 ms.
+    assert "float32 42 ms, bfloat16 24 ms, **1.75x**" in text
+    assert "| 2.00x / 2.00x / 2.00x |" in text and "(matmul)" in text
+
+    wrong = lambda x, dy, kernel, strides: tf.zeros(kernel, x.dtype)  # noqa: E731
+    monkeypatch.setattr(conv_grad, "matmul_filter_gradient", wrong)
+    with pytest.raises(AssertionError, match="bfloat16 filter_grad differs from float32"):
+        benchmark_conv_grad.time_passes(small, repeats=1)

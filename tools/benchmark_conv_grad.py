@@ -4,8 +4,11 @@ Why a tool: ``conv_grad.wants_matmul`` picks the matmul gradient only for output
 14x14 from >= 128 input channels. This times both gradients alone (no train step around them)
 at the 3x3 convolutions of ResNet-18 on CIFAR (batch 512: two views of 256) and ResNet-50 on
 ImageNet (batch 32), stride 1 and 2, interleaved, and marks each row where the rule picks the
-slower one. Each gradient is checked against the other before it is timed. Last, the
-machine's matmul peak in float32 and bfloat16: the ceiling of any bfloat16 step speed-up.
+slower one. Each gradient is checked against the other before it is timed. Then each pass
+of ResNet-18's 3x3 convolutions (forward, input gradient, filter gradient) in float32 and in
+bfloat16 (with the rule's filter gradient), and their layer-weighted ratio: what bfloat16 buys
+the convolutions that are most of a CIFAR step. Last, the machine's matmul peak in float32 and
+bfloat16.
 
     python tools/benchmark_conv_grad.py --repeats=5
 """
@@ -30,7 +33,7 @@ SHAPES = [
     (512, 18, 128, 256, 2),
     (512, 10, 256, 256, 1),
     (512, 10, 256, 512, 2),
-    (512, 6, 512, 512, 1),
+    (512, 6, 512, 512, 1),  # ResNet-18 CIFAR stage 4
     (32, 58, 64, 64, 1),  # ResNet-50 ImageNet bottleneck 3x3 convs
     (32, 58, 128, 128, 2),
     (32, 30, 128, 128, 1),
@@ -41,9 +44,36 @@ SHAPES = [
 ]
 
 
+# How many 3x3 convolutions of each shape ResNet-18 on CIFAR has (blocks [2, 2, 2, 2]; the 3->64
+# stem and the three 1x1 projections are left out: about 3% of the convolution FLOPs).
+RESNET18_CIFAR_LAYERS = {
+    (512, 34, 64, 64, 1): 4,
+    (512, 34, 64, 128, 2): 1,
+    (512, 18, 128, 128, 1): 3,
+    (512, 18, 128, 256, 2): 1,
+    (512, 10, 256, 256, 1): 3,
+    (512, 10, 256, 512, 2): 1,
+    (512, 6, 512, 512, 1): 3,
+}
+PASSES = ("forward", "input_grad", "filter_grad")
+
+
 def out_size(size: int, stride: int) -> int:
     """Output rows of a VALID 3x3 convolution over ``size`` padded rows."""
     return (size - 3) // stride + 1
+
+
+def rule_picks_matmul(in_channels: int, out: int) -> bool:
+    """Whether a bfloat16 training step under ``--conv_filter_grad=matmul`` takes the taps here
+    (asks ``conv_grad`` itself and leaves its global setting as it was)."""
+    from simclr_tf.models import conv_grad
+
+    before = conv_grad.filter_gradient()
+    conv_grad.set_filter_gradient("matmul")
+    try:
+        return conv_grad.wants_matmul(in_channels, out * out, 3, "bfloat16", True)
+    finally:
+        conv_grad.set_filter_gradient(before)
 
 
 def time_gradients(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
@@ -80,12 +110,7 @@ def time_gradients(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
             start = time.perf_counter()
             fn(x, dy).numpy()
             times[name].append(1000 * (time.perf_counter() - start))
-    before = conv_grad.filter_gradient()
-    conv_grad.set_filter_gradient("matmul")
-    try:
-        picks = conv_grad.wants_matmul(c, out * out, 3, "bfloat16", True)
-    finally:
-        conv_grad.set_filter_gradient(before)
+    picks = rule_picks_matmul(c, out)
     return {
         "shape": shape,
         "native_ms": statistics.median(times["native"]),
@@ -95,11 +120,112 @@ def time_gradients(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
     }
 
 
+def time_passes(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
+    """Median ms of each pass of one 3x3 convolution in float32 and bfloat16, interleaved.
+
+    bfloat16 takes the filter gradient the rule picks (as a bfloat16 training step does); every
+    bfloat16 result is checked against the float32 kernel's before anything is timed.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from simclr_tf.models import conv_grad
+
+    batch, size, c, d, stride = shape
+    out = out_size(size, stride)
+    rng = np.random.default_rng(0)
+    arrays = (
+        rng.standard_normal((batch, size, size, c)),
+        rng.standard_normal((3, 3, c, d)) / np.sqrt(9 * c),
+        rng.standard_normal((batch, out, out, d)),
+    )
+    steps = [1, stride, stride, 1]
+    matmul = rule_picks_matmul(c, out)
+
+    def filter_grad(x, dy, dtype):
+        if dtype == "bfloat16" and matmul:
+            return conv_grad.matmul_filter_gradient(x, dy, tf.TensorShape([3, 3, c, d]), stride)
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=[3, 3, c, d], out_backprop=dy, strides=steps, padding="VALID"
+        )
+
+    fns = {
+        "forward": lambda x, k, dy, dtype: tf.nn.conv2d(x, k, steps, "VALID"),
+        "input_grad": lambda x, k, dy, dtype: tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=[batch, size, size, c],
+            filter=k,
+            out_backprop=dy,
+            strides=steps,
+            padding="VALID",
+        ),
+        "filter_grad": lambda x, k, dy, dtype: filter_grad(x, dy, dtype),
+    }
+    cases = []
+    for dtype in ("float32", "bfloat16"):
+        tensors = tuple(tf.constant(a, dtype) for a in arrays)
+        for name in PASSES:
+            fn = tf.function(lambda x, k, dy, f=fns[name], t=dtype: f(x, k, dy, t))
+            cases.append((dtype, name, fn, tensors))
+    results = {}
+    for dtype, name, fn, tensors in cases:
+        results[dtype, name] = tf.cast(fn(*tensors), tf.float32).numpy()
+    for name in PASSES:
+        want, got = results["float32", name], results["bfloat16", name]
+        error = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        if error > 2e-2:
+            raise AssertionError(f"bfloat16 {name} differs from float32 by {error:.2e} at {shape}")
+    times: dict[tuple[str, str], list[float]] = {(dtype, name): [] for dtype, name, *_ in cases}
+    for _ in range(repeats):
+        for dtype, name, fn, tensors in cases:
+            start = time.perf_counter()
+            fn(*tensors).numpy()
+            times[dtype, name].append(1000 * (time.perf_counter() - start))
+    return {
+        "shape": shape,
+        "bfloat16_filter_grad": "matmul" if matmul else "native",
+        **{f"{dtype}_{name}_ms": statistics.median(ts) for (dtype, name), ts in times.items()},
+    }
+
+
+def passes_table(rows: list[dict], layers: dict[tuple, int]) -> str:
+    """Per-shape float32/bfloat16 ms of each pass, then the layer-weighted sum and its ratio."""
+    lines = [
+        "| input (padded) | channels | stride | layers | float32 fwd / in / filter ms | "
+        "bfloat16 fwd / in / filter ms | bfloat16 speed-up fwd / in / filter |",
+        "|---|---|---:|---:|---|---|---|",
+    ]
+    totals = {"float32": 0.0, "bfloat16": 0.0}
+    for row in rows:
+        batch, size, c, d, stride = row["shape"]
+        count = layers.get(row["shape"], 0)
+        ms = {dt: [row[f"{dt}_{p}_ms"] for p in PASSES] for dt in totals}
+        for dt in totals:
+            totals[dt] += count * sum(ms[dt])
+        lines.append(
+            f"| {size}x{size} | {c}->{d} | {stride} | {count} | "
+            + " / ".join(f"{v:.1f}" for v in ms["float32"])
+            + " | "
+            + " / ".join(f"{v:.1f}" for v in ms["bfloat16"])
+            + f" ({row['bfloat16_filter_grad']}) | "
+            + " / ".join(
+                f"{a / b:.2f}x" for a, b in zip(ms["float32"], ms["bfloat16"], strict=True)
+            )
+            + " |"
+        )
+    if totals["bfloat16"] > 0:
+        lines.append(
+            f"\nAll passes, layer-weighted: float32 {totals['float32']:.0f} ms, bfloat16 "
+            f"{totals['bfloat16']:.0f} ms, **{totals['float32'] / totals['bfloat16']:.2f}x**"
+        )
+    return "\n".join(lines)
+
+
 def matmul_peak(size: int, repeats: int) -> dict[str, float]:
     """Best GFLOP/s of one ``size``-cube matmul in float32 and bfloat16, repeats interleaved.
 
-    Why: the machine's own ceiling for any bfloat16-over-float32 step ratio (item 4 of issue 20
-    asks for 2.0x); each product is checked against NumPy before it is timed.
+    Why: a first yardstick for bfloat16-over-float32 on this machine (item 4 of issue 20 asks
+    for 2.0x; :func:`time_passes` gives the convolutions' own ratio, the one that bounds a
+    step); each product is checked against NumPy before it is timed.
     """
     import numpy as np
     import tensorflow as tf
@@ -148,6 +274,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="Interleaved timings per gradient.")
     args = p.parse_args()
     print(table([time_gradients(shape, args.repeats) for shape in SHAPES]))
+    rows = [time_passes(shape, args.repeats) for shape in RESNET18_CIFAR_LAYERS]
+    print("\nResNet-18 CIFAR 3x3 convolutions, each pass, float32 vs bfloat16:\n")
+    print(passes_table(rows, RESNET18_CIFAR_LAYERS))
     peak = matmul_peak(4096, 3 * args.repeats)
     print(
         f"\n4096^3 matmul, best of {3 * args.repeats}: float32 {peak['float32']:.0f} GFLOP/s, "
