@@ -26,15 +26,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # (batch, padded input size, input channels, output channels, stride); the input is what the
 # inner VALID convolution sees (a stride-1 SAME conv is its input padded by 1).
-SHAPES = [
-    (512, 34, 64, 64, 1),  # ResNet-18 CIFAR stage 1
-    (512, 34, 64, 128, 2),
-    (512, 18, 128, 128, 1),
-    (512, 18, 128, 256, 2),
-    (512, 10, 256, 256, 1),
-    (512, 10, 256, 512, 2),
-    (512, 6, 512, 512, 1),  # ResNet-18 CIFAR stage 4
-    (32, 58, 64, 64, 1),  # ResNet-50 ImageNet bottleneck 3x3 convs
+# ResNet-18 on CIFAR (batch 512: two views of 256), with how many 3x3 convolutions of each shape
+# it has (blocks [2, 2, 2, 2]; the 3->64 stem and the three 1x1 projections are left out: about
+# 3% of the convolution FLOPs).
+RESNET18_CIFAR_LAYERS = {
+    (512, 34, 64, 64, 1): 4,  # stage 1
+    (512, 34, 64, 128, 2): 1,
+    (512, 18, 128, 128, 1): 3,
+    (512, 18, 128, 256, 2): 1,
+    (512, 10, 256, 256, 1): 3,
+    (512, 10, 256, 512, 2): 1,
+    (512, 6, 512, 512, 1): 3,  # stage 4
+}
+# ResNet-50 on ImageNet (batch 32): its bottleneck 3x3 convolutions.
+RESNET50_IMAGENET_SHAPES = [
+    (32, 58, 64, 64, 1),
     (32, 58, 128, 128, 2),
     (32, 30, 128, 128, 1),
     (32, 30, 256, 256, 2),
@@ -42,25 +48,44 @@ SHAPES = [
     (32, 16, 512, 512, 2),
     (32, 9, 512, 512, 1),
 ]
-
-
-# How many 3x3 convolutions of each shape ResNet-18 on CIFAR has (blocks [2, 2, 2, 2]; the 3->64
-# stem and the three 1x1 projections are left out: about 3% of the convolution FLOPs).
-RESNET18_CIFAR_LAYERS = {
-    (512, 34, 64, 64, 1): 4,
-    (512, 34, 64, 128, 2): 1,
-    (512, 18, 128, 128, 1): 3,
-    (512, 18, 128, 256, 2): 1,
-    (512, 10, 256, 256, 1): 3,
-    (512, 10, 256, 512, 2): 1,
-    (512, 6, 512, 512, 1): 3,
-}
+SHAPES = [*RESNET18_CIFAR_LAYERS, *RESNET50_IMAGENET_SHAPES]
 PASSES = ("forward", "input_grad", "filter_grad")
 
 
 def out_size(size: int, stride: int) -> int:
     """Output rows of a VALID 3x3 convolution over ``size`` padded rows."""
     return (size - 3) // stride + 1
+
+
+def native_filter_gradient(x, dy, kernel: list[int], stride: int):
+    """TensorFlow's own filter gradient of a VALID convolution (oneDNN's kernel on CPU)."""
+    import tensorflow as tf
+
+    return tf.raw_ops.Conv2DBackpropFilter(
+        input=x,
+        filter_sizes=kernel,
+        out_backprop=dy,
+        strides=[1, stride, stride, 1],
+        padding="VALID",
+    )
+
+
+def relative_error(got, want) -> float:
+    import numpy as np
+
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def interleaved_ms(calls: dict, repeats: int) -> dict:
+    """Median ms of each ``name: (fn, args)``, one call of each per repeat (so drifts in the
+    machine's speed hit every entry alike)."""
+    times: dict = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (fn, args) in calls.items():
+            start = time.perf_counter()
+            fn(*args).numpy()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def rule_picks_matmul(in_channels: int, out: int) -> bool:
@@ -89,33 +114,18 @@ def time_gradients(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
     x = tf.constant(rng.standard_normal((batch, size, size, c)), tf.bfloat16)
     dy = tf.constant(rng.standard_normal((batch, out, out, d)), tf.bfloat16)
     kernel = tf.TensorShape([3, 3, c, d])
-    native = tf.function(
-        lambda a, g: tf.raw_ops.Conv2DBackpropFilter(
-            input=a,
-            filter_sizes=kernel.as_list(),
-            out_backprop=g,
-            strides=[1, stride, stride, 1],
-            padding="VALID",
-        )
-    )
+    native = tf.function(lambda a, g: native_filter_gradient(a, g, kernel.as_list(), stride))
     matmul = tf.function(lambda a, g: conv_grad.matmul_filter_gradient(a, g, kernel, stride))
     want = tf.cast(native(x, dy), tf.float32).numpy()
-    got = tf.cast(matmul(x, dy), tf.float32).numpy()
-    error = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    error = relative_error(tf.cast(matmul(x, dy), tf.float32).numpy(), want)
     if error > 1e-2:
         raise AssertionError(f"matmul gradient differs from native by {error:.2e} at {shape}")
-    times: dict[str, list[float]] = {"native": [], "matmul": []}
-    for _ in range(repeats):
-        for name, fn in (("native", native), ("matmul", matmul)):
-            start = time.perf_counter()
-            fn(x, dy).numpy()
-            times[name].append(1000 * (time.perf_counter() - start))
-    picks = rule_picks_matmul(c, out)
+    ms = interleaved_ms({"native": (native, (x, dy)), "matmul": (matmul, (x, dy))}, repeats)
     return {
         "shape": shape,
-        "native_ms": statistics.median(times["native"]),
-        "matmul_ms": statistics.median(times["matmul"]),
-        "rule_picks_matmul": picks,
+        "native_ms": ms["native"],
+        "matmul_ms": ms["matmul"],
+        "rule_picks_matmul": rule_picks_matmul(c, out),
         "relative_error": error,
     }
 
@@ -141,49 +151,41 @@ def time_passes(shape: tuple[int, int, int, int, int], repeats: int) -> dict:
     )
     steps = [1, stride, stride, 1]
     matmul = rule_picks_matmul(c, out)
+    kernel = [3, 3, c, d]
 
-    def filter_grad(x, dy, dtype):
-        if dtype == "bfloat16" and matmul:
-            return conv_grad.matmul_filter_gradient(x, dy, tf.TensorShape([3, 3, c, d]), stride)
-        return tf.raw_ops.Conv2DBackpropFilter(
-            input=x, filter_sizes=[3, 3, c, d], out_backprop=dy, strides=steps, padding="VALID"
-        )
+    def passes(dtype: str) -> dict:
+        taps = dtype == "bfloat16" and matmul  # the gradient a bfloat16 step takes here
+        return {
+            "forward": lambda x, k, dy: tf.nn.conv2d(x, k, steps, "VALID"),
+            "input_grad": lambda x, k, dy: tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=[batch, size, size, c],
+                filter=k,
+                out_backprop=dy,
+                strides=steps,
+                padding="VALID",
+            ),
+            "filter_grad": (
+                (lambda x, k, dy: conv_grad.matmul_filter_gradient(x, dy, k.shape, stride))
+                if taps
+                else (lambda x, k, dy: native_filter_gradient(x, dy, kernel, stride))
+            ),
+        }
 
-    fns = {
-        "forward": lambda x, k, dy, dtype: tf.nn.conv2d(x, k, steps, "VALID"),
-        "input_grad": lambda x, k, dy, dtype: tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=[batch, size, size, c],
-            filter=k,
-            out_backprop=dy,
-            strides=steps,
-            padding="VALID",
-        ),
-        "filter_grad": lambda x, k, dy, dtype: filter_grad(x, dy, dtype),
-    }
-    cases = []
+    calls = {}
     for dtype in ("float32", "bfloat16"):
         tensors = tuple(tf.constant(a, dtype) for a in arrays)
-        for name in PASSES:
-            fn = tf.function(lambda x, k, dy, f=fns[name], t=dtype: f(x, k, dy, t))
-            cases.append((dtype, name, fn, tensors))
-    results = {}
-    for dtype, name, fn, tensors in cases:
-        results[dtype, name] = tf.cast(fn(*tensors), tf.float32).numpy()
+        for name, fn in passes(dtype).items():
+            calls[dtype, name] = (tf.function(fn), tensors)
+    results = {key: tf.cast(fn(*args), tf.float32).numpy() for key, (fn, args) in calls.items()}
     for name in PASSES:
-        want, got = results["float32", name], results["bfloat16", name]
-        error = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        error = relative_error(results["bfloat16", name], results["float32", name])
         if error > 2e-2:
             raise AssertionError(f"bfloat16 {name} differs from float32 by {error:.2e} at {shape}")
-    times: dict[tuple[str, str], list[float]] = {(dtype, name): [] for dtype, name, *_ in cases}
-    for _ in range(repeats):
-        for dtype, name, fn, tensors in cases:
-            start = time.perf_counter()
-            fn(*tensors).numpy()
-            times[dtype, name].append(1000 * (time.perf_counter() - start))
+    ms = interleaved_ms(calls, repeats)
     return {
         "shape": shape,
         "bfloat16_filter_grad": "matmul" if matmul else "native",
-        **{f"{dtype}_{name}_ms": statistics.median(ts) for (dtype, name), ts in times.items()},
+        **{f"{dtype}_{name}_ms": v for (dtype, name), v in ms.items()},
     }
 
 
@@ -237,8 +239,7 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
     inputs = {}
     for dtype in ("float32", "bfloat16"):
         inputs[dtype] = (tf.constant(a, dtype), tf.constant(b, dtype))
-        got = tf.cast(product(*inputs[dtype]), tf.float64).numpy()
-        error = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        error = relative_error(tf.cast(product(*inputs[dtype]), tf.float64).numpy(), want)
         if error > 2e-2:
             raise AssertionError(f"{dtype} matmul differs from NumPy by {error:.2e}")
     best = {dtype: float("inf") for dtype in inputs}
