@@ -251,3 +251,41 @@ def test_benchmark_conv_grad_passes_check_bfloat16_against_float32_and_weight_by
     monkeypatch.setattr(conv_grad, "matmul_filter_gradient", wrong)
     with pytest.raises(AssertionError, match="bfloat16 filter_grad differs from float32"):
         benchmark_conv_grad.time_passes(small, repeats=1)
+
+
+def test_benchmark_conv_grad_roofline_counts_flops_as_tensorflow_does(monkeypatch):
+    """The roofline's FLOPs equal TensorFlow's own count for Conv2D (its profiler), its GEMM rate
+    is timed only on a product equal to NumPy's, and the summary weights by layer counts."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import benchmark_conv_grad
+    import tensorflow as tf
+
+    for shape in [(3, 10, 16, 8, 2), (2, 6, 4, 5, 1)]:
+        batch, size, c, d, stride = shape
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [batch, size, size, c])
+            k = tf.compat.v1.placeholder(tf.float32, [3, 3, c, d])
+            tf.nn.conv2d(x, k, [1, stride, stride, 1], "VALID")
+            options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+            counted = tf.compat.v1.profiler.profile(graph, options={**options, "output": "none"})
+        assert benchmark_conv_grad.conv_flops(shape) == counted.total_float_ops
+
+    small = (2, 6, 128, 4, 1)
+    assert benchmark_conv_grad.gemm_rate(small, repeats=1) > 0
+    shape_a, shape_b = (1, 6, 8, 8, 1), (1, 6, 8, 8, 2)  # 2 * 16 * 72 * 8 and 2 * 4 * 72 * 8 FLOPs
+    fake = [
+        {"shape": shape_a} | {f"bfloat16_{p}_ms": 1e-3 for p in benchmark_conv_grad.PASSES},
+        {"shape": shape_b} | {f"bfloat16_{p}_ms": 1e-3 for p in benchmark_conv_grad.PASSES},
+    ]
+    # At 1e-3 GFLOP/s: a 3 layers x 3 passes x 18432 FLOPs = 165.9 ms, b 1 x 3 x 4608 = 13.8 ms,
+    # 179.7 ms against 3 * 3e-3 + 3e-3 = 0.012 ms measured.
+    text = benchmark_conv_grad.roofline_table(
+        fake, {shape_a: 3, shape_b: 1}, {shape_a: 1e-3, shape_b: 1e-3}
+    )
+    assert "| 6x6 | 8->8 | 1 | 3 | 0.0 | 0 | 18 / 18 / 18 |" in text
+    assert "layer-weighted: 0 ms; at each layer's GEMM rate 180 ms" in text
+
+    monkeypatch.setattr(tf, "matmul", lambda a, b: tf.zeros([a.shape[0], b.shape[1]], a.dtype))
+    with pytest.raises(AssertionError, match="bfloat16 matmul differs from NumPy"):
+        benchmark_conv_grad.gemm_rate(small, repeats=1)

@@ -7,8 +7,10 @@ ImageNet (batch 32), stride 1 and 2, interleaved, and marks each row where the r
 slower one. Each gradient is checked against the other before it is timed. Then each pass
 of ResNet-18's 3x3 convolutions (forward, input gradient, filter gradient) in float32 and in
 bfloat16 (with the rule's filter gradient), and their layer-weighted ratio: what bfloat16 buys
-the convolutions that are most of a CIFAR step. Last, the machine's matmul peak in float32 and
-bfloat16.
+the convolutions that are most of a CIFAR step. Then the roofline: each layer's FLOPs against
+the bfloat16 rate of the matrix product of its own im2col shape (``[batch * out^2, 9 * C] @
+[9 * C, D]``), so the table says how close the convolutions already run to what this CPU's
+bfloat16 matmul gives at those shapes. Last, the machine's matmul peak in float32 and bfloat16.
 
     python tools/benchmark_conv_grad.py --repeats=5
 """
@@ -55,6 +57,17 @@ PASSES = ("forward", "input_grad", "filter_grad")
 def out_size(size: int, stride: int) -> int:
     """Output rows of a VALID 3x3 convolution over ``size`` padded rows."""
     return (size - 3) // stride + 1
+
+
+def conv_flops(shape: tuple[int, int, int, int, int]) -> float:
+    """FLOPs of one pass of a 3x3 convolution: 2 x outputs x (9 x input channels).
+
+    The forward pass, the input gradient and the filter gradient are the same count of
+    multiply-adds (each is the layer's product with one operand transposed).
+    """
+    batch, size, c, d, stride = shape
+    out = out_size(size, stride)
+    return 2.0 * batch * out * out * 9 * c * d
 
 
 def native_filter_gradient(x, dy, kernel: list[int], stride: int):
@@ -251,6 +264,67 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
     return {dtype: 2 * size**3 / seconds / 1e9 for dtype, seconds in best.items()}
 
 
+def gemm_rate(shape: tuple[int, int, int, int, int], repeats: int) -> float:
+    """Best bfloat16 GFLOP/s of the layer's im2col product ``[batch * out^2, 9C] @ [9C, D]``.
+
+    Why: a convolution pass is that product (forward; the gradients are it with one operand
+    transposed), so oneDNN's bfloat16 matmul at that shape is the practical ceiling of the pass
+    on this CPU, a sharper yardstick than one square matmul. The product's first rows are
+    checked against NumPy before it is timed.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    batch, size, c, d, stride = shape
+    out = out_size(size, stride)
+    rows, depth = batch * out * out, 9 * c
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((rows, depth), dtype=np.float32)
+    b = rng.standard_normal((depth, d), dtype=np.float32) / np.sqrt(depth)
+    x, y = tf.constant(a, tf.bfloat16), tf.constant(b, tf.bfloat16)
+    product = tf.function(tf.matmul)
+    head = min(rows, 256)
+    got = tf.cast(product(x, y)[:head], tf.float64).numpy()
+    error = relative_error(got, a[:head].astype(np.float64) @ b)
+    if error > 2e-2:
+        raise AssertionError(f"bfloat16 matmul differs from NumPy by {error:.2e} at {shape}")
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(x, y).numpy()
+        best = min(best, time.perf_counter() - start)
+    return conv_flops(shape) / best / 1e9
+
+
+def roofline_table(rows: list[dict], layers: dict[tuple, int], rates: dict[tuple, float]) -> str:
+    """Each shape's bfloat16 passes in GFLOP/s beside its GEMM rate, then the layer-weighted
+    time the passes would take at that rate against the time they took."""
+    lines = [
+        "| input (padded) | channels | stride | layers | GFLOP per pass | GEMM GFLOP/s | "
+        "bfloat16 fwd / in / filter GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    at_rate = measured = 0.0
+    for row in rows:
+        shape = row["shape"]
+        batch, size, c, d, stride = shape
+        count, flops, rate = layers.get(shape, 0), conv_flops(shape) / 1e9, rates[shape]
+        ms = [row[f"bfloat16_{p}_ms"] for p in PASSES]
+        at_rate += count * len(PASSES) * flops / rate * 1e3
+        measured += count * sum(ms)
+        lines.append(
+            f"| {size}x{size} | {c}->{d} | {stride} | {count} | {flops:.1f} | {rate:.0f} | "
+            + " / ".join(f"{flops / v * 1e3:.0f}" for v in ms)
+            + " |"
+        )
+    if measured > 0:
+        lines.append(
+            f"\nAll bfloat16 passes, layer-weighted: {measured:.0f} ms; at each layer's GEMM "
+            f"rate {at_rate:.0f} ms (**{at_rate / measured:.0%}** of the measured time)"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| batch | input (padded) | channels | stride | output | native ms | matmul ms | "
@@ -278,6 +352,9 @@ def main() -> None:
     rows = [time_passes(shape, args.repeats) for shape in RESNET18_CIFAR_LAYERS]
     print("\nResNet-18 CIFAR 3x3 convolutions, each pass, float32 vs bfloat16:\n")
     print(passes_table(rows, RESNET18_CIFAR_LAYERS))
+    rates = {shape: gemm_rate(shape, 3 * args.repeats) for shape in RESNET18_CIFAR_LAYERS}
+    print("\nThe same passes against the bfloat16 GEMM of each layer's own shape:\n")
+    print(roofline_table(rows, RESNET18_CIFAR_LAYERS, rates))
     peak = matmul_peak(4096, 3 * args.repeats)
     print(
         f"\n4096^3 matmul, best of {3 * args.repeats}: float32 {peak['float32']:.0f} GFLOP/s, "
