@@ -89,16 +89,16 @@ def relative_error(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-def interleaved_ms(calls: dict, repeats: int) -> dict:
-    """Median ms of each ``name: (fn, args)``, one call of each per repeat (so drifts in the
-    machine's speed hit every entry alike)."""
+def interleaved_ms(calls: dict, repeats: int, pick=statistics.median) -> dict:
+    """``pick`` (median, or ``min`` for a peak) of each ``name: (fn, args)``'s ms, one call of
+    each per repeat (so drifts in the machine's speed hit every entry alike)."""
     times: dict = {name: [] for name in calls}
     for _ in range(repeats):
         for name, (fn, args) in calls.items():
             start = time.perf_counter()
             fn(*args).numpy()
             times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: pick(ts) for name, ts in times.items()}
 
 
 def rule_picks_matmul(in_channels: int, out: int) -> bool:
@@ -255,13 +255,8 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
         error = relative_error(tf.cast(product(*inputs[dtype]), tf.float64).numpy(), want)
         if error > 2e-2:
             raise AssertionError(f"{dtype} matmul differs from NumPy by {error:.2e}")
-    best = {dtype: float("inf") for dtype in inputs}
-    for _ in range(repeats):
-        for dtype, (x, y) in inputs.items():
-            start = time.perf_counter()
-            product(x, y).numpy()
-            best[dtype] = min(best[dtype], time.perf_counter() - start)
-    return {dtype: 2 * size**3 / seconds / 1e9 for dtype, seconds in best.items()}
+    best = interleaved_ms({dtype: (product, args) for dtype, args in inputs.items()}, repeats, min)
+    return {dtype: 2 * size**3 / ms / 1e6 for dtype, ms in best.items()}
 
 
 def gemm_rate(shape: tuple[int, int, int, int, int], repeats: int) -> float:
@@ -288,12 +283,8 @@ def gemm_rate(shape: tuple[int, int, int, int, int], repeats: int) -> float:
     error = relative_error(got, a[:head].astype(np.float64) @ b)
     if error > 2e-2:
         raise AssertionError(f"bfloat16 matmul differs from NumPy by {error:.2e} at {shape}")
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(x, y).numpy()
-        best = min(best, time.perf_counter() - start)
-    return conv_flops(shape) / best / 1e9
+    best = interleaved_ms({"gemm": (product, (x, y))}, repeats, min)["gemm"]
+    return conv_flops(shape) / best / 1e6
 
 
 def roofline_table(rows: list[dict], layers: dict[tuple, int], rates: dict[tuple, float]) -> str:
